@@ -1,0 +1,152 @@
+"""Folder datasets: writer -> reader round trips, validation, and the real data when present."""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voxmap_ros.datasets import LidarFolder, RgbdFolder, open_dataset
+from voxmap_ros.sim import (default_intrinsics, generate_dataset, look_at, make_scene, render_rgbd,
+                            write_lidar_folder, write_rgbd_folder)
+from voxmap_ros.sim.dataset_writer import depth_to_uint16
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+POSE_TOL = 1e-11             # poses.txt holds 13 significant digits
+GENERATION_BUDGET_S = 20.0   # 40 frames of 320x240 + 10 scans; a few seconds on 2 cores
+
+
+def _random_pose(rng) -> np.ndarray:
+    return look_at(rng.uniform(-1, 1, 3), rng.uniform(2, 3, 3))
+
+
+def _rgbd_frames(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    scene = make_scene("indoor", seed)
+    K = default_intrinsics(64, 48)
+    frames = []
+    for _ in range(n):
+        T = look_at(rng.uniform(-0.5, 0.5, 3) + [0, 0, 1.3], [2.5, 0, 1.0])
+        depth, rgb, _ = render_rgbd(scene, K, T, 64, 48, depth_noise=True, rng=rng)
+        frames.append((depth, rgb, T))
+    return frames, K
+
+
+def test_rgbd_round_trip(tmp_path):
+    frames, K = _rgbd_frames()
+    frames[0][0][0, :5] = 0                     # no reading stays no reading
+    frames[0][1][:2, :2] = [255, 0, 0]          # pure red survives the BGR conversion
+    write_rgbd_folder(tmp_path, frames, K, depth_scale=1000.0, times_s=[0.0, 0.5, 1.25])
+    ds = open_dataset(tmp_path)
+    assert isinstance(ds, RgbdFolder) and len(ds) == 3
+    for i, (depth_m, rgb, T) in enumerate(frames):
+        f = ds[i]
+        assert f.depth.dtype == np.uint16 and f.depth_scale == 1000.0 and f.frame_id == "camera"
+        np.testing.assert_array_equal(f.depth, depth_to_uint16(depth_m, 1000.0))
+        np.testing.assert_array_equal(f.rgb, rgb)
+        np.testing.assert_allclose(f.T_W_S, T, atol=POSE_TOL)
+        np.testing.assert_allclose(f.K, K, atol=POSE_TOL)
+        assert f.T_W_S.dtype == np.float64 and f.K.dtype == np.float64
+    assert np.all(ds[0].depth[0, :5] == 0) and np.all(ds[0].rgb[0, 0] == [255, 0, 0])
+    assert [f.stamp_ns for f in ds] == [0, 500_000_000, 1_250_000_000]
+    assert ds[-1].stamp_ns == 1_250_000_000
+    with pytest.raises(IndexError):
+        ds[3]
+
+
+def test_rgbd_default_stamps_and_depth_scale(tmp_path):
+    frames, K = _rgbd_frames(2)
+    write_rgbd_folder(tmp_path, frames, K, depth_scale=5000.0)
+    ds = RgbdFolder(tmp_path, depth_scale=5000.0)
+    assert [f.stamp_ns for f in ds] == [0, 33_000_000]
+    np.testing.assert_array_equal(ds[1].depth, depth_to_uint16(frames[1][0], 5000.0))
+
+
+def test_lidar_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    scans = [(rng.normal(size=(100 + i, 3)).astype(np.float32), _random_pose(rng)) for i in range(4)]
+    write_lidar_folder(tmp_path, scans, [10.0, 10.1, 10.2, 10.3])
+    ds = open_dataset(tmp_path)
+    assert isinstance(ds, LidarFolder) and len(ds) == 4
+    for i, (pts, T) in enumerate(scans):
+        f = ds[i]
+        assert f.points.dtype == np.float32 and f.points.shape == pts.shape and f.frame_id == "lidar"
+        np.testing.assert_array_equal(f.points, pts)
+        np.testing.assert_allclose(f.T_W_S, T, atol=POSE_TOL)
+        assert f.stamp_ns == round((10.0 + 0.1 * i) * 1e9)
+    (tmp_path / "times.txt").unlink()
+    assert [f.stamp_ns for f in LidarFolder(tmp_path)] == [0, 100_000_000, 200_000_000, 300_000_000]
+
+
+def test_validation_errors(tmp_path):
+    with pytest.raises(ValueError, match="not a known dataset folder"):
+        (tmp_path / "empty").mkdir()
+        open_dataset(tmp_path / "empty")
+    with pytest.raises(ValueError, match="not a directory"):
+        open_dataset(tmp_path / "nope")
+    frames, K = _rgbd_frames(2)
+    d = write_rgbd_folder(tmp_path / "rgbd", frames, K)
+    poses = (d / "poses.txt").read_text().splitlines()
+    (d / "poses.txt").write_text(poses[0] + "\n")
+    with pytest.raises(ValueError, match="1 poses but depth/ has 2"):
+        RgbdFolder(d)
+    (d / "poses.txt").write_text("\n".join(" ".join(p.split()[:12]) for p in poses) + "\n")
+    with pytest.raises(ValueError, match="expected 16"):
+        RgbdFolder(d)
+    (d / "poses.txt").write_text("\n".join(poses) + "\n")
+    (d / "intrinsics.txt").write_text("1 0 0\n0 1 0\n")
+    with pytest.raises(ValueError, match="3x3"):
+        RgbdFolder(d)
+    rng = np.random.default_rng(0)
+    lid = write_lidar_folder(tmp_path / "lidar", [(np.zeros((5, 3)), np.eye(4))] * 3)
+    (lid / "poses.txt").write_text("1 0 0 0 0 1 0 0 0 0 1 0\n" * 2)
+    with pytest.raises(ValueError, match="2 poses but velodyne/ has 3"):
+        LidarFolder(lid)
+    (lid / "poses.txt").write_text("1 0 0 0 0 1 0 0 0 0 1 0\n" * 3)
+    (lid / "times.txt").write_text("0\n1\n")
+    with pytest.raises(ValueError, match="times.txt has 2 times"):
+        LidarFolder(lid)
+    with pytest.raises(ValueError):
+        write_lidar_folder(tmp_path / "bad", [(rng.normal(size=(5, 4)), np.eye(4))])
+
+
+def test_generate_dataset(tmp_path):
+    t0 = time.perf_counter()
+    summary = generate_dataset("indoor", 0, tmp_path, n_frames=40, n_scans=10, noise=True)
+    assert time.perf_counter() - t0 < GENERATION_BUDGET_S
+    rgbd, lidar = open_dataset(tmp_path / "rgbd"), open_dataset(tmp_path / "lidar")
+    assert len(rgbd) == 40 and len(lidar) == 10 and summary["n_frames"] == 40
+    f = rgbd[5]
+    assert f.depth.shape == (240, 320) and f.rgb.shape == (240, 320, 3) and (f.depth > 0).mean() > 0.99
+    assert len(lidar[0].points) > 1000
+    meta = json.loads((tmp_path / "scene.json").read_text())
+    assert meta["kind"] == "indoor" and meta["seed"] == 0 and "wall" in meta["label_names"].values()
+    assert (tmp_path / "gt_mesh.ply").stat().st_size > 0
+
+
+@pytest.mark.skipif(not (DATA / "7scenes-redkitchen").is_dir(), reason="shared data not present")
+def test_real_7scenes():
+    ds = open_dataset(DATA / "7scenes-redkitchen")
+    assert isinstance(ds, RgbdFolder) and len(ds) == 300
+    f = ds[0]
+    assert f.depth.shape == (480, 640) and f.depth.dtype == np.uint16
+    assert f.rgb.shape == (480, 640, 3) and f.rgb.dtype == np.uint8
+    assert f.K[0, 0] == 585 and f.K[0, 2] == 320
+    assert not np.any(f.depth == 65535)
+    valid_m = f.depth[f.depth > 0] / f.depth_scale
+    assert 0.3 < np.median(valid_m) < 5.0
+    R = f.T_W_S[:3, :3]
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-3)   # the dataset's rotations are orthonormal to ~1e-4
+    assert ds[299].stamp_ns == 299 * 33_000_000
+
+
+@pytest.mark.skipif(not (DATA / "livox-hku-mainbuilding").is_dir(), reason="shared data not present")
+def test_real_livox():
+    ds = open_dataset(DATA / "livox-hku-mainbuilding")
+    assert isinstance(ds, LidarFolder) and len(ds) == 200
+    f = ds[0]
+    assert f.points.dtype == np.float32 and f.points.shape[1] == 3 and 1000 < len(f.points) < 20000
+    r = np.linalg.norm(f.points, axis=1)
+    assert 1.0 < np.median(r) < 40.0
+    stamps = [ds[i].stamp_ns for i in range(0, 200, 50)]
+    assert stamps == sorted(stamps) and stamps[0] == round(19.299742095 * 1e9)

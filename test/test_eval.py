@@ -1,0 +1,88 @@
+"""Mesh and depth metrics against analytic cases."""
+import numpy as np
+import pytest
+
+from voxmap_ros.eval import depth_errors, mesh_metrics, sample_surface
+from voxmap_ros.sim import Scene, make_scene, plane_mesh, write_gt_mesh
+from voxmap_ros.types import MeshData
+
+DIST_TOL_M = 1e-5          # float32 point-to-triangle distances on metre-scale meshes
+FRACTION_TOL = 0.02        # sampled fractions (precision / recall) with 20k samples
+N = 20_000
+
+
+def _plane(offset_z_m=0.0, size_m=2.0) -> MeshData:
+    p = plane_mesh((0, 0, offset_z_m), (size_m, 0, 0), (0, size_m, 0), (200, 200, 200), tile_m=0.5)
+    return p.to_mesh_data()
+
+
+def test_identical_meshes():
+    m = _plane()
+    r = mesh_metrics(m, m, tau_m=0.01, n_samples=N)
+    assert r["accuracy_m"] < DIST_TOL_M and r["completeness_m"] < DIST_TOL_M and r["chamfer_m"] < DIST_TOL_M
+    assert r["precision"] == r["recall"] == r["fscore"] == 1.0
+
+
+def test_plane_shifted_along_normal():
+    d_m = 0.05
+    r = mesh_metrics(_plane(d_m), _plane(), tau_m=0.01, n_samples=N)
+    assert r["accuracy_m"] == pytest.approx(d_m, abs=DIST_TOL_M)
+    assert r["completeness_m"] == pytest.approx(d_m, abs=DIST_TOL_M)
+    assert r["chamfer_m"] == pytest.approx(d_m, abs=DIST_TOL_M)
+    assert r["fscore"] == 0.0
+    assert mesh_metrics(_plane(d_m), _plane(), tau_m=0.1, n_samples=N)["fscore"] == 1.0
+
+
+def test_partial_prediction_lowers_recall_only():
+    half = plane_mesh((0, 0, 0), (1, 0, 0), (0, 2, 0), (0, 0, 0)).to_mesh_data()
+    r = mesh_metrics(half, _plane(), tau_m=0.01, n_samples=N)
+    assert r["precision"] == 1.0
+    assert r["recall"] == pytest.approx(0.5, abs=FRACTION_TOL)
+    assert r["accuracy_m"] < DIST_TOL_M and r["completeness_m"] > 0.1
+
+
+def test_empty_prediction():
+    r = mesh_metrics(MeshData(), _plane(), tau_m=0.05, n_samples=1000)
+    assert r["accuracy_m"] == np.inf and r["completeness_m"] == np.inf
+    assert r["precision"] == r["recall"] == r["fscore"] == 0.0
+    with pytest.raises(ValueError, match="ground-truth mesh is empty"):
+        mesh_metrics(_plane(), MeshData(), tau_m=0.05)
+    with pytest.raises(ValueError, match="tau_m"):
+        mesh_metrics(_plane(), _plane(), tau_m=0.0)
+
+
+def test_paths_and_scene_object_removal(tmp_path):
+    scene = make_scene("indoor", 0)
+    gt_path = write_gt_mesh(tmp_path / "gt.ply", scene)
+    same = mesh_metrics(gt_path, scene.to_mesh_data(), tau_m=0.01, n_samples=N)
+    assert same["chamfer_m"] < DIST_TOL_M and same["fscore"] == 1.0
+    missing = mesh_metrics(scene.without_object("cabinet"), gt_path, tau_m=0.01, n_samples=N)
+    assert missing["precision"] == 1.0 and missing["recall"] < 1.0
+
+
+def test_sampling_is_uniform_by_area_and_seeded():
+    big = plane_mesh((0, 0, 0), (3, 0, 0), (0, 1, 0), (0, 0, 0), tile_m=10)      # 3 m^2
+    small = plane_mesh((0, 0, 1), (1, 0, 0), (0, 1, 0), (0, 0, 0), tile_m=10)    # 1 m^2
+    m = Scene.merge([big, small]).to_mesh_data()
+    pts = sample_surface(m, N, np.random.default_rng(0))
+    assert np.mean(pts[:, 2] > 0.5) == pytest.approx(0.25, abs=FRACTION_TOL)
+    np.testing.assert_array_equal(pts, sample_surface(m, N, np.random.default_rng(0)))
+    on_big = pts[pts[:, 2] < 0.5]
+    assert np.mean(on_big[:, 0] < 1.5) == pytest.approx(0.5, abs=FRACTION_TOL)
+
+
+def test_depth_errors():
+    gt = np.full((4, 5), 2.0, np.float32)
+    pred = gt + 0.01
+    pred[0, 0] = 0          # no reading: excluded
+    gt[1, 1] = np.nan       # invalid ground truth: excluded
+    pred[2, 2] += 0.09      # one outlier of 0.1 m
+    r = depth_errors(pred, gt)
+    assert r["n_valid"] == 18
+    assert r["median_abs_m"] == pytest.approx(0.01, abs=1e-6)
+    assert r["mean_abs_m"] == pytest.approx((17 * 0.01 + 0.1) / 18, abs=1e-6)
+    assert np.isnan(depth_errors(np.zeros((2, 2)), np.ones((2, 2)))["median_abs_m"])
+    with pytest.raises(ValueError, match="same shape"):
+        depth_errors(np.zeros((2, 2)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="float metres"):
+        depth_errors(np.zeros((2, 2), np.uint16), np.zeros((2, 2), np.uint16))

@@ -1,0 +1,202 @@
+"""Configuration: one tree of dataclasses for YAML files, the CLI and ROS parameters.
+
+Every field carries its unit in its name and a description in its metadata, so that the ROS
+front end can declare parameters with descriptions and ranges from the same source.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _f(default, description: str, *, lo=None, hi=None, choices=None, runtime: bool = False):
+    """A config field with a description, an allowed range and whether it may change at run time."""
+    return field(default=default, metadata={
+        "description": description, "lo": lo, "hi": hi, "choices": choices, "runtime": runtime})
+
+
+@dataclass
+class MapConfig:
+    voxel_size_m: float = _f(0.05, "Edge length of one level-0 voxel, metres", lo=0.001, hi=10.0)
+    octree_levels: int = _f(6, "Parent levels above the bricks (level L nodes span 2^L bricks)", lo=1, hi=12)
+    device: str = _f("cpu", "Torch device for map tensors: 'cpu' or 'cuda[:N]'")
+    backend: str = _f("auto", "Kernel backend: 'auto' (compiled when available), 'cpp' or 'torch'",
+                      choices=("auto", "cpp", "torch"))
+    initial_bricks: int = _f(4096, "Bricks allocated up front (the pools grow by doubling)", lo=1, hi=1 << 26)
+    clearing_radius_m: float = _f(0.0, "Drop bricks farther than this from the latest sensor position; 0 = off",
+                                  lo=0.0, hi=1e6, runtime=True)
+    frame_id: str = _f("map", "Frame of the map (world)")
+
+
+@dataclass
+class TsdfConfig:
+    trunc_vox: float = _f(4.0, "Truncation distance in voxels", lo=1.0, hi=64.0)
+    max_weight: float = _f(64.0, "Cap on the accumulated TSDF weight per voxel", lo=1.0, hi=60000.0, runtime=True)
+    weighting: str = _f("constant", "Per-observation weight: 'constant' or 'depth' (1/z^2 drop-off past 1 m)",
+                        choices=("constant", "depth"), runtime=True)
+    min_weight_mesh: float = _f(0.5, "Voxels with less weight are left out of meshes", lo=0.0, hi=60000.0,
+                                runtime=True)
+
+
+@dataclass
+class OccupancyConfig:
+    prob_hit: float = _f(0.7, "Probability that a cell with a return is occupied", lo=0.5, hi=1.0, runtime=True)
+    prob_miss: float = _f(0.4, "Probability that a cell a ray passes through is occupied", lo=0.0, hi=0.5,
+                          runtime=True)
+    clamp_min: float = _f(0.1192, "Lower clamp of occupancy probability", lo=0.001, hi=0.5, runtime=True)
+    clamp_max: float = _f(0.971, "Upper clamp of occupancy probability", lo=0.5, hi=0.999, runtime=True)
+    occupied_threshold: float = _f(0.5, "Probability above which a cell counts as occupied", lo=0.0, hi=1.0,
+                                   runtime=True)
+
+
+@dataclass
+class RgbdConfig:
+    min_range_m: float = _f(0.1, "Depth readings closer than this are ignored, metres", lo=0.0, hi=1000.0)
+    max_range_m: float = _f(5.0, "Depth readings farther than this are ignored, metres", lo=0.01, hi=1000.0)
+    depth_scale: float = _f(1000.0, "uint16 depth units per metre (1000 = millimetres)", lo=1e-6, hi=1e9)
+
+
+@dataclass
+class LidarConfig:
+    min_range_m: float = _f(0.5, "Returns closer than this are ignored, metres", lo=0.0, hi=1000.0)
+    max_range_m: float = _f(50.0, "Returns farther are cleared up to this range, not marked hit, metres",
+                            lo=0.1, hi=10000.0)
+    free_space: bool = _f(True, "Update free space along every ray (occupancy misses, ghost clearing)")
+
+
+@dataclass
+class GridConfig:
+    z_min_m: float = _f(0.1, "Bottom of the height band projected into the 2D grid, metres", runtime=True)
+    z_max_m: float = _f(1.5, "Top of the height band projected into the 2D grid, metres", runtime=True)
+
+
+@dataclass
+class VoxmapConfig:
+    map: MapConfig = field(default_factory=MapConfig)
+    tsdf: TsdfConfig = field(default_factory=TsdfConfig)
+    occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
+    rgbd: RgbdConfig = field(default_factory=RgbdConfig)
+    lidar: LidarConfig = field(default_factory=LidarConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+
+    # ---- conversions ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "VoxmapConfig":
+        """Build from a nested dict; unknown sections/keys and invalid values raise ValueError."""
+        cfg = cls()
+        for section, values in (data or {}).items():
+            if not hasattr(cfg, section):
+                raise ValueError(f"unknown config section '{section}'; expected one of {section_names()}")
+            if not isinstance(values, dict):
+                raise ValueError(f"config section '{section}' must be a mapping, got {type(values).__name__}")
+            for key, value in values.items():
+                cfg.set(f"{section}.{key}", value)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> "VoxmapConfig":
+        """Load a YAML file. Accepts either the plain tree or a ROS params file
+        (`<node>: {ros__parameters: {...}}`) with dotted or nested keys."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.from_dict(unwrap_ros_params(data))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    # ---- flat access ---------------------------------------------------------------------
+    def set(self, dotted: str, value: Any) -> None:
+        """Set `section.key` after checking type and range; raises ValueError and leaves the config
+        unchanged when the value is invalid."""
+        section, key = _split(dotted)
+        sub = getattr(self, section)
+        f = {x.name: x for x in dataclasses.fields(sub)}.get(key)
+        if f is None:
+            raise ValueError(f"unknown parameter '{dotted}'; '{section}' has {sorted(x.name for x in dataclasses.fields(sub))}")
+        setattr(sub, key, _coerce(dotted, f, value))
+
+    def get(self, dotted: str) -> Any:
+        section, key = _split(dotted)
+        return getattr(getattr(self, section), key)
+
+    def validate(self) -> None:
+        for lo_key, hi_key in (("rgbd.min_range_m", "rgbd.max_range_m"), ("lidar.min_range_m", "lidar.max_range_m"),
+                               ("occupancy.clamp_min", "occupancy.clamp_max"), ("grid.z_min_m", "grid.z_max_m")):
+            if self.get(lo_key) >= self.get(hi_key):
+                raise ValueError(f"{lo_key}={self.get(lo_key)} must be below {hi_key}={self.get(hi_key)}")
+        if not (self.map.device == "cpu" or self.map.device.startswith("cuda")):
+            raise ValueError(f"map.device must be 'cpu' or 'cuda[:N]', got '{self.map.device}'")
+
+
+def section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(VoxmapConfig)]
+
+
+def iter_fields(cfg: VoxmapConfig | None = None):
+    """Yield (dotted_name, value, dataclasses.Field) for every leaf parameter."""
+    cfg = cfg or VoxmapConfig()
+    for sf in dataclasses.fields(cfg):
+        sub = getattr(cfg, sf.name)
+        for f in dataclasses.fields(sub):
+            yield f"{sf.name}.{f.name}", getattr(sub, f.name), f
+
+
+def unwrap_ros_params(data: dict) -> dict:
+    """Turn `{node: {ros__parameters: {a.b: v}}}` or `{a: {b: v}}` into the nested tree."""
+    if len(data) == 1:
+        (only,) = data.values()
+        if isinstance(only, dict) and "ros__parameters" in only:
+            data = only["ros__parameters"] or {}
+    if "ros__parameters" in data:
+        data = data["ros__parameters"] or {}
+    tree: dict[str, dict] = {}
+    for key, value in data.items():
+        if "." in key:
+            section, leaf = key.split(".", 1)
+            tree.setdefault(section, {})[leaf] = value
+        elif isinstance(value, dict) and key in section_names():
+            tree.setdefault(key, {}).update(value)
+    return tree
+
+
+def _split(dotted: str) -> tuple[str, str]:
+    if dotted.count(".") != 1:
+        raise ValueError(f"parameter name must be 'section.key', got '{dotted}'")
+    section, key = dotted.split(".")
+    if section not in section_names():
+        raise ValueError(f"unknown config section '{section}'; expected one of {section_names()}")
+    return section, key
+
+
+def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
+    kind = type(f.default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+    elif kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ValueError(f"{name} must be one of {list(meta['choices'])}, got {value!r}")
+    if meta.get("lo") is not None and value < meta["lo"]:
+        raise ValueError(f"{name} must be >= {meta['lo']}, got {value!r}")
+    if meta.get("hi") is not None and value > meta["hi"]:
+        raise ValueError(f"{name} must be <= {meta['hi']}, got {value!r}")
+    return value

@@ -1,0 +1,1 @@
+"""ROS-free mapping core (torch, CPU or CUDA)."""

@@ -1,0 +1,97 @@
+"""Checking and converting sensor frames before anything touches the map.
+
+Every check raises ValueError naming what was wrong and what was expected, so that a caller can
+reject a frame with the map unchanged.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..types import Frame
+
+RIGIDITY_TOL = 1e-3        # max |R^T R - I| entry and |det R - 1| accepted as a rotation
+
+
+def check_pose(T: np.ndarray, name: str = "T_W_S") -> np.ndarray:
+    """Validate a rigid transform (4, 4); returns it as float64."""
+    T = np.asarray(T)
+    if T.shape != (4, 4):
+        raise ValueError(f"{name} must be a 4x4 matrix, got shape {T.shape}")
+    if not np.issubdtype(T.dtype, np.floating) and not np.issubdtype(T.dtype, np.integer):
+        raise ValueError(f"{name} must be numeric, got dtype {T.dtype}")
+    T = T.astype(np.float64)
+    if not np.isfinite(T).all():
+        raise ValueError(f"{name} has non-finite entries")
+    if not np.allclose(T[3], [0, 0, 0, 1], atol=1e-9):
+        raise ValueError(f"{name} last row must be [0 0 0 1], got {T[3].tolist()}")
+    R = T[:3, :3]
+    err = np.abs(R.T @ R - np.eye(3)).max()
+    det = np.linalg.det(R)
+    if err > RIGIDITY_TOL or abs(det - 1.0) > RIGIDITY_TOL:
+        raise ValueError(f"{name} is not rigid: max|R^T R - I| = {err:.2e}, det R = {det:.4f} "
+                         f"(expected a rotation, tolerance {RIGIDITY_TOL})")
+    return T
+
+
+def check_intrinsics(K: np.ndarray) -> np.ndarray:
+    """Validate pinhole intrinsics (3, 3) with fx, fy > 0; returns float64."""
+    if K is None:
+        raise ValueError("an RGB-D frame needs intrinsics K (3x3), got None")
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise ValueError(f"K must be a 3x3 matrix, got shape {K.shape}")
+    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"K must be finite with fx, fy > 0, got fx={K[0, 0]}, fy={K[1, 1]}")
+    return K
+
+
+def depth_to_metres(depth: np.ndarray, depth_scale: float) -> np.ndarray:
+    """(H, W) uint16 in 1/depth_scale metres, or float32 metres -> float32 metres; invalid -> 0."""
+    if depth.dtype == np.uint16:
+        d = depth.astype(np.float32) / np.float32(depth_scale)
+        d[depth == np.iinfo(np.uint16).max] = 0.0          # 65535 = "no reading" on common sensors
+        return d
+    d = depth.astype(np.float32, copy=True)
+    d[~np.isfinite(d) | (d < 0)] = 0.0
+    return d
+
+
+def prepare_rgbd(frame: Frame, depth_scale: float, device: torch.device):
+    """-> (depth_m (H, W) float32, rgb (H, W, 3) uint8 | None, K (3, 3) float64, T (4, 4) float64),
+    torch tensors on `device`."""
+    depth = frame.depth
+    if not isinstance(depth, np.ndarray) or depth.ndim != 2:
+        raise ValueError(f"depth must be a 2-D numpy array (H, W), got {getattr(depth, 'shape', type(depth))}")
+    if depth.dtype not in (np.uint16, np.float32):
+        raise ValueError(f"depth must be uint16 (scaled) or float32 (metres), got {depth.dtype}")
+    if depth.size == 0:
+        raise ValueError("depth image is empty (0 pixels)")
+    H, W = depth.shape
+    rgb = frame.rgb
+    if rgb is not None:
+        if not isinstance(rgb, np.ndarray) or rgb.shape != (H, W, 3):
+            raise ValueError(f"rgb must have shape (H, W, 3) = ({H}, {W}, 3) to match depth, got "
+                             f"{getattr(rgb, 'shape', type(rgb))}")
+        if rgb.dtype != np.uint8:
+            raise ValueError(f"rgb must be uint8, got {rgb.dtype}")
+    K = check_intrinsics(frame.K)
+    T = check_pose(frame.T_W_S)
+    scale = frame.depth_scale if frame.depth_scale is not None else depth_scale
+    if not (scale > 0 and np.isfinite(scale)):
+        raise ValueError(f"depth_scale must be a positive number, got {scale}")
+    d = torch.from_numpy(depth_to_metres(depth, scale)).to(device)
+    c = torch.from_numpy(np.ascontiguousarray(rgb)).to(device) if rgb is not None else None
+    return d, c, torch.from_numpy(K).to(device), torch.from_numpy(T).to(device)
+
+
+def prepare_lidar(frame: Frame, device: torch.device):
+    """-> (points (N, 3) float32 finite, T (4, 4) float64) on `device`; N may be 0."""
+    pts = frame.points
+    if not isinstance(pts, np.ndarray) or pts.ndim != 2 or pts.shape[1] != 3:
+        raise ValueError(f"points must be a numpy array of shape (N, 3), got {getattr(pts, 'shape', type(pts))}")
+    if pts.dtype not in (np.float32, np.float64):
+        raise ValueError(f"points must be float32 or float64, got {pts.dtype}")
+    T = check_pose(frame.T_W_S)
+    pts = pts[np.isfinite(pts).all(axis=1)].astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(pts)).to(device), torch.from_numpy(T).to(device)

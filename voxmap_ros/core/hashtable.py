@@ -1,0 +1,240 @@
+"""Vectorized open-addressing hash table: int64 key -> int32 value, on any torch device.
+
+Why this design:
+- Linear probing over flat tensors, so a batch of N keys is handled by a handful of tensor ops per
+  probe step (a Python loop over probe *distance*, never over keys). Expected O(1) per key at the
+  load factor kept here (<= 0.5).
+- Growth never rehashes the whole table in one call: when the table fills, a table twice the size
+  becomes the insert target and each later call migrates a bounded slice of the old one (at least
+  twice as many slots as it inserts). Lookups consult both tables until the old one is drained, so
+  no single call pays for the size of the map.
+- Erase leaves tombstones; when they pile up, the same incremental migration cleans them.
+
+Keys must be >= 0 (octree keys are); EMPTY and TOMBSTONE are negative sentinels.
+"""
+from __future__ import annotations
+
+import torch
+
+EMPTY = -1
+TOMBSTONE = -2
+MAX_LOAD = 0.5
+_MIN_MIGRATE_SLOTS = 4096
+
+
+def hash_slots(keys: torch.Tensor, bits: int) -> torch.Tensor:
+    """Fibonacci hash of (N,) int64 keys to home slots in [0, 2^bits), (N,) int64."""
+    k = keys ^ ((keys >> 29) & ((1 << 35) - 1))
+    k = k * -7046029254386353131          # 0x9E3779B97F4A7C15 as int64; the product wraps mod 2^64
+    return (k >> (64 - bits)) & ((1 << bits) - 1)
+
+
+class _Table:
+    """One flat open-addressing table."""
+
+    def __init__(self, capacity: int, device: torch.device):
+        assert capacity & (capacity - 1) == 0, "capacity must be a power of two"
+        self.bits = capacity.bit_length() - 1
+        self.keys = torch.full((capacity,), EMPTY, dtype=torch.int64, device=device)
+        self.values = torch.full((capacity,), -1, dtype=torch.int32, device=device)
+        self.live = 0
+        self.tombstones = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.numel()
+
+    def find(self, keys: torch.Tensor) -> torch.Tensor:
+        """Slots holding `keys` (N,) int64, or -1 where absent. (N,) int64."""
+        slot = hash_slots(keys, self.bits)
+        out = torch.full_like(keys, -1)
+        pending = torch.arange(keys.numel(), device=keys.device)
+        mask = self.capacity - 1
+        while pending.numel():
+            s = slot[pending]
+            k = self.keys[s]
+            hit = k == keys[pending]
+            out[pending[hit]] = s[hit]
+            go_on = ~hit & (k != EMPTY)
+            pending, slot_next = pending[go_on], (s[go_on] + 1) & mask
+            slot[pending] = slot_next
+        return out
+
+    def insert_absent(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Insert unique keys (N,) int64 known to be absent, with values (N,) int32."""
+        if keys.numel() == 0:
+            return
+        slot = hash_slots(keys, self.bits)
+        pending = torch.arange(keys.numel(), device=keys.device)
+        mask = self.capacity - 1
+        claim = torch.empty(self.capacity, dtype=torch.int64, device=keys.device)
+        reused = 0
+        while pending.numel():
+            s = slot[pending]
+            cur = self.keys[s]
+            free = (cur == EMPTY) | (cur == TOMBSTONE)
+            # Several keys may want one free slot: the lowest index wins, the rest probe on.
+            cand, cs = pending[free], s[free]
+            claim[cs] = torch.iinfo(torch.int64).max
+            claim.scatter_reduce_(0, cs, cand, reduce="amin")
+            won = claim[cs] == cand
+            ws, wi = cs[won], cand[won]
+            reused += int((self.keys[ws] == TOMBSTONE).sum())
+            self.keys[ws] = keys[wi]
+            self.values[ws] = values[wi]
+            done = torch.zeros(keys.numel(), dtype=torch.bool, device=keys.device)
+            done[wi] = True
+            pending = pending[~done[pending]]
+            slot[pending] = (slot[pending] + 1) & mask
+        self.live += keys.numel()
+        self.tombstones -= reused
+
+    def erase_slots(self, slots: torch.Tensor) -> None:
+        slots = slots[slots >= 0]
+        self.keys[slots] = TOMBSTONE
+        self.values[slots] = -1
+        self.live -= slots.numel()
+        self.tombstones += slots.numel()
+
+
+class HashTable:
+    """int64 key -> int32 value map with batched insert / lookup / erase.
+
+    All methods take (N,) int64 key tensors on `device` and never loop over keys in Python.
+    """
+
+    def __init__(self, capacity: int = 1 << 14, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        cap = 1 << max(4, (int(capacity) - 1).bit_length())
+        self._new = _Table(cap, self.device)
+        self._old: _Table | None = None
+        self._cursor = 0
+
+    # ---- queries ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._new.live + (self._old.live if self._old else 0)
+
+    @property
+    def nbytes(self) -> int:
+        t = [self._new] + ([self._old] if self._old else [])
+        return sum(x.keys.nbytes + x.values.nbytes for x in t)
+
+    @property
+    def migrating(self) -> bool:
+        return self._old is not None
+
+    def lookup(self, keys: torch.Tensor) -> torch.Tensor:
+        """Values for keys (N,) int64; -1 where absent. Returns (N,) int32 on the table device."""
+        self._check(keys)
+        out = torch.full((keys.numel(),), -1, dtype=torch.int32, device=self.device)
+        if keys.numel() == 0:
+            return out
+        s = self._new.find(keys)
+        hit = s >= 0
+        out[hit] = self._new.values[s[hit]]
+        if self._old is not None and not bool(hit.all()):
+            miss = (~hit).nonzero().squeeze(1)
+            so = self._old.find(keys[miss])
+            ok = so >= 0
+            out[miss[ok]] = self._old.values[so[ok]]
+        return out
+
+    def items(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All (keys (M,) int64, values (M,) int32) currently stored, unordered."""
+        ks, vs = [], []
+        for t in [self._new] + ([self._old] if self._old else []):
+            live = t.keys >= 0
+            ks.append(t.keys[live])
+            vs.append(t.values[live])
+        return torch.cat(ks), torch.cat(vs)
+
+    # ---- updates ------------------------------------------------------------------------
+    def insert(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Insert keys (N,) int64 (duplicates allowed) with values (N,) int32 where absent.
+
+        Returns (N,) bool: True where the key was newly inserted by this call (for duplicates,
+        only the first occurrence counts as new and its value is the one stored).
+        """
+        self._check(keys)
+        if values.shape != keys.shape:
+            raise ValueError(f"values shape {tuple(values.shape)} must match keys {tuple(keys.shape)}")
+        n = keys.numel()
+        is_new = torch.zeros(n, dtype=torch.bool, device=self.device)
+        if n == 0:
+            return is_new
+        uniq, inv = torch.unique(keys, return_inverse=True)
+        first = torch.full((uniq.numel(),), n, dtype=torch.int64, device=self.device)
+        first.scatter_reduce_(0, inv, torch.arange(n, device=self.device), reduce="amin")
+        absent = self.lookup(uniq) < 0
+        add_keys, add_idx = uniq[absent], first[absent]
+        self._reserve(add_keys.numel())
+        self._new.insert_absent(add_keys, values[add_idx].to(torch.int32))
+        is_new[add_idx] = True
+        self._migrate(2 * add_keys.numel())
+        return is_new
+
+    def erase(self, keys: torch.Tensor) -> torch.Tensor:
+        """Remove keys (N,) int64; returns (N,) bool, True where a key was present."""
+        self._check(keys)
+        keys = torch.unique(keys)
+        found = torch.zeros(keys.numel(), dtype=torch.bool, device=self.device)
+        for t in [self._new] + ([self._old] if self._old else []):
+            s = t.find(keys)
+            found |= s >= 0
+            t.erase_slots(s)
+        if self._new.tombstones > self._new.capacity // 4 and self._old is None:
+            self._start_migration(self._new.capacity)
+        self._migrate(2 * keys.numel())
+        return found
+
+    def update_values(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Overwrite the values of keys that are present, (N,) int64 / (N,) int32."""
+        self._check(keys)
+        for t in [self._new] + ([self._old] if self._old else []):
+            s = t.find(keys)
+            ok = s >= 0
+            t.values[s[ok]] = values[ok].to(torch.int32)
+
+    def clear(self) -> None:
+        self.__init__(1 << 14, self.device)
+
+    # ---- growth -------------------------------------------------------------------------
+    def _reserve(self, n_new: int) -> None:
+        t = self._new
+        if t.live + t.tombstones + n_new <= MAX_LOAD * t.capacity:
+            return
+        if self._old is not None:            # still draining: finish it before starting another
+            self._migrate(self._old.capacity)
+        need = self.__len__() + n_new
+        cap = t.capacity
+        while need > MAX_LOAD * cap / 2:     # leave headroom for the migration to finish
+            cap *= 2
+        self._start_migration(cap)
+
+    def _start_migration(self, capacity: int) -> None:
+        if self._old is not None:
+            self._migrate(self._old.capacity)
+        self._old, self._new, self._cursor = self._new, _Table(capacity, self.device), 0
+
+    def _migrate(self, n_slots: int) -> None:
+        """Move live entries from the next `n_slots` (at least a fixed minimum) old slots to the new table."""
+        old = self._old
+        if old is None:
+            return
+        end = min(old.capacity, self._cursor + max(n_slots, _MIN_MIGRATE_SLOTS))
+        ks, vs = old.keys[self._cursor:end], old.values[self._cursor:end]
+        live = ks >= 0
+        if bool(live.any()):
+            self._new.insert_absent(ks[live], vs[live])
+            idx = live.nonzero().squeeze(1) + self._cursor
+            old.erase_slots(idx)
+        self._cursor = end
+        if end >= old.capacity:
+            self._old = None
+
+    def _check(self, keys: torch.Tensor) -> None:
+        if not isinstance(keys, torch.Tensor) or keys.dtype != torch.int64 or keys.ndim != 1:
+            raise ValueError(f"keys must be a 1-D int64 tensor, got "
+                             f"{getattr(keys, 'dtype', type(keys))} with shape {tuple(getattr(keys, 'shape', ()))}")
+        if keys.device != self.device:
+            raise ValueError(f"keys are on {keys.device}, the table on {self.device}")

@@ -1,0 +1,303 @@
+"""RGB-D projective and LiDAR ray integration into the octree: TSDF, colour, occupancy.
+
+This module is the pure-torch reference (runs on CPU or CUDA). kernels/ holds compiled twins of
+the two heavy steps that compute exactly the same voxel sets; `voxmap_ros.core.backend` picks one.
+
+Sign convention: TSDF > 0 in free space in front of a surface, < 0 behind it, normalised by the
+truncation distance to [-1, 1]. Occupancy is log-odds (OctoMap's sensor model).
+
+Shared semantics (both backends):
+- RGB-D bricks: every valid pixel with depth d votes for the bricks holding the points at depths
+  d + trunc * {-1, -1/2, 0, 1/2, 1} on its ray ("the truncation band"); existing bricks in the view
+  frustum that lie wholly in front of the observed surface are visited too, so free space clears
+  old surfaces. Each voxel of a visited brick projects to its nearest pixel; sdf = depth - z.
+  Voxels with sdf < -trunc are left untouched (occluded).
+- RGB-D occupancy: |sdf| <= voxel/2 is a hit, sdf > voxel a miss.
+- LiDAR: rays from the sensor origin, sampled every half voxel. Samples at t < range - voxel are
+  free (misses); the voxel holding the return is a hit (hits win over misses in one scan); each
+  voxel is updated at most once per scan (OctoMap's discrete insertion). Returns beyond
+  max_range clear free space up to max_range and make no hit. TSDF: samples within +-trunc of
+  the return accumulate sdf = range - (voxel centre - origin) . direction, once per (ray, voxel);
+  free voxels outside every band get +1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import morton
+from .octree import BRICK, BRICK_SHIFT, SparseVoxelOctree, VOXEL_OFFSETS
+
+
+def logodds(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+@dataclass(frozen=True)
+class FusionParams:
+    """Numbers the integrators need, derived once from the config (units in names)."""
+    voxel_size_m: float
+    trunc_m: float
+    max_weight: float
+    depth_weighting: bool
+    rgbd_min_m: float
+    rgbd_max_m: float
+    lidar_min_m: float
+    lidar_max_m: float
+    lidar_free_space: bool
+    l_hit: float
+    l_miss: float
+    l_min: float
+    l_max: float
+
+    @classmethod
+    def from_config(cls, cfg) -> "FusionParams":
+        o = cfg.occupancy
+        return cls(voxel_size_m=cfg.map.voxel_size_m, trunc_m=cfg.tsdf.trunc_vox * cfg.map.voxel_size_m,
+                   max_weight=cfg.tsdf.max_weight, depth_weighting=cfg.tsdf.weighting == "depth",
+                   rgbd_min_m=cfg.rgbd.min_range_m, rgbd_max_m=cfg.rgbd.max_range_m,
+                   lidar_min_m=cfg.lidar.min_range_m, lidar_max_m=cfg.lidar.max_range_m,
+                   lidar_free_space=cfg.lidar.free_space,
+                   l_hit=logodds(o.prob_hit), l_miss=logodds(o.prob_miss),
+                   l_min=logodds(o.clamp_min), l_max=logodds(o.clamp_max))
+
+
+BAND_STEPS = (-1.0, -0.5, 0.0, 0.5, 1.0)     # truncation-band samples per pixel, in units of trunc
+
+
+def obs_weight(z_m: torch.Tensor, depth_weighting: bool) -> torch.Tensor:
+    """Per-observation weight for depths z_m (any shape, float32): 1, or 1/z^2 beyond 1 m."""
+    if not depth_weighting:
+        return torch.ones_like(z_m)
+    return 1.0 / z_m.clamp_min(1.0).square()
+
+
+# ---------------------------------------------------------------------------------- RGB-D
+def rgbd_band_brick_coords(depth_m: torch.Tensor, K: torch.Tensor, T_W_C: torch.Tensor,
+                           p: FusionParams) -> torch.Tensor:
+    """Unique brick coordinates (M, 3) int64 of the truncation band of a depth image.
+
+    depth_m (H, W) float32 metres (0/NaN = no reading), K (3, 3) float64, T_W_C (4, 4) float64,
+    all on one device.
+    """
+    H, W = depth_m.shape
+    valid = torch.isfinite(depth_m) & (depth_m >= p.rgbd_min_m) & (depth_m <= p.rgbd_max_m)
+    v, u = valid.nonzero(as_tuple=True)
+    d = depth_m[v, u]
+    x = (u.float() - float(K[0, 2])) / float(K[0, 0])
+    y = (v.float() - float(K[1, 2])) / float(K[1, 1])
+    steps = torch.tensor(BAND_STEPS, dtype=torch.float32, device=depth_m.device) * p.trunc_m
+    z = (d[:, None] + steps[None]).clamp_min(1e-3)                      # (N, 5)
+    pts = torch.stack([x[:, None] * z, y[:, None] * z, z], dim=-1).reshape(-1, 3)
+    R, t = T_W_C[:3, :3].float(), T_W_C[:3, 3].float()
+    pw = pts @ R.T + t
+    return unique_coords(torch.floor(pw / (p.voxel_size_m * BRICK)).long())
+
+
+def unique_coords(coords: torch.Tensor, return_inverse: bool = False):
+    """torch.unique(coords, dim=0) for (N, 3) int64 coordinates, through 1-D Morton keys (much
+    faster than a row-wise unique). Results are in Morton order."""
+    keys = morton.encode(coords)
+    if return_inverse:
+        u, inv = torch.unique(keys, return_inverse=True)
+        return morton.decode(u)[0], inv
+    return morton.decode(torch.unique(keys))[0]
+
+
+def rgbd_clearing_slots(octree: SparseVoxelOctree, depth_m: torch.Tensor, K: torch.Tensor,
+                        T_W_C: torch.Tensor, p: FusionParams) -> torch.Tensor:
+    """Existing brick slots (M,) int64 wholly in front of the observed surface at their centre pixel."""
+    slots = octree.alive_slots()
+    if slots.numel() == 0:
+        return slots
+    H, W = depth_m.shape
+    c_w = (octree.brick_coord[slots].float() + 0.5) * octree.brick_size_m
+    R, t = T_W_C[:3, :3].float(), T_W_C[:3, 3].float()
+    c = (c_w - t) @ R
+    z = c[:, 2]
+    zc = z.clamp_min(1e-6)
+    u = torch.floor(float(K[0, 0]) * c[:, 0] / zc + float(K[0, 2]) + 0.5).long()
+    v = torch.floor(float(K[1, 1]) * c[:, 1] / zc + float(K[1, 2]) + 0.5).long()
+    radius = math.sqrt(3.0) * 0.5 * octree.brick_size_m
+    ok = (z > p.rgbd_min_m) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    d = torch.zeros_like(z)
+    d[ok] = depth_m[v[ok], u[ok]]
+    ok &= torch.isfinite(d) & (d >= p.rgbd_min_m) & (d <= p.rgbd_max_m) & (d > z + radius)
+    return slots[ok]
+
+
+def rgbd_update_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, depth_m: torch.Tensor,
+                       rgb: torch.Tensor | None, K: torch.Tensor, T_W_C: torch.Tensor, p: FusionParams,
+                       chunk: int = 2048) -> None:
+    """Projective TSDF / colour / occupancy update of the voxels of bricks `slots` (M,) int64.
+
+    depth_m (H, W) float32; rgb (H, W, 3) uint8 or None; K (3, 3) and T_W_C (4, 4) float64.
+    """
+    H, W = depth_m.shape
+    R, t = T_W_C[:3, :3].float(), T_W_C[:3, 3].float()
+    fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
+    tsdf_a, w_a, col_a, occ_a = (octree.attrs[n] for n in ("tsdf", "weight", "color", "occ"))
+    half_vox = 0.5 * p.voxel_size_m
+    offs = VOXEL_OFFSETS.to(slots.device).float()
+    for i in range(0, slots.numel(), chunk):
+        s = slots[i:i + chunk]
+        base = octree.brick_coord[s].float() * BRICK
+        pw = (base[:, None, :] + offs[None] + 0.5) * p.voxel_size_m            # (B, 512, 3)
+        pc = (pw - t) @ R
+        z = pc[..., 2]
+        zc = torch.where(z > 1e-6, z, torch.ones_like(z))
+        u = torch.floor(fx * pc[..., 0] / zc + cx + 0.5).long()
+        v = torch.floor(fy * pc[..., 1] / zc + cy + 0.5).long()
+        inside = (z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        d = torch.zeros_like(z)
+        d[inside] = depth_m[v[inside], u[inside]]
+        ok = inside & torch.isfinite(d) & (d >= p.rgbd_min_m) & (d <= p.rgbd_max_m)
+        sdf = d - z
+        ok &= sdf >= -p.trunc_m
+        if not bool(ok.any()):
+            continue
+        obs = (sdf / p.trunc_m).clamp(-1.0, 1.0)
+        w_obs = obs_weight(d, p.depth_weighting)
+        w_old = w_a[s].float()
+        t_old = tsdf_a[s].float()
+        w_sum = w_old + w_obs
+        t_new = (t_old * w_old + obs * w_obs) / w_sum
+        tsdf_a[s] = torch.where(ok, t_new, t_old).to(tsdf_a.dtype)
+        w_a[s] = torch.where(ok, w_sum.clamp_max(p.max_weight), w_old).to(w_a.dtype)
+        if rgb is not None:
+            near = ok & (sdf.abs() < p.trunc_m)
+            c_obs = torch.zeros(pw.shape, dtype=torch.float32, device=pw.device)
+            c_obs[inside] = rgb[v[inside], u[inside]].float()
+            c_old = col_a[s].float()
+            c_new = (c_old * w_old[..., None] + c_obs * w_obs[..., None]) / w_sum[..., None]
+            col_a[s] = torch.where(near[..., None], torch.floor(c_new + 0.5), c_old).clamp(0, 255).to(torch.uint8)
+        delta = torch.where(sdf.abs() <= half_vox, torch.full_like(sdf, p.l_hit),
+                            torch.where(sdf > p.voxel_size_m, torch.full_like(sdf, p.l_miss), torch.zeros_like(sdf)))
+        delta = torch.where(ok, delta, torch.zeros_like(delta))
+        o_old = occ_a[s].float()
+        o_new = torch.where(delta != 0, (o_old + delta).clamp(p.l_min, p.l_max), o_old)
+        occ_a[s] = o_new.to(occ_a.dtype)
+
+
+def integrate_rgbd_torch(octree: SparseVoxelOctree, depth_m: torch.Tensor, rgb: torch.Tensor | None,
+                        K: torch.Tensor, T_W_C: torch.Tensor, p: FusionParams) -> torch.Tensor:
+    """Integrate one RGB-D frame (shapes as in rgbd_update_bricks, on the map device).
+    Returns the visited brick slots (M,) int64."""
+    band = rgbd_band_brick_coords(depth_m, K, T_W_C, p)
+    clearing = rgbd_clearing_slots(octree, depth_m, K, T_W_C, p)
+    slots, _ = octree.allocate_bricks(band)
+    slots = torch.unique(torch.cat([slots, clearing]))
+    rgbd_update_bricks(octree, slots, depth_m, rgb, K, T_W_C, p)
+    return slots
+
+
+# ---------------------------------------------------------------------------------- LiDAR
+def lidar_rays(points: torch.Tensor, T_W_L: torch.Tensor, p: FusionParams):
+    """Rays of a scan: (origin (3,) f32, dirs (N, 3) f32, ranges (N,) f32 clipped to max range,
+    hit (N,) bool). points (N, 3) float32 sensor frame; non-finite and too-close points dropped."""
+    r = points.norm(dim=1)
+    keep = torch.isfinite(points).all(1) & (r >= p.lidar_min_m) & (r > 0)
+    pts, r = points[keep], r[keep]
+    R, t = T_W_L[:3, :3].float(), T_W_L[:3, 3].float()
+    dirs = (pts / r[:, None]) @ R.T
+    hit = r <= p.lidar_max_m
+    return t, dirs, torch.where(hit, r, torch.full_like(r, p.lidar_max_m)), hit
+
+
+def lidar_samples(origin: torch.Tensor, dirs: torch.Tensor, ranges: torch.Tensor, hit: torch.Tensor,
+                  p: FusionParams, ray_ids: torch.Tensor):
+    """Voxel indices touched by a chunk of rays, as flat tensors (all float32 arithmetic):
+    free voxels (F, 3) int64; band (ray_id (B,), voxel (B, 3) int64, sdf (B,) f32); hit voxels (Hn, 3)."""
+    vs = p.voxel_size_m
+    step = 0.5 * vs
+    dev = dirs.device
+    # Free-space samples t_k = k * step for t_k < range - voxel (or < max range for no-return rays).
+    t_end = torch.where(hit, ranges - vs, ranges)
+    n_steps = torch.clamp(torch.ceil(t_end / step), min=0).long()
+    free = torch.zeros((0, 3), dtype=torch.int64, device=dev)
+    if p.lidar_free_space and int(n_steps.sum()):
+        ray = torch.repeat_interleave(torch.arange(dirs.shape[0], device=dev), n_steps)
+        start = torch.cumsum(n_steps, 0) - n_steps
+        k = torch.arange(ray.numel(), device=dev) - start[ray]
+        tk = k.float() * step
+        free = torch.floor((origin + tk[:, None] * dirs[ray]) / vs).long()
+    # Band samples t = range - trunc + j * step, j = 0 .. 2*trunc/step.
+    nb = int(math.floor(2 * p.trunc_m / step + 1e-6)) + 1
+    hr = hit.nonzero().squeeze(1)
+    tj = (ranges[hr, None] - p.trunc_m) + torch.arange(nb, device=dev, dtype=torch.float32)[None] * step
+    vox = torch.floor((origin + tj[..., None] * dirs[hr, None, :]) / vs).long()      # (Hr, nb, 3)
+    centre = (vox.float() + 0.5) * vs
+    sdf = ranges[hr, None] - ((centre - origin) * dirs[hr, None, :]).sum(-1)
+    band_ray = ray_ids[hr, None].expand(-1, nb)
+    ok = tj > 0
+    hits = torch.floor((origin + ranges[hr, None] * dirs[hr]) / vs).long()
+    return free, (band_ray[ok], vox[ok], sdf[ok]), hits
+
+
+def integrate_lidar_torch(octree: SparseVoxelOctree, points: torch.Tensor, T_W_L: torch.Tensor,
+                          p: FusionParams, chunk_rays: int = 4096) -> torch.Tensor:
+    """Integrate one scan. points (N, 3) float32 sensor frame, T_W_L (4, 4) float64, on the map
+    device. Returns touched brick slots (M,) int64."""
+    origin, dirs, ranges, hit = lidar_rays(points, T_W_L, p)
+    dev = octree.device
+    ids = torch.arange(dirs.shape[0], device=dev)
+    frees, bands, hits = [], [], []
+    for i in range(0, dirs.shape[0], chunk_rays):
+        sl = slice(i, i + chunk_rays)
+        f, b, h = lidar_samples(origin, dirs[sl], ranges[sl], hit[sl], p, ids[sl])
+        frees.append(f); bands.append(b); hits.append(h)
+    free = torch.cat(frees) if frees else torch.zeros((0, 3), dtype=torch.int64, device=dev)
+    band_ray = torch.cat([b[0] for b in bands]) if bands else torch.zeros(0, dtype=torch.int64, device=dev)
+    band_vox = torch.cat([b[1] for b in bands]) if bands else torch.zeros((0, 3), dtype=torch.int64, device=dev)
+    band_sdf = torch.cat([b[2] for b in bands]) if bands else torch.zeros(0, device=dev)
+    hitv = torch.cat(hits) if hits else torch.zeros((0, 3), dtype=torch.int64, device=dev)
+    keep = band_sdf >= -p.trunc_m
+    band_ray, band_vox, band_sdf = band_ray[keep], band_vox[keep], band_sdf[keep]
+
+    all_vox = torch.cat([free, band_vox, hitv])
+    if all_vox.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64, device=dev)
+    uniq_vox, inv = unique_coords(all_vox, return_inverse=True)
+    nf, nb_ = free.shape[0], band_vox.shape[0]
+    inv_free, inv_band, inv_hit = inv[:nf], inv[nf:nf + nb_], inv[nf + nb_:]
+    n = uniq_vox.shape[0]
+    is_hit = torch.zeros(n, dtype=torch.bool, device=dev)
+    is_hit[inv_hit] = True
+    is_free = torch.zeros(n, dtype=torch.bool, device=dev)
+    is_free[inv_free] = True
+    in_band = torch.zeros(n, dtype=torch.bool, device=dev)
+    in_band[inv_band] = True
+    # One contribution per (ray, voxel) in the band.
+    pair = torch.unique(torch.stack([band_ray, inv_band], 1), dim=0, return_inverse=True)
+    pair_first = torch.full((pair[0].shape[0],), band_ray.numel(), dtype=torch.int64, device=dev)
+    pair_first.scatter_reduce_(0, pair[1], torch.arange(band_ray.numel(), device=dev), reduce="amin")
+    bsdf = band_sdf[pair_first]
+    bidx = pair[0][:, 1]
+    obs = (bsdf / p.trunc_m).clamp(-1.0, 1.0)
+    w_obs = torch.ones_like(obs)          # LiDAR noise barely grows with range: constant weight
+    sum_w = torch.zeros(n, device=dev).index_add_(0, bidx, w_obs)
+    sum_wt = torch.zeros(n, device=dev).index_add_(0, bidx, w_obs * obs)
+    free_only = is_free & ~in_band
+    sum_w[free_only] = 1.0
+    sum_wt[free_only] = 1.0
+
+    bricks = uniq_vox >> BRICK_SHIFT
+    slots, _ = octree.allocate_bricks(bricks)
+    local = uniq_vox & (BRICK - 1)
+    lin = local[:, 0] + BRICK * local[:, 1] + BRICK * BRICK * local[:, 2]
+    tsdf_a, w_a, occ_a = octree.attrs["tsdf"], octree.attrs["weight"], octree.attrs["occ"]
+    upd = sum_w > 0
+    s_u, l_u = slots[upd], lin[upd]
+    w_old = w_a[s_u, l_u].float()
+    t_old = tsdf_a[s_u, l_u].float()
+    w_new = w_old + sum_w[upd]
+    tsdf_a[s_u, l_u] = ((t_old * w_old + sum_wt[upd]) / w_new).to(tsdf_a.dtype)
+    w_a[s_u, l_u] = w_new.clamp_max(p.max_weight).to(w_a.dtype)
+    delta = torch.where(is_hit, torch.full((n,), p.l_hit, device=dev),
+                        torch.where(is_free, torch.full((n,), p.l_miss, device=dev), torch.zeros(n, device=dev)))
+    chg = delta != 0
+    o_old = occ_a[slots[chg], lin[chg]].float()
+    occ_a[slots[chg], lin[chg]] = (o_old + delta[chg]).clamp(p.l_min, p.l_max).to(occ_a.dtype)
+    return torch.unique(slots)

@@ -1,0 +1,142 @@
+"""Versioned map files: one .npz (zip of .npy arrays), never pickle.
+
+Contents: `header` (UTF-8 JSON as uint8: format, version, config, frame ids, attribute specs),
+and the compacted map: node keys and summaries, brick coordinates, and one array per registered
+voxel attribute for the live bricks. Loading checks format and version, every array's dtype and
+shape against the header, and turns a truncated or foreign file into a ValueError.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .octree import AttributeSpec, BRICK_VOXELS, SparseVoxelOctree
+
+FORMAT = "voxmap_ros.map"
+VERSION = 1
+_DTYPES = {"float16": torch.float16, "float32": torch.float32, "uint8": torch.uint8, "int16": torch.int16,
+           "int32": torch.int32, "int64": torch.int64, "bool": torch.bool}
+
+
+def save_octree(octree: SparseVoxelOctree, path: str | Path, extra: dict | None = None) -> Path:
+    """Write the octree (all attributes) and `extra` JSON metadata to `path` (.npz)."""
+    path = Path(path)
+    keys, ids = octree.table.items()
+    order = torch.argsort(keys)
+    keys, ids = keys[order], ids[order].long()
+    slots = octree.node_brick[ids].long()
+    is_brick = slots >= 0
+    brick_slots = slots[is_brick]
+    header = {"format": FORMAT, "version": VERSION, "voxel_size_m": octree.voxel_size_m, "levels": octree.levels,
+              "free_logodds": octree.free_logodds, "num_nodes": int(keys.numel()),
+              "num_bricks": int(brick_slots.numel()),
+              "attributes": [{"name": s.name, "dtype": str(s.dtype).replace("torch.", ""),
+                              "channels": list(s.channels), "fill": s.fill} for s in octree.specs.values()],
+              "extra": extra or {}}
+    arrays = {
+        "header": np.frombuffer(json.dumps(header).encode(), np.uint8),
+        "node_key": keys.cpu().numpy(),
+        "node_is_brick": is_brick.cpu().numpy(),
+        "node_max_occ": octree.node_max_occ[ids].cpu().numpy(),
+        "node_min_abs_tsdf": octree.node_min_abs_tsdf[ids].cpu().numpy(),
+        "node_observed": octree.node_observed[ids].cpu().numpy(),
+        "node_free_mask": octree.node_free_mask[ids].cpu().numpy(),
+    }
+    for name, t in octree.attrs.items():
+        a = t[brick_slots]
+        # numpy has no bfloat16; everything registered here maps 1:1 onto a numpy dtype.
+        arrays[f"attr_{name}"] = a.cpu().numpy()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def read_header(path: str | Path) -> dict:
+    """Header of a map file (validated format and version)."""
+    with _open(path) as z:
+        return _header(z, path)
+
+
+def load_octree(path: str | Path, device: str | torch.device = "cpu") -> tuple[SparseVoxelOctree, dict]:
+    """Read a map file into a new octree on `device`. Returns (octree, header)."""
+    with _open(path) as z:
+        h = _header(z, path)
+        n_nodes, n_bricks = h["num_nodes"], h["num_bricks"]
+        expect = {"node_key": ("int64", (n_nodes,)), "node_is_brick": ("bool", (n_nodes,)),
+                  "node_max_occ": ("float32", (n_nodes,)), "node_min_abs_tsdf": ("float32", (n_nodes,)),
+                  "node_observed": ("bool", (n_nodes,)), "node_free_mask": ("uint8", (n_nodes,))}
+        specs = []
+        for a in h["attributes"]:
+            if a["dtype"] not in _DTYPES:
+                raise ValueError(f"{path}: attribute '{a['name']}' has unsupported dtype {a['dtype']}")
+            specs.append(AttributeSpec(a["name"], _DTYPES[a["dtype"]], tuple(a["channels"]), a["fill"]))
+            expect[f"attr_{a['name']}"] = (a["dtype"], (n_bricks, BRICK_VOXELS, *a["channels"]))
+        arrays = {}
+        for name, (dtype, shape) in expect.items():
+            arr = _array(z, name, path)
+            if str(arr.dtype) != dtype or tuple(arr.shape) != tuple(shape):
+                raise ValueError(f"{path}: array '{name}' is {arr.dtype}{tuple(arr.shape)}, expected {dtype}{shape}")
+            arrays[name] = arr
+    if int(arrays["node_is_brick"].sum()) != n_bricks:
+        raise ValueError(f"{path}: header says {n_bricks} bricks, node table marks {int(arrays['node_is_brick'].sum())}")
+    octree = SparseVoxelOctree(h["voxel_size_m"], h["levels"], device, initial_bricks=max(16, n_bricks),
+                               free_logodds=h["free_logodds"])
+    for s in specs:
+        octree.register_attribute(s)
+    dev = octree.device
+    keys = torch.from_numpy(arrays["node_key"]).to(dev)
+    is_brick = torch.from_numpy(arrays["node_is_brick"]).to(dev)
+    from . import morton
+    slots, _ = octree.allocate_bricks(morton.decode(keys[is_brick])[0])
+    parents = keys[~is_brick]
+    pid = octree._ensure_nodes(parents) if parents.numel() else parents
+    ids = torch.empty_like(keys)
+    ids[is_brick] = octree.brick_node[slots].long()
+    ids[~is_brick] = pid
+    for name in ("node_max_occ", "node_min_abs_tsdf", "node_observed", "node_free_mask"):
+        getattr(octree, name)[ids] = torch.from_numpy(arrays[name]).to(dev)
+    for s in specs:
+        octree.attrs[s.name][slots] = torch.from_numpy(arrays[f"attr_{s.name}"]).to(dev)
+    octree.brick_dirty[slots] = True
+    return octree, h
+
+
+def _open(path) -> zipfile.ZipFile:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"map file {path} does not exist")
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path} is not a voxmap map file (not a readable npz archive: {e}); "
+                         f"truncated or foreign file?") from None
+
+
+def _array(z: zipfile.ZipFile, name: str, path) -> np.ndarray:
+    try:
+        with z.open(name + ".npy") as f:
+            return np.load(io.BytesIO(f.read()), allow_pickle=False)
+    except KeyError:
+        raise ValueError(f"{path}: missing array '{name}'") from None
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: array '{name}' is unreadable ({e}); truncated file?") from None
+
+
+def _header(z: zipfile.ZipFile, path) -> dict:
+    raw = _array(z, "header", path)
+    try:
+        h = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: header is not valid JSON ({e})") from None
+    if h.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a voxmap map (format {h.get('format')!r}, expected {FORMAT!r})")
+    if h.get("version") != VERSION:
+        raise ValueError(f"{path}: map format version {h.get('version')} is not supported (expected {VERSION})")
+    return h

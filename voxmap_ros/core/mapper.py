@@ -1,0 +1,246 @@
+"""Mapper: owns the octree and the stages; the one API every front end (CLI, node) uses."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import VoxmapConfig
+from ..types import Frame, Grid2D, MeshData
+from . import frames as frame_checks
+from . import integrate, io, mesh, occupancy
+from .octree import SparseVoxelOctree
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MeshUpdate:
+    """What changed since the previous `update_mesh` call: `mesh` holds the triangles of the
+    re-meshed bricks (tagged by brick key), `remeshed_keys` (M,) int64 the bricks whose triangles
+    it replaces (a brick may now have none), `removed_keys` (R,) int64 bricks that no longer exist."""
+    mesh: mesh.BrickMesh
+    remeshed_keys: torch.Tensor
+    removed_keys: torch.Tensor
+
+
+@dataclass
+class MapperStats:
+    frames_integrated: int = 0
+    frames_rejected: int = 0
+    ms_per_frame: list = field(default_factory=list)
+
+    def summary(self) -> dict:
+        ms = np.asarray(self.ms_per_frame[-10000:], dtype=np.float64)
+        return {"frames_integrated": self.frames_integrated, "frames_rejected": self.frames_rejected,
+                "ms_per_frame_median": float(np.median(ms)) if ms.size else None,
+                "ms_per_frame_p95": float(np.percentile(ms, 95)) if ms.size else None}
+
+
+class Mapper:
+    """Fuses frames into a SparseVoxelOctree and serves meshes, occupancy and map files.
+
+    Not thread-safe: a front end calls it from one worker thread.
+    """
+
+    def __init__(self, config: VoxmapConfig | None = None, octree: SparseVoxelOctree | None = None):
+        self.config = config or VoxmapConfig()
+        self.config.validate()
+        self.device = torch.device(self.config.map.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("map.device is 'cuda' but torch sees no CUDA device; use 'cpu'")
+        self.params = integrate.FusionParams.from_config(self.config)
+        self.octree = octree or SparseVoxelOctree(
+            self.config.map.voxel_size_m, self.config.map.octree_levels, self.device,
+            self.config.map.initial_bricks, free_logodds=self.params.l_min)
+        self.stats = MapperStats()
+        self.last_sensor_position_m: np.ndarray | None = None
+        self._mesh_store = mesh.BrickMesh.empty(self.device)
+        self._removed_since_mesh: list[torch.Tensor] = []
+        self._backend = self._choose_backend()
+
+    # ------------------------------------------------------------------ configuration
+    def _choose_backend(self) -> str:
+        wanted = self.config.map.backend
+        if wanted == "torch" or self.device.type != "cpu":
+            return "torch"
+        try:
+            from . import native
+            ok, why = native.available(), getattr(native, "unavailable_reason", lambda: "")()
+        except ImportError as e:            # a source tree without kernels: the torch path is complete
+            ok, why = False, str(e)
+        if ok:
+            return "cpp"
+        if wanted == "cpp":
+            raise ValueError(f"map.backend is 'cpp' but the compiled kernels are unavailable: {why}")
+        log.info("compiled kernels unavailable (%s); using the torch backend", why)
+        return "torch"
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    def refresh_params(self) -> None:
+        """Re-derive fusion numbers after run-time config changes (thresholds, weights)."""
+        self.config.validate()
+        self.params = integrate.FusionParams.from_config(self.config)
+
+    # ------------------------------------------------------------------ integration
+    def integrate(self, frame: Frame) -> int:
+        """Fuse one frame (RGB-D and/or LiDAR). Validates everything before touching the map and
+        raises ValueError on bad input, leaving the map unchanged. Returns bricks visited."""
+        t0 = time.perf_counter()
+        rgbd = lidar = None
+        try:
+            if frame.depth is not None:
+                rgbd = frame_checks.prepare_rgbd(frame, self.config.rgbd.depth_scale, self.device)
+            if frame.points is not None:
+                lidar = frame_checks.prepare_lidar(frame, self.device)
+            if rgbd is None and lidar is None:
+                raise ValueError("frame has neither depth nor points")
+        except ValueError:
+            self.stats.frames_rejected += 1
+            raise
+        visited = []
+        if rgbd is not None:
+            visited.append(self._integrate_rgbd(*rgbd))
+        if lidar is not None and lidar[0].shape[0] > 0:
+            visited.append(self._integrate_lidar(*lidar))
+        slots = torch.cat(visited) if visited else torch.zeros(0, dtype=torch.int64, device=self.device)
+        self.octree.brick_dirty[slots] = True
+        self.octree.update_summaries(slots)
+        pos = np.asarray(frame.T_W_S, dtype=np.float64)[:3, 3]
+        self.last_sensor_position_m = pos
+        if self.config.map.clearing_radius_m > 0:
+            self.clear_far(pos, self.config.map.clearing_radius_m)
+        self.stats.frames_integrated += 1
+        self.stats.ms_per_frame.append((time.perf_counter() - t0) * 1000.0)
+        return int(slots.numel())
+
+    def _integrate_rgbd(self, depth_m, rgb, K, T):
+        if self._backend == "cpp":
+            from . import native
+            return native.integrate_rgbd_cpp(self.octree, depth_m, rgb, K, T, self.params)
+        return integrate.integrate_rgbd_torch(self.octree, depth_m, rgb, K, T, self.params)
+
+    def _integrate_lidar(self, points, T):
+        if self._backend == "cpp":
+            from . import native
+            return native.integrate_lidar_cpp(self.octree, points, T, self.params)
+        return integrate.integrate_lidar_torch(self.octree, points, T, self.params)
+
+    # ------------------------------------------------------------------ memory control
+    def clear_far(self, center_m, radius_m: float) -> int:
+        """Drop bricks farther than radius_m from center_m (3,). Returns bricks dropped."""
+        slots = self.octree.alive_slots()
+        centres = (self.octree.brick_coord[slots].double() + 0.5) * self.octree.brick_size_m
+        far = (centres - torch.as_tensor(center_m, dtype=torch.float64, device=self.device)).norm(dim=1) > radius_m
+        return self._erase(slots[far])
+
+    def prune(self) -> int:
+        """Collapse confidently-free bricks into their parents. Returns bricks removed."""
+        before = self.octree.alive_slots()
+        keys_before = self.octree.node_key[self.octree.brick_node[before].long()]
+        n = self.octree.prune_free(self.params.l_min + 1e-3)
+        if n:
+            alive = self.octree.table.lookup(keys_before) >= 0
+            self._note_removed(keys_before[~alive])
+        return n
+
+    def _erase(self, slots: torch.Tensor) -> int:
+        if slots.numel() == 0:
+            return 0
+        self._note_removed(self.octree.node_key[self.octree.brick_node[slots].long()])
+        self.octree.erase_bricks(slots)
+        return int(slots.numel())
+
+    def _note_removed(self, keys: torch.Tensor) -> None:
+        self._removed_since_mesh.append(keys)
+
+    def clear(self) -> None:
+        """Forget the whole map (configuration kept)."""
+        self.octree = SparseVoxelOctree(self.config.map.voxel_size_m, self.config.map.octree_levels, self.device,
+                                        self.config.map.initial_bricks, free_logodds=self.params.l_min)
+        removed = self._mesh_store.tri_brick_keys.unique()
+        self._mesh_store = mesh.BrickMesh.empty(self.device)
+        self._removed_since_mesh = [removed]
+
+    # ------------------------------------------------------------------ outputs
+    def update_mesh(self) -> MeshUpdate:
+        """Re-mesh only the bricks changed since the previous call (and the neighbours whose
+        cells read them). The accumulated result equals `extract_mesh()`."""
+        o = self.octree
+        dirty = o.brick_dirty.nonzero().squeeze(1)
+        todo = mesh.affected_by(o, dirty)
+        o.brick_dirty[dirty] = False
+        fresh = mesh.mesh_bricks(o, todo, self.config.tsdf.min_weight_mesh)
+        todo_keys = o.node_key[o.brick_node[todo].long()]
+        removed = (torch.unique(torch.cat(self._removed_since_mesh)) if self._removed_since_mesh
+                   else torch.zeros(0, dtype=torch.int64, device=self.device))
+        self._removed_since_mesh = []
+        stale = torch.isin(self._mesh_store.tri_brick_keys, torch.cat([todo_keys, removed]))
+        # Removing a brick also changes the cells of its -x/-y/-z neighbours.
+        if removed.numel():
+            from . import morton
+            coords, _ = morton.decode(removed)
+            nb = o.lookup_bricks((coords[:, None, :] - mesh._PAD_OFFSETS.to(coords.device)[None]).reshape(-1, 3))
+            extra = torch.unique(nb[nb >= 0])
+            extra = extra[~torch.isin(extra, todo)]
+            if extra.numel():
+                fresh = mesh.BrickMesh.cat([fresh, mesh.mesh_bricks(o, extra, self.config.tsdf.min_weight_mesh)])
+                extra_keys = o.node_key[o.brick_node[extra].long()]
+                todo_keys = torch.cat([todo_keys, extra_keys])
+                stale |= torch.isin(self._mesh_store.tri_brick_keys, extra_keys)
+        self._mesh_store = mesh.BrickMesh.cat([self._mesh_store.select(~stale), fresh])
+        return MeshUpdate(fresh, todo_keys, removed)
+
+    def mesh_store(self) -> mesh.BrickMesh:
+        """Triangles of the whole map as of the last `update_mesh` call."""
+        return self._mesh_store
+
+    def extract_mesh(self) -> MeshData:
+        """Full-map mesh, welded, freshly computed from every brick."""
+        return mesh.mesh_bricks(self.octree, self.octree.alive_slots(), self.config.tsdf.min_weight_mesh).to_mesh()
+
+    def occupancy_grid(self) -> Grid2D:
+        g = self.config.grid
+        return occupancy.project_2d(self.octree, g.z_min_m, g.z_max_m, self._occ_threshold())
+
+    def occupied_points(self, level: int = 0):
+        """(points (N, 3) float32, colors (N, 3) uint8) of occupied cells at `level`."""
+        return occupancy.occupied_voxels(self.octree, self._occ_threshold(), level)
+
+    def _occ_threshold(self) -> float:
+        return integrate.logodds(min(max(self.config.occupancy.occupied_threshold, 1e-6), 1 - 1e-6))
+
+    def summary(self) -> dict:
+        s = self.stats.summary()
+        s.update({"voxels": self.octree.num_voxels, "bricks": self.octree.num_bricks, "nodes": self.octree.num_nodes,
+                  "map_bytes": self.octree.nbytes, "device": str(self.device), "backend": self._backend,
+                  "voxel_size_m": self.config.map.voxel_size_m})
+        return s
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path, frame_ids: dict | None = None) -> Path:
+        """Write the whole map (all attributes, config, frame ids, version) to one .npz file."""
+        return io.save_octree(self.octree, path, extra={"config": self.config.to_dict(),
+                                                         "frame_ids": frame_ids or {"map": self.config.map.frame_id}})
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "Mapper":
+        """Read a map file written by `save`; its stored config is used (device overridable)."""
+        header = io.read_header(path)
+        cfg = VoxmapConfig.from_dict(header["extra"].get("config", {}))
+        if device is not None:
+            cfg.map.device = device
+        octree, _ = io.load_octree(path, cfg.map.device)
+        return cls(cfg, octree)
+
+    def save_outputs(self, out_dir: str | Path, stem: str = "") -> dict:
+        """Write map file, mesh PLY, occupancy PGM+YAML under out_dir; returns their paths."""
+        from ..outputs import write_outputs
+        return write_outputs(self, out_dir, stem)

@@ -1,0 +1,117 @@
+"""Meshing the octree: marching cubes over bricks, incremental over the bricks that changed.
+
+A brick's cells reach one sample into its +x, +y, +z neighbours, so every brick is meshed from a
+9x9x9 block padded from those neighbours: bricks tile space without gaps (no cracks) and without
+overlap. When a brick changes, it and its -x/-y/-z neighbours (whose cells read it) are re-meshed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import morton
+from .marching_cubes import marching_cubes_blocks, weld_by_keys
+from .octree import BRICK, SparseVoxelOctree
+from ..types import MeshData
+
+# The 8 neighbours (dx, dy, dz) in {0,1}^3 that a padded block reads from.
+_PAD_OFFSETS = morton.CHILD_OFFSETS
+
+
+def gather_blocks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float):
+    """Padded blocks of bricks `slots` (B,) int64: (sdf (B, 9, 9, 9) float32 [b, z, y, x],
+    valid (B, 9, 9, 9) bool, colors (B, 9, 9, 9, 3) uint8, origins_vox (B, 3) int64), map device."""
+    B = slots.numel()
+    dev = octree.device
+    sdf = torch.ones((B, 9, 9, 9), dtype=torch.float32, device=dev)
+    valid = torch.zeros((B, 9, 9, 9), dtype=torch.bool, device=dev)
+    colors = torch.zeros((B, 9, 9, 9, 3), dtype=torch.uint8, device=dev)
+    coords = octree.brick_coord[slots].long()
+    tsdf_a = octree.attrs["tsdf"].view(-1, BRICK, BRICK, BRICK)
+    w_a = octree.attrs["weight"].view(-1, BRICK, BRICK, BRICK)
+    c_a = octree.attrs["color"].view(-1, BRICK, BRICK, BRICK, 3)
+    for off in _PAD_OFFSETS.tolist():
+        dx, dy, dz = off
+        nb = slots if off == [0, 0, 0] else octree.lookup_bricks(coords + torch.tensor(off, device=dev))
+        have = nb >= 0
+        if not bool(have.any()):
+            continue
+        b, n = have.nonzero().squeeze(1), nb[have]
+        # Destination range in the padded block and source range in the neighbour brick (z, y, x).
+        zs = slice(8, 9) if dz else slice(0, 8)
+        ys = slice(8, 9) if dy else slice(0, 8)
+        xs = slice(8, 9) if dx else slice(0, 8)
+        zn = slice(0, 1) if dz else slice(0, 8)
+        yn = slice(0, 1) if dy else slice(0, 8)
+        xn = slice(0, 1) if dx else slice(0, 8)
+        sdf[b, zs, ys, xs] = tsdf_a[n][:, zn, yn, xn].float()
+        valid[b, zs, ys, xs] = w_a[n][:, zn, yn, xn].float() >= max(min_weight, 1e-6)
+        colors[b, zs, ys, xs] = c_a[n][:, zn, yn, xn]
+    return sdf, valid, colors, coords * BRICK
+
+
+@dataclass
+class BrickMesh:
+    """Triangle soup of some bricks: tri_vertices (T, 3, 3) float32, tri_colors (T, 3, 3) uint8,
+    tri_edge_keys (T, 3) int64 (weld keys), tri_brick_keys (T,) int64 (level-0 key of the owning brick)."""
+    tri_vertices: torch.Tensor
+    tri_colors: torch.Tensor
+    tri_edge_keys: torch.Tensor
+    tri_brick_keys: torch.Tensor
+
+    @classmethod
+    def empty(cls, device) -> "BrickMesh":
+        return cls(torch.zeros((0, 3, 3), device=device), torch.zeros((0, 3, 3), dtype=torch.uint8, device=device),
+                   torch.zeros((0, 3), dtype=torch.int64, device=device),
+                   torch.zeros((0,), dtype=torch.int64, device=device))
+
+    def select(self, mask: torch.Tensor) -> "BrickMesh":
+        return BrickMesh(self.tri_vertices[mask], self.tri_colors[mask], self.tri_edge_keys[mask],
+                         self.tri_brick_keys[mask])
+
+    @staticmethod
+    def cat(parts: list["BrickMesh"]) -> "BrickMesh":
+        return BrickMesh(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                           ("tri_vertices", "tri_colors", "tri_edge_keys", "tri_brick_keys")))
+
+    def to_mesh(self) -> MeshData:
+        """Weld into an indexed mesh (shared vertices across brick borders)."""
+        T = self.tri_vertices.shape[0]
+        v = self.tri_vertices.reshape(-1, 3)
+        c = self.tri_colors.reshape(-1, 3)
+        k = self.tri_edge_keys.reshape(-1)
+        tri = torch.arange(3 * T, device=v.device).reshape(-1, 3)
+        v, tri, c = weld_by_keys(v, tri, c, k)[:3]
+        return MeshData(v.cpu().numpy().astype(np.float32), tri.cpu().numpy().astype(np.int64),
+                        c.cpu().numpy().astype(np.uint8))
+
+
+def mesh_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float,
+                chunk: int = 4096) -> BrickMesh:
+    """Marching cubes over bricks `slots` (B,) int64 -> BrickMesh (triangles tagged by brick)."""
+    parts = []
+    vs = octree.voxel_size_m
+    for i in range(0, slots.numel(), chunk):
+        s = slots[i:i + chunk]
+        sdf, valid, colors, origins = gather_blocks(octree, s, min_weight)
+        verts, tris, vcol, vkeys = marching_cubes_blocks(sdf, valid, colors, origins, vs)
+        if tris.shape[0] == 0:
+            continue
+        tv = verts[tris]
+        # The centroid lies inside its cell; cells of brick b start at voxel centre 8b + 0.5.
+        cell = torch.floor(tv.double().mean(1) / vs - 0.5).long()
+        parts.append(BrickMesh(tv.float(), vcol[tris], vkeys[tris], morton.encode(cell >> 3, 0)))
+    return BrickMesh.cat(parts) if parts else BrickMesh.empty(octree.device)
+
+
+def affected_by(octree: SparseVoxelOctree, changed_slots: torch.Tensor) -> torch.Tensor:
+    """Alive brick slots whose mesh depends on the changed bricks (N,) int64: them and their
+    -x/-y/-z neighbours. (M,) int64."""
+    if changed_slots.numel() == 0:
+        return changed_slots
+    coords = octree.brick_coord[changed_slots].long()
+    nb = (coords[:, None, :] - _PAD_OFFSETS.to(coords.device)[None]).reshape(-1, 3)
+    slots = octree.lookup_bricks(nb)
+    return torch.unique(slots[slots >= 0])

@@ -1,0 +1,121 @@
+"""Octree node keys: (level, x, y, z) <-> one int64, Morton order within a level.
+
+Layout of a key (bit 63 is always 0, so keys sort as signed int64):
+    bits 57..60  level (0 = brick, 1.. = parents)
+    bits  0..56  Morton interleave of (x, y, z) + COORD_BIAS, 19 bits each (x in the lowest bit)
+x, y, z are node coordinates at that level: a level-L node spans 2^L bricks per axis and its
+coordinates are floor(brick_coord / 2^L). Sorting keys of one level gives Morton (Z-) order.
+
+All functions take and return torch tensors on any device; they never loop in Python.
+"""
+from __future__ import annotations
+
+import torch
+
+COORD_BITS = 19
+COORD_BIAS = 1 << (COORD_BITS - 1)          # coordinates in [-2^18, 2^18) are representable
+COORD_MIN, COORD_MAX = -COORD_BIAS, COORD_BIAS - 1
+LEVEL_SHIFT = 3 * COORD_BITS                # 57
+MAX_LEVEL = 15
+_MORTON_MASK = (1 << LEVEL_SHIFT) - 1
+
+# Offsets of the 8 children of a node, in Morton order (x fastest), shape (8, 3).
+CHILD_OFFSETS = torch.tensor([[i & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)], dtype=torch.int64)
+# Offsets of the 26 neighbours of a node, shape (26, 3).
+NEIGHBOUR_OFFSETS = torch.tensor([[dx, dy, dz] for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                                  if (dx, dy, dz) != (0, 0, 0)], dtype=torch.int64)
+
+
+def _spread3(v: torch.Tensor) -> torch.Tensor:
+    """Insert two zero bits between each of the low 21 bits of v (int64)."""
+    v = v & 0x1FFFFF
+    v = (v | (v << 32)) & 0x1F00000000FFFF
+    v = (v | (v << 16)) & 0x1F0000FF0000FF
+    v = (v | (v << 8)) & 0x100F00F00F00F00F
+    v = (v | (v << 4)) & 0x10C30C30C30C30C3
+    v = (v | (v << 2)) & 0x1249249249249249
+    return v
+
+
+def _compact3(v: torch.Tensor) -> torch.Tensor:
+    """Inverse of _spread3: gather every third bit of v (int64, top bit clear) into the low bits."""
+    v = v & 0x1249249249249249
+    v = (v | (v >> 2)) & 0x10C30C30C30C30C3
+    v = (v | (v >> 4)) & 0x100F00F00F00F00F
+    v = (v | (v >> 8)) & 0x1F0000FF0000FF
+    v = (v | (v >> 16)) & 0x1F00000000FFFF
+    v = (v | (v >> 32)) & 0x1FFFFF
+    return v
+
+
+def check_coords(coords: torch.Tensor) -> None:
+    """Raise ValueError unless coords (N, 3) integer are inside the representable range."""
+    if coords.ndim != 2 or coords.shape[1] != 3:
+        raise ValueError(f"coords must have shape (N, 3), got {tuple(coords.shape)}")
+    if coords.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"coords must be int32 or int64, got {coords.dtype}")
+    if coords.numel() and (int(coords.min()) < COORD_MIN or int(coords.max()) > COORD_MAX):
+        raise ValueError(f"coords outside [{COORD_MIN}, {COORD_MAX}] (the map is too large for the "
+                         f"voxel size): min {int(coords.min())}, max {int(coords.max())}")
+
+
+def encode(coords: torch.Tensor, level: int | torch.Tensor = 0) -> torch.Tensor:
+    """Pack node coordinates into keys.
+
+    coords: (N, 3) int32/int64 node coordinates at `level`, any device (range not checked here:
+    call check_coords on untrusted input). level: int or (N,) int64. Returns (N,) int64.
+    """
+    c = coords.to(torch.int64) + COORD_BIAS
+    m = _spread3(c[:, 0]) | (_spread3(c[:, 1]) << 1) | (_spread3(c[:, 2]) << 2)
+    lv = level if isinstance(level, torch.Tensor) else torch.full_like(m, int(level))
+    return m | (lv.to(torch.int64) << LEVEL_SHIFT)
+
+
+def decode(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpack keys (N,) int64 into (coords (N, 3) int64, level (N,) int64), same device."""
+    m = keys & _MORTON_MASK
+    coords = torch.stack([_compact3(m), _compact3(m >> 1), _compact3(m >> 2)], dim=1) - COORD_BIAS
+    return coords, keys >> LEVEL_SHIFT
+
+
+def level_of(keys: torch.Tensor) -> torch.Tensor:
+    """(N,) int64 keys -> (N,) int64 levels."""
+    return keys >> LEVEL_SHIFT
+
+
+def parent(keys: torch.Tensor) -> torch.Tensor:
+    """Keys (N,) int64 -> keys of their parents (N,) int64 (one level up, floor division)."""
+    coords, level = decode(keys)
+    return encode(torch.div(coords, 2, rounding_mode="floor"), level + 1)
+
+
+def children(keys: torch.Tensor) -> torch.Tensor:
+    """Keys (N,) int64 of nodes at level >= 1 -> (N, 8) int64 child keys in Morton order."""
+    coords, level = decode(keys)
+    if keys.numel() and int(level.min()) < 1:
+        raise ValueError("level-0 bricks have no child nodes")
+    child = coords[:, None, :] * 2 + CHILD_OFFSETS.to(keys.device)[None]
+    return encode(child.reshape(-1, 3), (level - 1).repeat_interleave(8)).reshape(-1, 8)
+
+
+def child_index(keys: torch.Tensor) -> torch.Tensor:
+    """Position (0..7) of each node among its parent's children, (N,) int64."""
+    coords, _ = decode(keys)
+    b = coords & 1
+    return b[:, 0] | (b[:, 1] << 1) | (b[:, 2] << 2)
+
+
+def neighbours(keys: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Keys (N,) int64 -> (N, M) int64 keys of the same-level neighbours at `offsets` (M, 3)
+    (default: the 26-neighbourhood)."""
+    offsets = NEIGHBOUR_OFFSETS if offsets is None else offsets
+    coords, level = decode(keys)
+    nb = coords[:, None, :] + offsets.to(keys.device)[None]
+    m = offsets.shape[0]
+    return encode(nb.reshape(-1, 3), level.repeat_interleave(m)).reshape(-1, m)
+
+
+def ancestor(keys: torch.Tensor, levels_up: int) -> torch.Tensor:
+    """Keys (N,) int64 -> keys of the ancestor `levels_up` levels higher, (N,) int64."""
+    coords, level = decode(keys)
+    return encode(coords >> levels_up, level + levels_up)

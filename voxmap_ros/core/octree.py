@@ -1,0 +1,488 @@
+"""SparseVoxelOctree: one hash table over every node, bricks of voxels at level 0, summaries above.
+
+Storage (all torch tensors on one device):
+- `table`: node key (morton.encode) -> node id.
+- node pool, indexed by node id: the node's key, its brick slot (-1 for parent nodes) and the
+  summaries parents keep of their subtree (max occupancy log-odds, min |TSDF|, observed flag, and a
+  mask of children pruned as confidently free).
+- brick pool, indexed by brick slot: integer brick coordinates, the owning node, and every per-voxel
+  attribute of the registry as a tensor (capacity, BRICK_VOXELS, *channels).
+
+Per-voxel state lives only in registered attributes so that allocation, pruning, saving and loading
+move all of them together; a later layer adds its own with `register_attribute`.
+Pools grow by doubling (amortised O(1) per brick); the hash table grows incrementally (hashtable.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import morton
+
+BRICK = 8                                   # voxels per brick edge
+BRICK_VOXELS = BRICK ** 3
+BRICK_SHIFT = 3                             # log2(BRICK)
+UNKNOWN_OCC = float("-inf")                 # summary value of a subtree with no observed voxel
+
+# Voxel (x, y, z) offsets inside a brick in storage order: linear index = x + 8*y + 64*z.
+VOXEL_OFFSETS = torch.stack([torch.arange(BRICK_VOXELS) % BRICK, (torch.arange(BRICK_VOXELS) // BRICK) % BRICK,
+                             torch.arange(BRICK_VOXELS) // (BRICK * BRICK)], dim=1)
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """A per-voxel attribute: `channels` () for scalars or (C,) for vectors; `fill` for new voxels."""
+    name: str
+    dtype: torch.dtype
+    channels: tuple[int, ...] = ()
+    fill: float = 0.0
+
+    @property
+    def bytes_per_voxel(self) -> int:
+        return math.prod(self.channels) * torch.empty((), dtype=self.dtype).element_size()
+
+
+# Compact core layers: 2 + 2 + 3 = 7 bytes per voxel for TSDF + weight + colour, 2 more for occupancy.
+CORE_ATTRIBUTES = (
+    AttributeSpec("tsdf", torch.float16, (), 1.0),      # normalised truncated SDF in [-1, 1]
+    AttributeSpec("weight", torch.float16, (), 0.0),    # accumulated observation weight
+    AttributeSpec("color", torch.uint8, (3,), 0.0),     # RGB
+    AttributeSpec("occ", torch.float16, (), 0.0),       # occupancy log-odds (0 = unknown / p 0.5)
+)
+
+
+class SparseVoxelOctree:
+    """Sparse voxel octree addressed by one hash table. See the module docstring for the layout.
+
+    Args:
+        voxel_size_m: level-0 voxel edge, metres.
+        levels: number of parent levels above the bricks (level `levels` is the root level).
+        device: torch device of every tensor.
+        initial_bricks: brick pool capacity to start with.
+        free_logodds: occupancy log-odds that a voxel in a pruned (confidently free) subtree has.
+    """
+
+    def __init__(self, voxel_size_m: float, levels: int = 6, device: str | torch.device = "cpu",
+                 initial_bricks: int = 4096, free_logodds: float = -2.0):
+        from .hashtable import HashTable
+        if not voxel_size_m > 0:
+            raise ValueError(f"voxel_size_m must be > 0, got {voxel_size_m}")
+        if not 1 <= levels <= morton.MAX_LEVEL:
+            raise ValueError(f"levels must be in [1, {morton.MAX_LEVEL}], got {levels}")
+        self.voxel_size_m = float(voxel_size_m)
+        self.levels = int(levels)
+        self.device = torch.device(device)
+        self.free_logodds = float(free_logodds)
+        self.table = HashTable(4 * initial_bricks, self.device)
+        self.specs: dict[str, AttributeSpec] = {}
+        self.attrs: dict[str, torch.Tensor] = {}
+        cap_b = max(16, int(initial_bricks))
+        self._alloc_nodes(2 * cap_b)
+        self._alloc_bricks(cap_b)
+        for spec in CORE_ATTRIBUTES:
+            self.register_attribute(spec)
+
+    # ------------------------------------------------------------------ pools
+    def _alloc_nodes(self, cap: int) -> None:
+        d = self.device
+        self.node_key = torch.full((cap,), -1, dtype=torch.int64, device=d)
+        self.node_brick = torch.full((cap,), -1, dtype=torch.int32, device=d)
+        self.node_max_occ = torch.full((cap,), UNKNOWN_OCC, dtype=torch.float32, device=d)
+        self.node_min_abs_tsdf = torch.ones(cap, dtype=torch.float32, device=d)
+        self.node_observed = torch.zeros(cap, dtype=torch.bool, device=d)
+        self.node_free_mask = torch.zeros(cap, dtype=torch.uint8, device=d)
+        self._free_nodes = torch.arange(cap - 1, -1, -1, dtype=torch.int64, device=d)
+
+    def _alloc_bricks(self, cap: int) -> None:
+        d = self.device
+        self.brick_coord = torch.zeros((cap, 3), dtype=torch.int32, device=d)
+        self.brick_node = torch.full((cap,), -1, dtype=torch.int32, device=d)
+        self.brick_alive = torch.zeros(cap, dtype=torch.bool, device=d)
+        self.brick_dirty = torch.zeros(cap, dtype=torch.bool, device=d)   # changed since the last mesh call
+        self._free_bricks = torch.arange(cap - 1, -1, -1, dtype=torch.int64, device=d)
+
+    NODE_FIELDS = ("node_key", "node_brick", "node_max_occ", "node_min_abs_tsdf", "node_observed", "node_free_mask")
+    BRICK_FIELDS = ("brick_coord", "brick_node", "brick_alive", "brick_dirty")
+
+    def _grow(self, fields, attrs: bool, new_cap: int, free_name: str) -> None:
+        old_cap = getattr(self, fields[0]).shape[0]
+        for name in fields:
+            t = getattr(self, name)
+            fill = {"node_key": -1, "node_brick": -1, "brick_node": -1,
+                    "node_max_occ": UNKNOWN_OCC, "node_min_abs_tsdf": 1.0}.get(name, 0)
+            grown = torch.full((new_cap,) + tuple(t.shape[1:]), fill, dtype=t.dtype, device=self.device)
+            grown[:old_cap] = t
+            setattr(self, name, grown)
+        if attrs:
+            for name, t in self.attrs.items():
+                grown = torch.empty((new_cap,) + tuple(t.shape[1:]), dtype=t.dtype, device=self.device)
+                grown[:old_cap] = t
+                self.attrs[name] = grown
+        fresh = torch.arange(new_cap - 1, old_cap - 1, -1, dtype=torch.int64, device=self.device)
+        setattr(self, free_name, torch.cat([fresh, getattr(self, free_name)]))
+
+    def _take(self, n: int, free_name: str, fields, attrs: bool) -> torch.Tensor:
+        free = getattr(self, free_name)
+        if free.numel() < n:
+            cap = getattr(self, fields[0]).shape[0]
+            new_cap = cap
+            while new_cap - cap + free.numel() < n:
+                new_cap *= 2
+            self._grow(fields, attrs, new_cap, free_name)
+            free = getattr(self, free_name)
+        taken = free[free.numel() - n:].flip(0)
+        setattr(self, free_name, free[:free.numel() - n])
+        return taken
+
+    # ------------------------------------------------------------------ attributes
+    def register_attribute(self, spec: AttributeSpec) -> None:
+        """Add a per-voxel attribute; existing bricks get `spec.fill`."""
+        if spec.name in self.specs:
+            if self.specs[spec.name] != spec:
+                raise ValueError(f"attribute '{spec.name}' already registered as {self.specs[spec.name]}")
+            return
+        cap = self.brick_alive.shape[0]
+        self.specs[spec.name] = spec
+        self.attrs[spec.name] = torch.full((cap, BRICK_VOXELS) + spec.channels, spec.fill, dtype=spec.dtype,
+                                           device=self.device)
+
+    def _reset_voxels(self, slots: torch.Tensor) -> None:
+        for name, spec in self.specs.items():
+            self.attrs[name][slots] = spec.fill
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_bricks(self) -> int:
+        return int(self.brick_alive.sum())
+
+    @property
+    def num_voxels(self) -> int:
+        return self.num_bricks * BRICK_VOXELS
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.table)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every map tensor: hash table, node and brick pools, voxel attributes."""
+        total = self.table.nbytes + sum(t.nbytes for t in self.attrs.values())
+        total += sum(getattr(self, n).nbytes for n in self.NODE_FIELDS + self.BRICK_FIELDS)
+        return total + self._free_nodes.nbytes + self._free_bricks.nbytes
+
+    @property
+    def brick_size_m(self) -> float:
+        return self.voxel_size_m * BRICK
+
+    # ------------------------------------------------------------------ bricks
+    def alive_slots(self) -> torch.Tensor:
+        """Slots of all allocated bricks, (M,) int64."""
+        return self.brick_alive.nonzero().squeeze(1)
+
+    def brick_keys(self, coords: torch.Tensor) -> torch.Tensor:
+        """Brick coordinates (N, 3) int -> level-0 keys (N,) int64 (range-checked)."""
+        morton.check_coords(coords)
+        return morton.encode(coords, 0)
+
+    def lookup_bricks(self, coords: torch.Tensor) -> torch.Tensor:
+        """Brick coordinates (N, 3) int32/int64 -> brick slots (N,) int64, -1 where not allocated."""
+        nodes = self.table.lookup(self.brick_keys(coords.to(self.device)))
+        out = torch.full(nodes.shape, -1, dtype=torch.int64, device=self.device)
+        ok = nodes >= 0
+        out[ok] = self.node_brick[nodes[ok].long()].long()
+        return out
+
+    def allocate_bricks(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Find or create bricks at coordinates (N, 3) int (duplicates allowed).
+
+        Returns (slots (N,) int64, is_new (N,) bool). New bricks start with every attribute at its
+        fill value, except occupancy inside subtrees pruned as free, which starts free.
+        """
+        coords = coords.to(self.device, torch.int64)
+        keys = self.brick_keys(coords)
+        uniq, inv = torch.unique(keys, return_inverse=True)
+        nodes = self.table.lookup(uniq).long()
+        missing = nodes < 0
+        n_new = int(missing.sum())
+        if n_new:
+            new_keys = uniq[missing]
+            node_ids = self._take(n_new, "_free_nodes", self.NODE_FIELDS, False)
+            slots = self._take(n_new, "_free_bricks", self.BRICK_FIELDS, True)
+            self.table.insert(new_keys, node_ids.to(torch.int32))
+            self._init_nodes(node_ids, new_keys, slots)
+            c, _ = morton.decode(new_keys)
+            self.brick_coord[slots] = c.to(torch.int32)
+            self.brick_node[slots] = node_ids.to(torch.int32)
+            self.brick_alive[slots] = True
+            self.brick_dirty[slots] = True
+            self._reset_voxels(slots)
+            was_free = self._expand_pruned(new_keys)
+            if bool(was_free.any()):
+                self.attrs["occ"][slots[was_free]] = self.free_logodds
+            nodes[missing] = node_ids
+        slot_u = self.node_brick[nodes].long()
+        is_new_u = missing
+        return slot_u[inv], is_new_u[inv] & _first_occurrence(inv, uniq.numel())
+
+    def _init_nodes(self, node_ids: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor | None) -> None:
+        self.node_key[node_ids] = keys
+        self.node_brick[node_ids] = -1 if slots is None else slots.to(torch.int32)
+        self.node_max_occ[node_ids] = UNKNOWN_OCC
+        self.node_min_abs_tsdf[node_ids] = 1.0
+        self.node_observed[node_ids] = False
+        self.node_free_mask[node_ids] = 0
+
+    def erase_bricks(self, slots: torch.Tensor) -> None:
+        """Free brick slots (N,) int64 and their nodes; ancestors' summaries are refreshed."""
+        slots = torch.unique(slots.to(self.device, torch.int64))
+        slots = slots[self.brick_alive[slots]]
+        if slots.numel() == 0:
+            return
+        nodes = self.brick_node[slots].long()
+        keys = self.node_key[nodes]
+        self._release_nodes(nodes)
+        self.brick_alive[slots] = False
+        self.brick_dirty[slots] = False
+        self.brick_node[slots] = -1
+        self._free_bricks = torch.cat([self._free_bricks, slots])
+        self._refresh_ancestors(morton.parent(keys), drop_empty=True)
+
+    def _release_nodes(self, nodes: torch.Tensor) -> None:
+        self.table.erase(self.node_key[nodes])
+        self.node_key[nodes] = -1
+        self.node_brick[nodes] = -1
+        self._free_nodes = torch.cat([self._free_nodes, nodes])
+
+    # ------------------------------------------------------------------ summaries
+    def update_summaries(self, slots: torch.Tensor) -> None:
+        """Recompute the summaries of bricks (N,) int64 and of all their ancestors.
+
+        Cost is proportional to the number of bricks passed and the tree depth, not the map size.
+        """
+        slots = torch.unique(slots.to(self.device, torch.int64))
+        slots = slots[self.brick_alive[slots]]
+        if slots.numel() == 0:
+            return
+        w = self.attrs["weight"][slots].float()
+        occ = self.attrs["occ"][slots].float()
+        tsdf = self.attrs["tsdf"][slots].float()
+        seen = (w > 0) | (occ != 0)
+        nodes = self.brick_node[slots].long()
+        self.node_max_occ[nodes] = torch.where(seen, occ, torch.full_like(occ, UNKNOWN_OCC)).amax(1)
+        self.node_min_abs_tsdf[nodes] = torch.where(w > 0, tsdf.abs(), torch.ones_like(tsdf)).amin(1)
+        self.node_observed[nodes] = seen.any(1)
+        self._refresh_ancestors(morton.parent(self.node_key[nodes]), drop_empty=False)
+
+    def _refresh_ancestors(self, parent_keys: torch.Tensor, drop_empty: bool) -> None:
+        keys = torch.unique(parent_keys)
+        while keys.numel() and int(morton.level_of(keys[:1])) <= self.levels:
+            ids = self._ensure_nodes(keys)
+            kids = morton.children(keys)                                      # (P, 8)
+            kid_ids = self.table.lookup(kids.reshape(-1)).long().reshape(-1, 8)
+            has = kid_ids >= 0
+            safe = kid_ids.clamp_min(0)
+            pruned = ((self.node_free_mask[ids].long()[:, None] >> torch.arange(8, device=self.device)) & 1).bool()
+            kid_occ = torch.where(has, self.node_max_occ[safe], torch.full_like(safe, 0, dtype=torch.float32) + UNKNOWN_OCC)
+            kid_occ = torch.where(pruned & ~has, torch.full_like(kid_occ, self.free_logodds), kid_occ)
+            self.node_max_occ[ids] = kid_occ.amax(1)
+            kid_tsdf = torch.where(has, self.node_min_abs_tsdf[safe], torch.ones_like(kid_occ))
+            self.node_min_abs_tsdf[ids] = kid_tsdf.amin(1)
+            self.node_observed[ids] = ((has & self.node_observed[safe]) | (pruned & ~has)).any(1)
+            if drop_empty:
+                empty = ~has.any(1) & (self.node_free_mask[ids] == 0)
+                if bool(empty.any()):
+                    self._release_nodes(ids[empty])
+            keys = torch.unique(morton.parent(keys))
+
+    def _ensure_nodes(self, keys: torch.Tensor) -> torch.Tensor:
+        """Node ids of parent keys (N,) int64 (unique), creating missing ones. (N,) int64."""
+        ids = self.table.lookup(keys).long()
+        missing = ids < 0
+        if bool(missing.any()):
+            new = self._take(int(missing.sum()), "_free_nodes", self.NODE_FIELDS, False)
+            self.table.insert(keys[missing], new.to(torch.int32))
+            self._init_nodes(new, keys[missing], None)
+            ids[missing] = new
+        return ids
+
+    # ------------------------------------------------------------------ pruning and clearing
+    def prune_free(self, free_below_logodds: float) -> int:
+        """Collapse bricks whose every voxel is observed free (occupancy <= threshold, no TSDF
+        surface) into a bit of their parent; then parents whose 8 children are all pruned into
+        theirs. Returns the number of bricks removed."""
+        slots = self.alive_slots()
+        if slots.numel() == 0:
+            return 0
+        occ = self.attrs["occ"][slots].float()
+        tsdf = self.attrs["tsdf"][slots].float()
+        w = self.attrs["weight"][slots].float()
+        free = (occ <= free_below_logodds).all(1) & ((w == 0) | (tsdf >= 0.999)).all(1)
+        slots = slots[free]
+        if slots.numel() == 0:
+            return 0
+        keys = self.node_key[self.brick_node[slots].long()]
+        self._set_free_bits(keys)
+        self.erase_bricks(slots)
+        # Whole parents whose children are all pruned collapse one level further, up to below the root.
+        for _ in range(self.levels - 1):
+            k, ids = self.table.items()
+            full = (self.node_free_mask[ids.long()] == 255) & (morton.level_of(k) < self.levels)
+            if not bool(full.any()):
+                break
+            kids = morton.children(k[full])
+            if bool((self.table.lookup(kids.reshape(-1)) >= 0).any()):
+                keep = ~(self.table.lookup(kids.reshape(-1)).reshape(-1, 8) >= 0).any(1)
+                k_full, ids_full = k[full][keep], ids[full][keep].long()
+            else:
+                k_full, ids_full = k[full], ids[full].long()
+            if k_full.numel() == 0:
+                break
+            self._set_free_bits(k_full)
+            self._release_nodes(ids_full)
+            self._refresh_ancestors(morton.parent(k_full), drop_empty=False)
+        return int(slots.numel())
+
+    def _set_free_bits(self, keys: torch.Tensor) -> None:
+        pk = morton.parent(keys)
+        pid = self._ensure_nodes_dupes(pk)
+        bit = (torch.ones_like(keys) << morton.child_index(keys)).to(torch.uint8)
+        mask = torch.zeros_like(self.node_free_mask, dtype=torch.int64)
+        mask.index_put_((pid,), bit.long(), accumulate=True)   # distinct children -> bits add like OR
+        touched = torch.unique(pid)
+        self.node_free_mask[touched] |= mask[touched].to(torch.uint8)
+
+    def _ensure_nodes_dupes(self, keys: torch.Tensor) -> torch.Tensor:
+        uniq, inv = torch.unique(keys, return_inverse=True)
+        return self._ensure_nodes(uniq)[inv]
+
+    def _expand_pruned(self, brick_keys: torch.Tensor) -> torch.Tensor:
+        """For newly allocated bricks (N,) int64 keys: clear the free bits on their path that cover
+        them, pushing them down so siblings stay free. Returns (N,) bool: inside a pruned region."""
+        inside = torch.zeros(brick_keys.numel(), dtype=torch.bool, device=self.device)
+        for up in range(self.levels, 0, -1):
+            anc = morton.ancestor(brick_keys, up)               # node that may carry the free bit
+            child = morton.ancestor(brick_keys, up - 1)
+            ids = self.table.lookup(anc).long()
+            ok = ids >= 0
+            bit = torch.zeros_like(inside)
+            bit[ok] = ((self.node_free_mask[ids[ok]].long() >> morton.child_index(child[ok])) & 1).bool()
+            if not bool(bit.any()):
+                continue
+            inside |= bit
+            # Clear the bit and re-create the child as a node whose 8 children are all pruned free.
+            sel_ids, sel_child = ids[bit], child[bit]
+            clear = (torch.ones_like(sel_child) << morton.child_index(sel_child)).to(torch.uint8)
+            self.node_free_mask[sel_ids] &= ~clear
+            if up > 1:
+                uniq_child = torch.unique(sel_child)
+                new_ids = self._ensure_nodes(uniq_child)
+                self.node_free_mask[new_ids] = 255
+        return inside
+
+    def clear_outside_radius(self, center_m: torch.Tensor, radius_m: float) -> int:
+        """Erase bricks whose centre is farther than radius_m from center_m (3,) float. Returns count."""
+        slots = self.alive_slots()
+        if slots.numel() == 0 or radius_m <= 0:
+            return 0
+        centres = (self.brick_coord[slots].double() + 0.5) * self.brick_size_m
+        far = (centres - center_m.to(self.device).double()).norm(dim=1) > radius_m
+        self.erase_bricks(slots[far])
+        return int(far.sum())
+
+    # ------------------------------------------------------------------ queries
+    def occupancy_at(self, points_m: torch.Tensor, level: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Occupancy log-odds at world points (N, 3) float, at `level` (0 = voxel; L >= 1 = max over
+        the level-L node containing the point). Returns (logodds (N,) float32, known (N,) bool),
+        on the map device. Inside pruned free subtrees the answer is the free value."""
+        p = points_m.to(self.device, torch.float64)
+        vox = torch.floor(p / self.voxel_size_m).long()
+        brick = vox >> BRICK_SHIFT
+        out = torch.zeros(p.shape[0], dtype=torch.float32, device=self.device)
+        known = torch.zeros(p.shape[0], dtype=torch.bool, device=self.device)
+        keys0 = morton.encode(brick, 0)
+        if level == 0:
+            nodes = self.table.lookup(keys0).long()
+            ok = nodes >= 0
+            slots = self.node_brick[nodes[ok]].long()
+            local = vox[ok] & (BRICK - 1)
+            lin = local[:, 0] + BRICK * local[:, 1] + BRICK * BRICK * local[:, 2]
+            occ = self.attrs["occ"][slots, lin].float()
+            w = self.attrs["weight"][slots, lin].float()
+            out[ok] = occ
+            known[ok] = (occ != 0) | (w > 0)
+            resolved = ok
+        else:
+            nodes = self.table.lookup(morton.ancestor(keys0, level)).long()
+            ok = nodes >= 0
+            out[ok] = self.node_max_occ[nodes[ok]]
+            known[ok] = self.node_observed[nodes[ok]]
+            resolved = ok
+        # Fall back to free bits of the nearest existing ancestor.
+        for up in range(max(level, 0) + 1, self.levels + 1):
+            todo = ~resolved
+            if not bool(todo.any()):
+                break
+            anc = morton.ancestor(keys0[todo], up)
+            ids = self.table.lookup(anc).long()
+            has = ids >= 0
+            idx = todo.nonzero().squeeze(1)
+            child = morton.ancestor(keys0[todo][has], up - 1)
+            bit = ((self.node_free_mask[ids[has]].long() >> morton.child_index(child)) & 1).bool()
+            hit_idx = idx[has]
+            out[hit_idx[bit]] = self.free_logodds
+            known[hit_idx[bit]] = True
+            resolved[hit_idx] = True
+        out[~known] = 0.0
+        return out, known
+
+    def keys_in_morton_order(self, level: int = 0) -> torch.Tensor:
+        """All node keys at `level`, sorted (Morton order), (M,) int64."""
+        k, _ = self.table.items()
+        k = k[morton.level_of(k) == level]
+        return torch.sort(k).values
+
+    def bricks_in_aabb(self, lo_m, hi_m) -> torch.Tensor:
+        """Slots (M,) int64 of bricks that overlap the box [lo_m, hi_m] (each (3,) metres)."""
+        slots = self.alive_slots()
+        lo = torch.as_tensor(lo_m, dtype=torch.float64, device=self.device)
+        hi = torch.as_tensor(hi_m, dtype=torch.float64, device=self.device)
+        b_lo = self.brick_coord[slots].double() * self.brick_size_m
+        b_hi = b_lo + self.brick_size_m
+        inside = ((b_hi >= lo) & (b_lo <= hi)).all(1)
+        return slots[inside]
+
+    def bricks_in_frustum(self, K, T_W_C, width: int, height: int, near_m: float, far_m: float) -> torch.Tensor:
+        """Slots (M,) int64 of bricks whose bounding sphere meets the pinhole frustum of camera
+        K (3, 3), pose T_W_C (4, 4), image width x height, depth range [near_m, far_m]."""
+        slots = self.alive_slots()
+        K = torch.as_tensor(K, dtype=torch.float64, device=self.device)
+        T = torch.as_tensor(T_W_C, dtype=torch.float64, device=self.device)
+        c_w = (self.brick_coord[slots].double() + 0.5) * self.brick_size_m
+        c = (c_w - T[:3, 3]) @ T[:3, :3]                    # world -> camera: R^T (p - t)
+        r = math.sqrt(3) * self.brick_size_m / 2
+        z = c[:, 2]
+        ok = (z > near_m - r) & (z < far_m + r)
+        zc = z.clamp_min(1e-6)
+        u = K[0, 0] * c[:, 0] / zc + K[0, 2]
+        v = K[1, 1] * c[:, 1] / zc + K[1, 2]
+        mu = r * K[0, 0] / zc
+        mv = r * K[1, 1] / zc
+        ok &= (u > -mu - 0.5) & (u < width - 0.5 + mu) & (v > -mv - 0.5) & (v < height - 0.5 + mv)
+        return slots[ok | ((z > -r) & (z <= near_m) & (c[:, :2].norm(dim=1) < r + near_m))]
+
+    def voxel_centers(self, slots: torch.Tensor) -> torch.Tensor:
+        """World centres (N, 512, 3) float32 of the voxels of bricks (N,) int64, metres."""
+        base = self.brick_coord[slots].long() * BRICK
+        idx = base[:, None, :] + VOXEL_OFFSETS.to(self.device)[None]
+        return ((idx.double() + 0.5) * self.voxel_size_m).float()
+
+
+def _first_occurrence(inv: torch.Tensor, n_unique: int) -> torch.Tensor:
+    """(N,) bool, True at the first position of each distinct value of inv (N,) int64."""
+    first = torch.full((n_unique,), inv.numel(), dtype=torch.int64, device=inv.device)
+    first.scatter_reduce_(0, inv, torch.arange(inv.numel(), device=inv.device), reduce="amin")
+    out = torch.zeros(inv.numel(), dtype=torch.bool, device=inv.device)
+    out[first] = True
+    return out
