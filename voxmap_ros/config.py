@@ -15,8 +15,11 @@ import yaml
 
 def _f(default, description: str, *, lo=None, hi=None, choices=None, runtime: bool = False):
     """A config field with a description, an allowed range and whether it may change at run time."""
-    return field(default=default, metadata={
-        "description": description, "lo": lo, "hi": hi, "choices": choices, "runtime": runtime})
+    meta = {"description": description, "lo": lo, "hi": hi, "choices": choices, "runtime": runtime,
+            "type": type(default)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -75,6 +78,48 @@ class GridConfig:
 
 
 @dataclass
+class NodeConfig:
+    """ROS front end only (topics, rates, QoS, poses); the core ignores this section."""
+    depth_topic: str = _f("camera/depth/image_raw", "Depth image topic (16UC1 mm or 32FC1 m); '' = no RGB-D")
+    color_topic: str = _f("camera/color/image_raw", "Colour image topic (rgb8/bgr8/rgba8/bgra8/mono8); '' = none")
+    camera_info_topic: str = _f("camera/depth/camera_info", "CameraInfo of the depth image")
+    cloud_topic: str = _f("lidar/points", "PointCloud2 topic; '' = no LiDAR")
+    sensor_qos: str = _f("sensor_data", "QoS of sensor subscriptions: 'sensor_data' (best effort) or 'reliable'",
+                         choices=("sensor_data", "reliable"))
+    color_sync_tolerance_s: float = _f(0.02, "Max stamp difference when pairing depth and colour, seconds",
+                                       lo=0.0, hi=1.0, runtime=True)
+    pose_source: str = _f("auto", "'tf' (needs tf2_ros), 'topic' (pose_topic) or 'auto' (tf when importable)",
+                          choices=("auto", "tf", "topic"))
+    pose_topic: str = _f("pose", "Pose of the body in the map frame, for pose_source 'topic'")
+    pose_topic_type: str = _f("PoseStamped", "Message type of pose_topic",
+                              choices=("PoseStamped", "TransformStamped", "Odometry"))
+    pose_buffer_s: float = _f(10.0, "How long pose-topic samples are kept for interpolation, seconds", lo=0.1, hi=600.0)
+    camera_extrinsic: list = _f([0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                                "T_body_camera as [x, y, z, roll, pitch, yaw] (m, rad), pose_source 'topic'")
+    lidar_extrinsic: list = _f([0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                               "T_body_lidar as [x, y, z, roll, pitch, yaw] (m, rad), pose_source 'topic'")
+    tf_timeout_s: float = _f(0.05, "How long one TF lookup may wait, seconds", lo=0.0, hi=5.0, runtime=True)
+    pose_wait_s: float = _f(1.0, "How long a frame may wait for its pose before it is dropped, seconds",
+                            lo=0.0, hi=60.0, runtime=True)
+    queue_size: int = _f(4, "Frames waiting for integration per sensor; the oldest is dropped beyond", lo=1, hi=1000)
+    max_points: int = _f(2_000_000, "Clouds with more points are subsampled to this many", lo=1000, hi=100_000_000,
+                         runtime=True)
+    mesh_rate_hz: float = _f(1.0, "Mesh (MarkerArray) publish rate, Hz; 0 = off", lo=0.0, hi=100.0, runtime=True)
+    mesh_chunk_level: int = _f(2, "Octree level of mesh chunks (one marker each; level L = 2^L bricks a side)",
+                               lo=0, hi=8)
+    occupancy_rate_hz: float = _f(0.5, "OccupancyGrid publish rate, Hz; 0 = off", lo=0.0, hi=100.0, runtime=True)
+    occupied_voxels_rate_hz: float = _f(0.5, "Occupied-voxel PointCloud2 rate, Hz; 0 = off", lo=0.0, hi=100.0,
+                                        runtime=True)
+    occupied_voxels_level: int = _f(0, "Octree level of published occupied cells (0 = voxels)", lo=0, hi=12,
+                                    runtime=True)
+    diagnostics_rate_hz: float = _f(1.0, "Diagnostics publish rate, Hz", lo=0.0, hi=100.0, runtime=True)
+    prune_rate_hz: float = _f(0.1, "How often free subtrees are pruned, Hz; 0 = never", lo=0.0, hi=100.0,
+                              runtime=True)
+    output_dir: str = _f("voxmap_output", "Where ~/save_map writes its files")
+    load_map_path: str = _f("", "Map file (.npz) to load at start; '' = start empty")
+
+
+@dataclass
 class VoxmapConfig:
     map: MapConfig = field(default_factory=MapConfig)
     tsdf: TsdfConfig = field(default_factory=TsdfConfig)
@@ -82,6 +127,7 @@ class VoxmapConfig:
     rgbd: RgbdConfig = field(default_factory=RgbdConfig)
     lidar: LidarConfig = field(default_factory=LidarConfig)
     grid: GridConfig = field(default_factory=GridConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
 
     # ---- conversions ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -176,7 +222,13 @@ def _split(dotted: str) -> tuple[str, str]:
 
 
 def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
-    kind = type(f.default)
+    kind = f.metadata["type"]
+    if kind is list:
+        if not isinstance(value, (list, tuple)) or len(value) != 6 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+                for v in value):
+            raise ValueError(f"{name} must be a list of 6 finite numbers [x, y, z, roll, pitch, yaw], got {value!r}")
+        return [float(v) for v in value]
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")
@@ -200,3 +252,33 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
     if meta.get("hi") is not None and value > meta["hi"]:
         raise ValueError(f"{name} must be <= {meta['hi']}, got {value!r}")
     return value
+
+
+def ros_params_yaml(cfg: VoxmapConfig | None = None, node_name: str = "voxmap") -> str:
+    """The config as a commented ROS 2 params file (`node: ros__parameters: section: key: value`),
+    every parameter preceded by its description (units are in the names)."""
+    cfg = cfg or VoxmapConfig()
+    lines = ["# voxmap_ros parameters (generated by `python -m voxmap_ros.config`; units are in the names).",
+             "# [runtime] marks parameters that may change while the node runs (ros2 param set).",
+             f"{node_name}:", "  ros__parameters:"]
+    for sf in dataclasses.fields(cfg):
+        lines.append(f"    {sf.name}:")
+        for f in dataclasses.fields(getattr(cfg, sf.name)):
+            m = f.metadata
+            rng = ""
+            if m.get("choices"):
+                rng = f" One of: {', '.join(m['choices'])}."
+            elif m.get("lo") is not None:
+                rng = f" Range [{m['lo']}, {m['hi']}]."
+            tag = " [runtime]" if m["runtime"] else ""
+            lines.append(f"      # {m['description']}.{rng}{tag}")
+            value = getattr(getattr(cfg, sf.name), f.name)
+            lines.append(f"      {f.name}: {yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+    out = sys.argv[1] if len(sys.argv) > 1 else "config/voxmap.yaml"
+    Path(out).write_text(ros_params_yaml())
+    print(f"wrote {out}")

@@ -4,11 +4,14 @@ Why this design:
 - Linear probing over flat tensors, so a batch of N keys is handled by a handful of tensor ops per
   probe step (a Python loop over probe *distance*, never over keys). Expected O(1) per key at the
   load factor kept here (<= 0.5).
-- Growth never rehashes the whole table in one call: when the table fills, a table twice the size
-  becomes the insert target and each later call migrates a bounded slice of the old one (at least
-  twice as many slots as it inserts). Lookups consult both tables until the old one is drained, so
-  no single call pays for the size of the map.
-- Erase leaves tombstones; when they pile up, the same incremental migration cleans them.
+- Growth never rehashes the whole table in one call: when the table fills, a table at least twice
+  the size becomes the insert target and each later call migrates a bounded slice of the old one:
+  max(r * n, 4096) slots for a call that inserts or erases n keys, with r = 2 for growth. The new
+  table is sized so that the old one is always drained before the new one can fill, so no call
+  ever has to finish a migration at once. Lookups consult both tables until the old one is
+  drained, so no single call pays for the size of the map.
+- Erase leaves tombstones; when they pile up, the same incremental migration (to a table of the
+  same size, r <= 4) cleans them.
 
 Keys must be >= 0 (octree keys are); EMPTY and TOMBSTONE are negative sentinels.
 """
@@ -20,6 +23,7 @@ EMPTY = -1
 TOMBSTONE = -2
 MAX_LOAD = 0.5
 _MIN_MIGRATE_SLOTS = 4096
+GROWTH_SLOTS_PER_KEY = 2            # old slots migrated per inserted key while growing
 
 
 def hash_slots(keys: torch.Tensor, bits: int) -> torch.Tensor:
@@ -109,6 +113,7 @@ class HashTable:
         self._new = _Table(cap, self.device)
         self._old: _Table | None = None
         self._cursor = 0
+        self._slots_per_key = GROWTH_SLOTS_PER_KEY
 
     # ---- queries ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -123,8 +128,18 @@ class HashTable:
     def migrating(self) -> bool:
         return self._old is not None
 
+    def contains(self, keys: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: whether each key of keys (N,) int64 is stored (whatever its value)."""
+        self._check(keys)
+        found = self._new.find(keys) >= 0
+        if self._old is not None and not bool(found.all()):
+            miss = (~found).nonzero().squeeze(1)
+            found[miss] = self._old.find(keys[miss]) >= 0
+        return found
+
     def lookup(self, keys: torch.Tensor) -> torch.Tensor:
-        """Values for keys (N,) int64; -1 where absent. Returns (N,) int32 on the table device."""
+        """Values for keys (N,) int64; -1 where absent (store values >= 0 to tell the two apart).
+        Returns (N,) int32 on the table device."""
         self._check(keys)
         out = torch.full((keys.numel(),), -1, dtype=torch.int32, device=self.device)
         if keys.numel() == 0:
@@ -165,12 +180,14 @@ class HashTable:
         uniq, inv = torch.unique(keys, return_inverse=True)
         first = torch.full((uniq.numel(),), n, dtype=torch.int64, device=self.device)
         first.scatter_reduce_(0, inv, torch.arange(n, device=self.device), reduce="amin")
-        absent = self.lookup(uniq) < 0
+        absent = ~self.contains(uniq)
         add_keys, add_idx = uniq[absent], first[absent]
+        # Migrate first: the sizing in _reserve guarantees the old table is then drained before
+        # the new one would have to grow, so growth never finishes a migration in one call.
+        self._migrate(self._slots_per_key * add_keys.numel())
         self._reserve(add_keys.numel())
         self._new.insert_absent(add_keys, values[add_idx].to(torch.int32))
         is_new[add_idx] = True
-        self._migrate(2 * add_keys.numel())
         return is_new
 
     def erase(self, keys: torch.Tensor) -> torch.Tensor:
@@ -182,9 +199,9 @@ class HashTable:
             s = t.find(keys)
             found |= s >= 0
             t.erase_slots(s)
+        self._migrate(self._slots_per_key * keys.numel())
         if self._new.tombstones > self._new.capacity // 4 and self._old is None:
-            self._start_migration(self._new.capacity)
-        self._migrate(2 * keys.numel())
+            self._start_migration(self._new.capacity, 0)
         return found
 
     def update_values(self, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -203,18 +220,22 @@ class HashTable:
         t = self._new
         if t.live + t.tombstones + n_new <= MAX_LOAD * t.capacity:
             return
-        if self._old is not None:            # still draining: finish it before starting another
-            self._migrate(self._old.capacity)
         need = self.__len__() + n_new
-        cap = t.capacity
-        while need > MAX_LOAD * cap / 2:     # leave headroom for the migration to finish
+        cap = 2 * t.capacity
+        # Headroom: at most a quarter full, and room for enough inserts that GROWTH_SLOTS_PER_KEY
+        # old slots per insert drain the old table before the new one reaches MAX_LOAD.
+        while need > MAX_LOAD * cap / 2 or MAX_LOAD * cap - need < t.capacity / GROWTH_SLOTS_PER_KEY:
             cap *= 2
-        self._start_migration(cap)
+        self._start_migration(cap, n_new)
 
-    def _start_migration(self, capacity: int) -> None:
-        if self._old is not None:
+    def _start_migration(self, capacity: int, n_new: int) -> None:
+        if self._old is not None:            # cannot happen with the sizing above; kept as a guard
             self._migrate(self._old.capacity)
-        self._old, self._new, self._cursor = self._new, _Table(capacity, self.device), 0
+        old = self._new
+        # Inserts the new table takes before it must grow; spread the old slots over them.
+        budget = max(1, int(MAX_LOAD * capacity) - (old.live + n_new))
+        self._slots_per_key = max(GROWTH_SLOTS_PER_KEY, -(-old.capacity // budget))
+        self._old, self._new, self._cursor = old, _Table(capacity, self.device), 0
 
     def _migrate(self, n_slots: int) -> None:
         """Move live entries from the next `n_slots` (at least a fixed minimum) old slots to the new table."""

@@ -13,12 +13,14 @@ Shared semantics (both backends):
   old surfaces. Each voxel of a visited brick projects to its nearest pixel; sdf = depth - z.
   Voxels with sdf < -trunc are left untouched (occluded).
 - RGB-D occupancy: |sdf| <= voxel/2 is a hit, sdf > voxel a miss.
-- LiDAR: rays from the sensor origin, sampled every half voxel. Samples at t < range - voxel are
-  free (misses); the voxel holding the return is a hit (hits win over misses in one scan); each
+- LiDAR: rays from the sensor origin. Every voxel a ray passes through at t < range - voxel
+  (exact traversal, `ray_voxels`) is free (a miss); the voxel holding the return is a hit (hits
+  win over misses in one scan); each
   voxel is updated at most once per scan (OctoMap's discrete insertion). Returns beyond
   max_range clear free space up to max_range and make no hit. TSDF: samples within +-trunc of
   the return accumulate sdf = range - (voxel centre - origin) . direction, once per (ray, voxel);
-  free voxels outside every band get +1.
+  free voxels outside every band get +1, also once per (ray, voxel), so that clearing a surface
+  weighs as much as observing it did (ghosts of moved objects fade as fast as they formed).
 """
 from __future__ import annotations
 
@@ -206,23 +208,63 @@ def lidar_rays(points: torch.Tensor, T_W_L: torch.Tensor, p: FusionParams):
     return t, dirs, torch.where(hit, r, torch.full_like(r, p.lidar_max_m)), hit
 
 
+def ray_voxels(origin: torch.Tensor, dirs: torch.Tensor, t_end: torch.Tensor, voxel_size_m: float):
+    """Every voxel that the segments origin + t * dirs, t in [0, t_end), pass through (exact
+    traversal: the segment is cut at each voxel boundary it crosses, each piece gives the voxel
+    holding its midpoint). origin (3,) float32, dirs (R, 3) float32 unit, t_end (R,) float32
+    metres (<= 0: no voxel). Returns (ray (F,) int64, voxel (F, 3) int64), grouped by ray in
+    order along it; float32 arithmetic."""
+    dev = dirs.device
+    vs = voxel_size_m
+    live = t_end > 0
+    rid = live.nonzero().squeeze(1)
+    d, te = dirs[rid], t_end[rid]
+    i0 = torch.floor(origin / vs).long()                                    # (3,) start voxel
+    i1 = torch.floor((origin + te[:, None] * d) / vs).long()                # (L, 3) end voxel
+    n_ax = (i1 - i0).abs()                                                  # crossings per axis
+    # Boundary crossing times, axis by axis: plane k (1..n) beyond the start voxel.
+    ts, rs = [], []
+    for a in range(3):
+        n = n_ax[:, a]
+        r = torch.repeat_interleave(torch.arange(rid.numel(), device=dev), n)
+        k = torch.arange(r.numel(), device=dev) - (torch.cumsum(n, 0) - n)[r] + 1
+        da = d[r, a]
+        plane = torch.where(da > 0, i0[a] + k, i0[a] - k + 1).float() * vs
+        ts.append((plane - origin[a]) / da)
+        rs.append(r)
+    t, r = torch.cat(ts), torch.cat(rs)
+    order = torch.argsort(t)
+    order = order[torch.argsort(r[order], stable=True)]                     # by ray, then by t
+    t = t[order]
+    m = n_ax.sum(1)                                                         # crossings per ray
+    cnt = m + 1                                                             # pieces per ray
+    seg_r = torch.repeat_interleave(torch.arange(rid.numel(), device=dev), cnt)
+    j = torch.arange(seg_r.numel(), device=dev) - (torch.cumsum(cnt, 0) - cnt)[seg_r]
+    first = (torch.cumsum(m, 0) - m)[seg_r]                                 # ray's first crossing
+    last = t.numel() - 1
+    t0 = torch.where(j == 0, torch.zeros((), device=dev), t[(first + j - 1).clamp(0, max(last, 0))]
+                     if t.numel() else torch.zeros_like(seg_r, dtype=torch.float32))
+    t1 = torch.where(j == m[seg_r], te[seg_r], t[(first + j).clamp(0, max(last, 0))]
+                     if t.numel() else te[seg_r])
+    mid = 0.5 * (t0.clamp(max=te[seg_r]) + t1.clamp(max=te[seg_r]))
+    vox = torch.floor((origin + mid[:, None] * d[seg_r]) / vs).long()
+    return rid[seg_r], vox
+
+
 def lidar_samples(origin: torch.Tensor, dirs: torch.Tensor, ranges: torch.Tensor, hit: torch.Tensor,
-                  p: FusionParams, ray_ids: torch.Tensor):
+                  p: FusionParams, ray_ids: torch.Tensor, with_free_rays: bool = False):
     """Voxel indices touched by a chunk of rays, as flat tensors (all float32 arithmetic):
-    free voxels (F, 3) int64; band (ray_id (B,), voxel (B, 3) int64, sdf (B,) f32); hit voxels (Hn, 3)."""
+    free voxels (F, 3) int64; band (ray_id (B,), voxel (B, 3) int64, sdf (B,) f32); hit voxels (Hn, 3).
+    With `with_free_rays`, free is (ray_id (F,) int64, voxel (F, 3) int64)."""
     vs = p.voxel_size_m
     step = 0.5 * vs
     dev = dirs.device
-    # Free-space samples t_k = k * step for t_k < range - voxel (or < max range for no-return rays).
+    # Free space: every voxel on [0, range - voxel) (or [0, max range) for no-return rays).
     t_end = torch.where(hit, ranges - vs, ranges)
-    n_steps = torch.clamp(torch.ceil(t_end / step), min=0).long()
     free = torch.zeros((0, 3), dtype=torch.int64, device=dev)
-    if p.lidar_free_space and int(n_steps.sum()):
-        ray = torch.repeat_interleave(torch.arange(dirs.shape[0], device=dev), n_steps)
-        start = torch.cumsum(n_steps, 0) - n_steps
-        k = torch.arange(ray.numel(), device=dev) - start[ray]
-        tk = k.float() * step
-        free = torch.floor((origin + tk[:, None] * dirs[ray]) / vs).long()
+    ray = torch.zeros(0, dtype=torch.int64, device=dev)
+    if p.lidar_free_space:
+        ray, free = ray_voxels(origin, dirs, t_end, vs)
     # Band samples t = range - trunc + j * step, j = 0 .. 2*trunc/step.
     nb = int(math.floor(2 * p.trunc_m / step + 1e-6)) + 1
     hr = hit.nonzero().squeeze(1)
@@ -233,6 +275,8 @@ def lidar_samples(origin: torch.Tensor, dirs: torch.Tensor, ranges: torch.Tensor
     band_ray = ray_ids[hr, None].expand(-1, nb)
     ok = tj > 0
     hits = torch.floor((origin + ranges[hr, None] * dirs[hr]) / vs).long()
+    if with_free_rays:
+        free = (ray_ids[ray], free)
     return free, (band_ray[ok], vox[ok], sdf[ok]), hits
 
 
@@ -246,9 +290,10 @@ def integrate_lidar_torch(octree: SparseVoxelOctree, points: torch.Tensor, T_W_L
     frees, bands, hits = [], [], []
     for i in range(0, dirs.shape[0], chunk_rays):
         sl = slice(i, i + chunk_rays)
-        f, b, h = lidar_samples(origin, dirs[sl], ranges[sl], hit[sl], p, ids[sl])
+        f, b, h = lidar_samples(origin, dirs[sl], ranges[sl], hit[sl], p, ids[sl], with_free_rays=True)
         frees.append(f); bands.append(b); hits.append(h)
-    free = torch.cat(frees) if frees else torch.zeros((0, 3), dtype=torch.int64, device=dev)
+    free_ray = torch.cat([f[0] for f in frees]) if frees else torch.zeros(0, dtype=torch.int64, device=dev)
+    free = torch.cat([f[1] for f in frees]) if frees else torch.zeros((0, 3), dtype=torch.int64, device=dev)
     band_ray = torch.cat([b[0] for b in bands]) if bands else torch.zeros(0, dtype=torch.int64, device=dev)
     band_vox = torch.cat([b[1] for b in bands]) if bands else torch.zeros((0, 3), dtype=torch.int64, device=dev)
     band_sdf = torch.cat([b[2] for b in bands]) if bands else torch.zeros(0, device=dev)
@@ -269,19 +314,24 @@ def integrate_lidar_torch(octree: SparseVoxelOctree, points: torch.Tensor, T_W_L
     is_free[inv_free] = True
     in_band = torch.zeros(n, dtype=torch.bool, device=dev)
     in_band[inv_band] = True
-    # One contribution per (ray, voxel) in the band.
-    pair = torch.unique(torch.stack([band_ray, inv_band], 1), dim=0, return_inverse=True)
-    pair_first = torch.full((pair[0].shape[0],), band_ray.numel(), dtype=torch.int64, device=dev)
-    pair_first.scatter_reduce_(0, pair[1], torch.arange(band_ray.numel(), device=dev), reduce="amin")
+    # One contribution per (ray, voxel) in the band. Pairs as 1-D keys ray * n + voxel: the same
+    # order as a row-wise unique of (ray, voxel), much faster.
+    pair_keys, pair_inv = torch.unique(band_ray * n + inv_band, return_inverse=True)
+    pair_first = torch.full((pair_keys.shape[0],), band_ray.numel(), dtype=torch.int64, device=dev)
+    pair_first.scatter_reduce_(0, pair_inv, torch.arange(band_ray.numel(), device=dev), reduce="amin")
     bsdf = band_sdf[pair_first]
-    bidx = pair[0][:, 1]
+    bidx = pair_keys % n
     obs = (bsdf / p.trunc_m).clamp(-1.0, 1.0)
     w_obs = torch.ones_like(obs)          # LiDAR noise barely grows with range: constant weight
     sum_w = torch.zeros(n, device=dev).index_add_(0, bidx, w_obs)
     sum_wt = torch.zeros(n, device=dev).index_add_(0, bidx, w_obs * obs)
+    # Free voxels outside every band: +1 once per (ray, voxel), weighted like band observations.
     free_only = is_free & ~in_band
-    sum_w[free_only] = 1.0
-    sum_wt[free_only] = 1.0
+    if bool(free_only.any()):
+        free_pairs = torch.unique(free_ray * n + inv_free)
+        n_rays = torch.zeros(n, device=dev).index_add_(0, free_pairs % n, torch.ones(free_pairs.numel(), device=dev))
+        sum_w[free_only] = n_rays[free_only]
+        sum_wt[free_only] = n_rays[free_only]
 
     bricks = uniq_vox >> BRICK_SHIFT
     slots, _ = octree.allocate_bricks(bricks)

@@ -19,6 +19,8 @@ from .octree import AttributeSpec, BRICK_VOXELS, SparseVoxelOctree
 
 FORMAT = "voxmap_ros.map"
 VERSION = 1
+_HEADER_FIELDS = {"voxel_size_m": (int, float), "levels": int, "free_logodds": (int, float),
+                  "num_nodes": int, "num_bricks": int, "attributes": list, "extra": dict}
 _DTYPES = {"float16": torch.float16, "float32": torch.float32, "uint8": torch.uint8, "int16": torch.int16,
            "int32": torch.int32, "int64": torch.int64, "bool": torch.bool}
 
@@ -125,8 +127,9 @@ def _array(z: zipfile.ZipFile, name: str, path) -> np.ndarray:
             return np.load(io.BytesIO(f.read()), allow_pickle=False)
     except KeyError:
         raise ValueError(f"{path}: missing array '{name}'") from None
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
-        raise ValueError(f"{path}: array '{name}' is unreadable ({e}); truncated file?") from None
+    except Exception as e:      # untrusted bytes: any parse failure (bad zip, npy header, zlib) is bad input
+        raise ValueError(f"{path}: array '{name}' is unreadable ({type(e).__name__}: {e}); "
+                         f"truncated or corrupted file?") from None
 
 
 def _header(z: zipfile.ZipFile, path) -> dict:
@@ -139,4 +142,12 @@ def _header(z: zipfile.ZipFile, path) -> dict:
         raise ValueError(f"{path}: not a voxmap map (format {h.get('format')!r}, expected {FORMAT!r})")
     if h.get("version") != VERSION:
         raise ValueError(f"{path}: map format version {h.get('version')} is not supported (expected {VERSION})")
+    for key, kind in _HEADER_FIELDS.items():
+        if not isinstance(h.get(key), kind) or isinstance(h.get(key), bool):
+            raise ValueError(f"{path}: header field '{key}' is {h.get(key)!r}, expected {kind}")
+    for a in h["attributes"]:
+        if not (isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("dtype"), str)
+                and isinstance(a.get("channels"), list) and all(isinstance(c, int) and c > 0 for c in a["channels"])
+                and isinstance(a.get("fill"), (int, float))):
+            raise ValueError(f"{path}: malformed attribute entry in the header: {a!r}")
     return h

@@ -78,11 +78,12 @@ def decode_edge_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return coords, keys & 3
 
 
-def _empty(device: torch.device):
-    return (torch.zeros((0, 3), dtype=torch.float32, device=device),
-            torch.zeros((0, 3), dtype=torch.int64, device=device),
-            torch.zeros((0, 3), dtype=torch.uint8, device=device),
-            torch.zeros((0,), dtype=torch.int64, device=device))
+def _empty(device: torch.device, with_triangle_blocks: bool = False):
+    out = (torch.zeros((0, 3), dtype=torch.float32, device=device),
+           torch.zeros((0, 3), dtype=torch.int64, device=device),
+           torch.zeros((0, 3), dtype=torch.uint8, device=device),
+           torch.zeros((0,), dtype=torch.int64, device=device))
+    return out + (torch.zeros((0,), dtype=torch.int64, device=device),) if with_triangle_blocks else out
 
 
 def _check_inputs(sdf, valid, colors, origins_vox, voxel_size_m, iso) -> None:
@@ -124,8 +125,8 @@ def _check_inputs(sdf, valid, colors, origins_vox, voxel_size_m, iso) -> None:
 
 
 def marching_cubes_blocks(sdf: torch.Tensor, valid: torch.Tensor, colors: torch.Tensor | None,
-                          origins_vox: torch.Tensor, voxel_size_m: float, iso: float = 0.0
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                          origins_vox: torch.Tensor, voxel_size_m: float, iso: float = 0.0,
+                          return_triangle_blocks: bool = False) -> tuple[torch.Tensor, ...]:
     """Extract the iso-surface of a batch of padded SDF blocks as one welded, indexed mesh.
 
     Inputs (all on one device, CPU or CUDA):
@@ -142,14 +143,16 @@ def marching_cubes_blocks(sdf: torch.Tensor, valid: torch.Tensor, colors: torch.
             sdf >= iso;
         vertex_colors (V, 3) uint8, interpolated like the positions;
         vertex_edge_keys (V,) int64 sorted ascending, unique edge key of each vertex (see the
-            module docstring), for welding with meshes from other calls.
+            module docstring), for welding with meshes from other calls;
+        only with return_triangle_blocks: triangle_blocks (T,) int64, the index into the batch
+            of the block whose cell produced each triangle (exact, unlike guessing from centroids).
     Raises ValueError on malformed input or coordinates outside the edge-key range.
     """
     _check_inputs(sdf, valid, colors, origins_vox, voxel_size_m, iso)
     device = sdf.device
     nb, s = sdf.shape[0], sdf.shape[1]
     if nb == 0:
-        return _empty(device)
+        return _empty(device, return_triangle_blocks)
     c = s - 1
     tab = _tables(device)
 
@@ -172,7 +175,7 @@ def marching_cubes_blocks(sdf: torch.Tensor, valid: torch.Tensor, colors: torch.
     active = ((cfg - 1) < 254) & cell_ok.bool()
     cell_idx = active.reshape(-1).nonzero().squeeze(1)               # flat index into (B, c, c, c)
     if cell_idx.numel() == 0:
-        return _empty(device)
+        return _empty(device, return_triangle_blocks)
     cell_cfg = cfg.reshape(-1)[cell_idx].long()
 
     counts = tab["tri_count"][cell_cfg]
@@ -200,7 +203,8 @@ def marching_cubes_blocks(sdf: torch.Tensor, valid: torch.Tensor, colors: torch.
     rep_edge = tri_edges.reshape(-1)[rep]
 
     # Endpoints are read lower-then-upper on every edge so all occurrences interpolate alike.
-    corner_flat = tab["corner_offsets"] @ torch.tensor([1, s, s * s], dtype=torch.int64, device=device)
+    # elementwise rather than a matmul: CUDA has no int64 matmul
+    corner_flat = (tab["corner_offsets"] * torch.tensor([1, s, s * s], dtype=torch.int64, device=device)).sum(1)
     base = ((cb * s + ck) * s + cj) * s + ci
     base = base[rep_cell]
     i0 = base + corner_flat[tab["edge_corners"][rep_edge, 0]]
@@ -223,6 +227,8 @@ def marching_cubes_blocks(sdf: torch.Tensor, valid: torch.Tensor, colors: torch.
         c0, c1 = col_flat[i0].to(torch.float32), col_flat[i1].to(torch.float32)
         tf = t.to(torch.float32)[:, None]
         vcolors = (c0 + (c1 - c0) * tf).round_().clamp_(0, 255).to(torch.uint8)
+    if return_triangle_blocks:
+        return vertices, triangles, vcolors, vertex_keys, cb[tri_rows]
     return vertices, triangles, vcolors, vertex_keys
 
 

@@ -96,13 +96,12 @@ def mesh_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: floa
     for i in range(0, slots.numel(), chunk):
         s = slots[i:i + chunk]
         sdf, valid, colors, origins = gather_blocks(octree, s, min_weight)
-        verts, tris, vcol, vkeys = marching_cubes_blocks(sdf, valid, colors, origins, vs)
+        verts, tris, vcol, vkeys, tri_block = marching_cubes_blocks(sdf, valid, colors, origins, vs,
+                                                                    return_triangle_blocks=True)
         if tris.shape[0] == 0:
             continue
-        tv = verts[tris]
-        # The centroid lies inside its cell; cells of brick b start at voxel centre 8b + 0.5.
-        cell = torch.floor(tv.double().mean(1) / vs - 0.5).long()
-        parts.append(BrickMesh(tv.float(), vcol[tris], vkeys[tris], morton.encode(cell >> 3, 0)))
+        owner = morton.encode(origins[tri_block] >> 3, 0)
+        parts.append(BrickMesh(verts[tris].float(), vcol[tris], vkeys[tris], owner))
     return BrickMesh.cat(parts) if parts else BrickMesh.empty(octree.device)
 
 

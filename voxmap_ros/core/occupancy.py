@@ -38,7 +38,7 @@ def occupied_voxels(octree: SparseVoxelOctree, threshold_logodds: float, level: 
 
 def project_2d(octree: SparseVoxelOctree, z_min_m: float, z_max_m: float, threshold_logodds: float) -> Grid2D:
     """2D grid (nav_msgs/OccupancyGrid semantics) from the voxels whose centres lie in
-    [z_min_m, z_max_m]: occupied if any is occupied, free if any is known and none occupied,
+    [z_min_m, z_max_m]: occupied if any is occupied, free if any is more likely free (log-odds < 0) and none occupied,
     unknown otherwise. Resolution = voxel size. Pruned free subtrees count as free."""
     vs = octree.voxel_size_m
     slots = octree.alive_slots()
@@ -71,11 +71,10 @@ def project_2d(octree: SparseVoxelOctree, z_min_m: float, z_max_m: float, thresh
         s = slots[band]
         c = coords[band]
         occ = octree.attrs["occ"][s].float()
-        w = octree.attrs["weight"][s].float()
         off = VOXEL_OFFSETS.to(octree.device)
         vz = c[:, None, 2] + off[None, :, 2]
         in_band = (vz >= lo_z) & (vz <= hi_z)
-        known = in_band & ((occ != 0) | (w > 0))
+        known = in_band & (occ < 0)           # evidence of free space; TSDF weight alone is not
         occupied = in_band & (occ > threshold_logodds)
         cell = ((c[:, None, 1] + off[None, :, 1] - lo[1]) * W + (c[:, None, 0] + off[None, :, 0] - lo[0]))
         is_known = torch.zeros(H * W, dtype=torch.bool, device=octree.device)

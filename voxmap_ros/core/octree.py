@@ -373,8 +373,13 @@ class SparseVoxelOctree:
             inside |= bit
             # Clear the bit and re-create the child as a node whose 8 children are all pruned free.
             sel_ids, sel_child = ids[bit], child[bit]
-            clear = (torch.ones_like(sel_child) << morton.child_index(sel_child)).to(torch.uint8)
-            self.node_free_mask[sel_ids] &= ~clear
+            # Several new bricks may clear bits of one node: OR their bits per node first (an
+            # indexed `&=` with repeated ids would keep only one of them).
+            pair = torch.unique(sel_ids * 8 + morton.child_index(sel_child))
+            touched, inv = torch.unique(pair // 8, return_inverse=True)
+            clear = torch.zeros(touched.numel(), dtype=torch.int64, device=self.device)
+            clear.index_add_(0, inv, torch.ones_like(pair) << (pair % 8))   # distinct bits: + is OR
+            self.node_free_mask[touched] &= ~clear.to(torch.uint8)
             if up > 1:
                 uniq_child = torch.unique(sel_child)
                 new_ids = self._ensure_nodes(uniq_child)
@@ -455,22 +460,24 @@ class SparseVoxelOctree:
 
     def bricks_in_frustum(self, K, T_W_C, width: int, height: int, near_m: float, far_m: float) -> torch.Tensor:
         """Slots (M,) int64 of bricks whose bounding sphere meets the pinhole frustum of camera
-        K (3, 3), pose T_W_C (4, 4), image width x height, depth range [near_m, far_m]."""
+        K (3, 3), pose T_W_C (4, 4), image width x height (pixel edges at -0.5 and width - 0.5),
+        depth range [near_m, far_m]. Every brick that meets the frustum is returned (a sphere
+        against the six planes: bricks near an edge of the frustum may come along)."""
         slots = self.alive_slots()
         K = torch.as_tensor(K, dtype=torch.float64, device=self.device)
         T = torch.as_tensor(T_W_C, dtype=torch.float64, device=self.device)
         c_w = (self.brick_coord[slots].double() + 0.5) * self.brick_size_m
         c = (c_w - T[:3, 3]) @ T[:3, :3]                    # world -> camera: R^T (p - t)
         r = math.sqrt(3) * self.brick_size_m / 2
-        z = c[:, 2]
-        ok = (z > near_m - r) & (z < far_m + r)
-        zc = z.clamp_min(1e-6)
-        u = K[0, 0] * c[:, 0] / zc + K[0, 2]
-        v = K[1, 1] * c[:, 1] / zc + K[1, 2]
-        mu = r * K[0, 0] / zc
-        mv = r * K[1, 1] / zc
-        ok &= (u > -mu - 0.5) & (u < width - 0.5 + mu) & (v > -mv - 0.5) & (v < height - 0.5 + mv)
-        return slots[ok | ((z > -r) & (z <= near_m) & (c[:, :2].norm(dim=1) < r + near_m))]
+        fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+        xl, xr = (-0.5 - cx) / fx, (width - 0.5 - cx) / fx          # x/z of the left, right edges
+        yt, yb = (-0.5 - cy) / fy, (height - 0.5 - cy) / fy         # y/z of the top, bottom edges
+        # Inward normals of the four side planes (through the optical centre): n . p >= 0 inside.
+        n = torch.tensor([[1.0, 0.0, -xl], [-1.0, 0.0, xr], [0.0, 1.0, -yt], [0.0, -1.0, yb]],
+                         dtype=torch.float64, device=self.device)
+        n = n / n.norm(dim=1, keepdim=True)
+        ok = ((c @ n.T) > -r).all(1) & (c[:, 2] > near_m - r) & (c[:, 2] < far_m + r)
+        return slots[ok]
 
     def voxel_centers(self, slots: torch.Tensor) -> torch.Tensor:
         """World centres (N, 512, 3) float32 of the voxels of bricks (N,) int64, metres."""

@@ -1,0 +1,955 @@
+// Compiled CPU twins of voxmap_ros/core/integrate.py (integrate_rgbd_torch, integrate_lidar_torch).
+//
+// Plain C ABI over raw pointers (loaded with ctypes by voxmap_ros/core/native.py); no torch headers.
+// Build (native.py does it): g++ -std=c++17 -O3 -march=native -fopenmp -ffp-contract=off
+//   -fno-trapping-math -fno-math-errno -fPIC -shared. None of these flags changes a float result.
+//
+// Exactness: every float expression is written in the order the torch reference evaluates it, in
+// float32, one rounding per torch op (hence -ffp-contract=off). Two details follow torch's CPU
+// kernels as measured: a (N,3)@(3,3) matmul is ((a0*b0 + a1*b1) + a2*b2) without FMA (MKL's small
+// kernel), and torch.norm over 3 values is sqrt(fma(z, z, fma(y, y, x*x))). Python scalars meet
+// float32 tensors as float32 (torch's wrapped-number promotion), so every parameter is passed here
+// as float32 already rounded the same way, except where the reference computes in double first.
+//
+// Memory model: a context (vx_ctx_new) owns all scratch, reused across calls; it is not
+// thread-safe (the Python wrapper holds a lock). Parallel loops use OpenMP with `nthreads`; the
+// results do not depend on the thread count (integer counts are order-free, float sums are serial).
+//
+// Layout of the work:
+//   RGB-D: vx_rgbd_band (unique band bricks) -> vx_rgbd_clearing (alive bricks in front of the
+//          surface) -> caller allocates the band bricks -> vx_rgbd_update (projective update).
+//   LiDAR: vx_lidar_trace (rays, exact free-space traversal, band and hit voxels, per-voxel cells)
+//          -> caller allocates the touched bricks -> vx_lidar_apply (writes the attributes).
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+#include <sched.h>
+#if defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+typedef _Float16 half_t;
+
+namespace {
+
+constexpr int BRICK = 8;
+constexpr int BRICK_VOX = 512;
+constexpr int NEAR_BRICKS = 27;                  // 3x3x3 bricks around the LiDAR origin
+constexpr int64_t COORD_LIMIT = int64_t(1) << 20;        // packed keys hold 21 bits per axis
+constexpr uint64_t EMPTY_KEY = ~uint64_t(0);
+
+enum : int {
+    VX_OK = 0,
+    VX_ERR_RANGE = -1,      // a brick coordinate does not fit the packed key
+    VX_ERR_STATE = -2,      // phase 2 called without a matching phase 1
+    VX_ERR_ALLOC = -3,
+};
+
+// LiDAR per-voxel cell: bits 0..29 count the rays whose free samples touched the voxel, bit 30 =
+// in some ray's truncation band, bit 31 = holds a return.
+// Once the band pass reaches a voxel its cell is rewritten as: bit 30 set, bit 29 = had free
+// samples, bits 0..28 = index of its band accumulator.
+constexpr uint32_t C_COUNT = (1u << 30) - 1, C_BAND = 1u << 30, C_HIT = 1u << 31;
+constexpr uint32_t C_BAND_FREE = 1u << 29, C_BAND_INDEX = (1u << 29) - 1;
+
+inline uint64_t pack_key(int64_t x, int64_t y, int64_t z) {
+    return (uint64_t(x + COORD_LIMIT) << 42) | (uint64_t(y + COORD_LIMIT) << 21) | uint64_t(z + COORD_LIMIT);
+}
+inline bool coord_ok(int64_t x, int64_t y, int64_t z) {
+    return x >= -COORD_LIMIT && x < COORD_LIMIT && y >= -COORD_LIMIT && y < COORD_LIMIT &&
+           z >= -COORD_LIMIT && z < COORD_LIMIT;
+}
+inline uint64_t mix(uint64_t k) {
+    k ^= k >> 31;
+    k *= 0x9E3779B97F4A7C15ull;
+    k ^= k >> 29;
+    return k;
+}
+
+// floor(a) of a float32 to int64, as torch.floor(x).long() for finite in-range values; NaN and
+// huge values map far outside the representable brick range (coord_ok rejects them).
+inline int64_t ifloor(float a) {
+    const float f = std::floor(a);
+    return (f > -1e15f && f < 1e15f) ? (int64_t)f : (int64_t(1) << 50);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Concurrent insert-only set of brick coordinates -> dense index (0, 1, 2, ... in claim order).
+// Optionally every index owns a block of 512 uint32 per-voxel cells and a 512-bit mask of the cells
+// in use. Masks are zeroed when an index is claimed; cells stay zero between uses instead (the
+// consumer zeroes the cells it read, so a claim costs 64 bytes of memset, not 2 KB), and a run that
+// ends without its consumer leaves them dirty, to be scrubbed before the next run.
+struct BrickSet {
+    int bits = 0;
+    uint64_t mask = 0;
+    std::vector<std::atomic<uint64_t>> keys;
+    std::vector<std::atomic<int32_t>> vals;
+    std::vector<int32_t> coords;          // 3 per index
+    std::vector<uint32_t> cells;          // BRICK_VOX per index when with_cells
+    std::vector<uint64_t> masks;          // BRICK_VOX / 64 per index when with_cells
+    bool cells_dirty = false;             // cells of the last run may be non-zero
+    std::atomic<int32_t> count{0};
+    std::atomic<int> overflow{0};
+    std::atomic<int> range_error{0};
+    int32_t max_items = 0;
+    bool with_cells = false;
+
+    void reset(int new_bits, bool cells_on) {
+        if (cells_dirty) {                // scrub what the previous run may have left
+            const size_t used = size_t(std::min(count.load(), max_items));
+            std::memset(cells.data(), 0, used * BRICK_VOX * sizeof(uint32_t));
+            cells_dirty = false;
+        }
+        if (new_bits != bits || keys.empty()) {
+            bits = new_bits;
+            mask = (uint64_t(1) << bits) - 1;
+            keys = std::vector<std::atomic<uint64_t>>(size_t(1) << bits);
+            vals = std::vector<std::atomic<int32_t>>(size_t(1) << bits);
+            for (auto& k : keys) k.store(EMPTY_KEY, std::memory_order_relaxed);
+            for (auto& v : vals) v.store(-1, std::memory_order_relaxed);
+            max_items = int32_t((size_t(1) << bits) / 2);
+            coords.assign(size_t(max_items) * 3, 0);
+        } else {
+            clear_used();
+        }
+        with_cells = cells_on;
+        if (with_cells && cells.size() < size_t(max_items) * BRICK_VOX) {
+            cells.resize(size_t(max_items) * BRICK_VOX);          // zero-filled
+            masks.resize(size_t(max_items) * (BRICK_VOX / 64));
+        }
+        cells_dirty = with_cells;
+        count.store(0);
+        overflow.store(0);
+        range_error.store(0);
+    }
+
+    // Empty the slots used by the last run (cheaper than refilling the whole table).
+    void clear_used() {
+        int32_t n = std::min(count.load(), max_items);
+        for (int32_t i = 0; i < n; ++i) {
+            uint64_t h = mix(pack_key(coords[3 * i], coords[3 * i + 1], coords[3 * i + 2])) & mask;
+            // Linear probing: clear every slot of the chain; a cleared run can only hold keys of this
+            // run, which are all cleared by this loop (all keys were inserted in this run).
+            while (keys[h].load(std::memory_order_relaxed) != EMPTY_KEY) {
+                keys[h].store(EMPTY_KEY, std::memory_order_relaxed);
+                vals[h].store(-1, std::memory_order_relaxed);
+                h = (h + 1) & mask;
+            }
+        }
+    }
+
+    // Index of brick (x, y, z), inserting it if absent. -1 on overflow or range error.
+    int32_t insert(int64_t x, int64_t y, int64_t z) {
+        if (!coord_ok(x, y, z)) {
+            range_error.store(1, std::memory_order_relaxed);
+            return -1;
+        }
+        const uint64_t key = pack_key(x, y, z);
+        uint64_t h = mix(key) & mask;
+        for (;;) {
+            uint64_t k = keys[h].load(std::memory_order_acquire);
+            if (k == key) {
+                int32_t v;
+                int spins = 0;
+                while ((v = vals[h].load(std::memory_order_acquire)) < 0) {
+                    if (v == -2) return -1;       // claimed by an insert that overflowed
+                    if (++spins > 64) sched_yield();    // the claimer may have been preempted
+                }
+                return v;
+            }
+            if (k == EMPTY_KEY) {
+                uint64_t expected = EMPTY_KEY;
+                // Claim the slot; the value becomes visible once published below.
+                if (keys[h].compare_exchange_strong(expected, key, std::memory_order_acq_rel)) {
+                    int32_t i = count.fetch_add(1, std::memory_order_relaxed);
+                    if (i >= max_items) {
+                        overflow.store(1, std::memory_order_relaxed);
+                        vals[h].store(-2, std::memory_order_release);
+                        return -1;
+                    }
+                    coords[3 * i] = int32_t(x);
+                    coords[3 * i + 1] = int32_t(y);
+                    coords[3 * i + 2] = int32_t(z);
+                    if (with_cells) std::memset(&masks[size_t(i) * (BRICK_VOX / 64)], 0, BRICK_VOX / 8);
+                    vals[h].store(i, std::memory_order_release);
+                    return i;
+                }
+                continue;   // lost the race: re-read this slot
+            }
+            h = (h + 1) & mask;
+        }
+    }
+
+    int32_t size() const { return std::min(count.load(), max_items); }
+};
+
+// float16 <-> float32 for a block of n (multiple of 8) values; round to nearest even like torch.
+inline void half_to_float(const half_t* __restrict in, float* __restrict out, int n) {
+#if defined(__F16C__) && defined(__AVX__)
+    for (int i = 0; i < n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+#else
+    for (int i = 0; i < n; ++i) out[i] = float(in[i]);
+#endif
+}
+inline void float_to_half(const float* __restrict in, half_t* __restrict out, int n) {
+#if defined(__F16C__) && defined(__AVX__)
+    for (int i = 0; i < n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+    for (int i = 0; i < n; ++i) out[i] = half_t(in[i]);
+#endif
+}
+
+struct Pose {           // float32 copies of T[:3, :3] and T[:3, 3], as `.float()` gives them
+    float R[9];
+    float t[3];
+};
+
+inline Pose make_pose(const double* T12) {
+    Pose p;
+    for (int r = 0; r < 3; ++r) {
+        for (int c = 0; c < 3; ++c) p.R[3 * r + c] = float(T12[4 * r + c]);
+        p.t[r] = float(T12[4 * r + 3]);
+    }
+    return p;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+struct VxContext {
+    BrickSet set;
+    // rgbd
+    std::vector<int64_t> clearing;        // slots found by vx_rgbd_clearing
+    std::vector<int64_t> visited;         // sorted union of band slots and clearing slots
+    // lidar
+    bool lidar_ready = false;
+    std::vector<float> dirs;              // 3 per ray
+    std::vector<float> ranges;
+    std::vector<uint8_t> hit;
+    std::vector<uint64_t> ray_order;      // (direction key << 32) | ray, sorted
+    int64_t n_touched = 0;                // voxels updated by the last vx_lidar_apply
+    double t_start = 0;
+    double t_phase[4] = {0, 0, 0, 0};     // wall-clock marks of the last trace (rays, free, band) and apply
+    std::vector<uint32_t> band_code;      // brick index * 512 + voxel, per unique band voxel
+    std::vector<float> band_w, band_wt;
+    std::vector<int64_t> lidar_slots;
+};
+
+struct RgbdParams {     // all float32 as the reference's tensor ops see them
+    float fx, fy, cx, cy;
+    float voxel, brick, trunc, half_voxel;
+    float brick_clear;  // float32(octree.brick_size_m), for clearing
+    float dmin, dmax;
+    float max_weight;
+    float l_hit, l_miss, l_min, l_max;
+    float radius;       // float32(sqrt(3) / 2 * brick_size), for clearing
+    int depth_weighting;
+};
+
+struct LidarParams {
+    float voxel, step, trunc;
+    float rmin, rmax;
+    float max_weight;
+    float l_hit, l_miss, l_min, l_max;
+    int n_band;         // floor(2 * trunc / step + 1e-6) + 1, computed in double by the caller
+    int free_space;
+};
+
+
+namespace {
+
+// Step (3) of vx_rgbd_update for one brick, branch-free so that it vectorizes: new TSDF / weight /
+// occupancy in tw / ww / ow (unchanged where okv is 0), plus w_old, w_obs and the colour mask.
+template <bool DEPTH_WEIGHTING>
+void tsdf_occ_block(const int32_t* __restrict okv, const float* __restrict dd, const float* __restrict zz,
+                    float* __restrict tw, float* __restrict ww, float* __restrict ow, float* __restrict wo,
+                    float* __restrict wn, int32_t* __restrict nearv, const RgbdParams& p) {
+    const float trunc = p.trunc, maxw = p.max_weight, half_vox = p.half_voxel, vs = p.voxel;
+    const float l_hit = p.l_hit, l_miss = p.l_miss, l_min = p.l_min, l_max = p.l_max;
+    for (int lin = 0; lin < BRICK_VOX; ++lin) {
+        const bool ok = okv[lin] != 0;
+        const float d = dd[lin];
+        const float sdf = d - zz[lin];
+        float obs = sdf / trunc;
+        obs = obs < -1.0f ? -1.0f : (obs > 1.0f ? 1.0f : obs);
+        float w_obs = 1.0f;
+        if constexpr (DEPTH_WEIGHTING) {
+            const float dc = d < 1.0f ? 1.0f : d;
+            w_obs = 1.0f / (dc * dc);
+        }
+        const float w_old = ww[lin], t_old = tw[lin];
+        const float w_sum = w_old + w_obs;
+        const float t_new = (t_old * w_old + obs * w_obs) / w_sum;
+        tw[lin] = ok ? t_new : t_old;
+        ww[lin] = ok ? (w_sum < maxw ? w_sum : maxw) : w_old;
+        wo[lin] = w_old;
+        wn[lin] = w_obs;
+        const float asdf = std::fabs(sdf);
+        nearv[lin] = ok & (asdf < trunc);
+        const float miss = sdf > vs ? l_miss : 0.0f;
+        const float dh = asdf <= half_vox ? l_hit : miss;
+        const float delta = ok ? dh : 0.0f;
+        const float o_old = ow[lin];
+        const float o = o_old + delta;
+        const float oc = o < l_min ? l_min : (o > l_max ? l_max : o);
+        ow[lin] = delta != 0.0f ? oc : o_old;
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+int vx_abi_version() { return 1; }
+
+VxContext* vx_ctx_new() {
+    try {
+        return new VxContext();
+    } catch (...) {
+        return nullptr;
+    }
+}
+
+void vx_ctx_free(VxContext* ctx) { delete ctx; }
+
+// Copy the brick coordinates found by the last band / trace call: out (M, 3) int64.
+void vx_copy_bricks(const VxContext* ctx, int64_t* out) {
+    const int32_t n = ctx->set.size();
+    for (int32_t i = 0; i < 3 * n; ++i) out[i] = ctx->set.coords[i];
+}
+
+// ----------------------------------------------------------------------------------------- RGB-D
+// Unique brick coordinates of the truncation band (rgbd_band_brick_coords). depth (H, W) float32.
+// Returns M >= 0 (fetch with vx_copy_bricks) or a negative error.
+int64_t vx_rgbd_band(VxContext* ctx, const float* depth, int64_t H, int64_t W, const double* T12,
+                     const RgbdParams* p, int nthreads) {
+    ctx->lidar_ready = false;                     // the brick set is reused below
+    static const float BAND[5] = {-1.0f, -0.5f, 0.0f, 0.5f, 1.0f};
+    const Pose P = make_pose(T12);
+    float steps[5];
+    for (int j = 0; j < 5; ++j) steps[j] = BAND[j] * p->trunc;
+    // x = (u - cx) / fx per column and y per row, exactly as the reference computes them.
+    std::vector<float> xs(W);
+    for (int64_t u = 0; u < W; ++u) xs[u] = (float(u) - p->cx) / p->fx;
+    const float dmin = p->dmin, dmax = p->dmax, brick = p->brick;
+    int bits = std::max(ctx->set.bits, 14);
+    for (;;) {
+        ctx->set.reset(bits, false);
+        BrickSet& set = ctx->set;
+#pragma omp parallel num_threads(nthreads)
+        {
+            std::vector<int32_t> bufx(W), bufy(W), bufz(W);
+            std::vector<uint8_t> bufc(W);
+            uint8_t* __restrict ch = bufc.data();
+            int32_t* __restrict bx = bufx.data();
+            int32_t* __restrict by = bufy.data();
+            int32_t* __restrict bz = bufz.data();
+            const float* __restrict xr = xs.data();
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t v = 0; v < H; ++v) {
+                const float y = (float(v) - p->cy) / p->fy;
+                const float* __restrict row = depth + v * W;
+                for (int j = 0; j < 5; ++j) {
+                    const float sj = steps[j];
+                    // Vectorizable: brick coordinates of sample j of every pixel of the row
+                    // (INT32_MIN for invalid pixels; coordinates clamped far outside the key range
+                    // when huge, so coord_ok rejects them).
+                    for (int64_t u = 0; u < W; ++u) {
+                        const float d = row[u];
+                        const bool valid = (d >= dmin) & (d <= dmax);     // false for NaN / inf
+                        const float zs = d + sj;
+                        const float z = zs < 1e-3f ? 1e-3f : zs;
+                        const float q0 = xr[u] * z, q1 = y * z;
+                        float f0 = std::floor((((q0 * P.R[0] + q1 * P.R[1]) + z * P.R[2]) + P.t[0]) / brick);
+                        float f1 = std::floor((((q0 * P.R[3] + q1 * P.R[4]) + z * P.R[5]) + P.t[1]) / brick);
+                        float f2 = std::floor((((q0 * P.R[6] + q1 * P.R[7]) + z * P.R[8]) + P.t[2]) / brick);
+                        f0 = f0 > -4e6f ? (f0 < 4e6f ? f0 : 4e6f) : -4e6f;
+                        f1 = f1 > -4e6f ? (f1 < 4e6f ? f1 : 4e6f) : -4e6f;
+                        f2 = f2 > -4e6f ? (f2 < 4e6f ? f2 : 4e6f) : -4e6f;
+                        bx[u] = valid ? int32_t(f0) : INT32_MIN;
+                        by[u] = int32_t(f1);
+                        bz[u] = int32_t(f2);
+                    }
+                    // Neighbouring pixels mostly share bricks: insert only where the brick differs
+                    // from the previous pixel's (found 8 pixels at a time), skipping invalid ones.
+                    ch[0] = bx[0] != INT32_MIN;
+                    for (int64_t u = 1; u < W; ++u)                     // vectorized
+                        ch[u] = ((bx[u] != bx[u - 1]) | (by[u] != by[u - 1]) | (bz[u] != bz[u - 1])) &
+                                (bx[u] != INT32_MIN);
+                    int64_t u0 = 0;
+                    for (; u0 + 8 <= W; u0 += 8) {
+                        uint64_t word;
+                        std::memcpy(&word, ch + u0, 8);
+                        for (; word; word &= word - 1) {
+                            const int64_t u = u0 + (__builtin_ctzll(word) >> 3);
+                            set.insert(bx[u], by[u], bz[u]);
+                        }
+                    }
+                    for (int64_t u = u0; u < W; ++u)
+                        if (ch[u]) set.insert(bx[u], by[u], bz[u]);
+                }
+            }
+        }
+        if (set.range_error.load()) return VX_ERR_RANGE;
+        if (!set.overflow.load()) return set.size();
+        bits += 1;
+    }
+}
+
+// Alive bricks wholly in front of the observed surface at their centre pixel
+// (rgbd_clearing_slots). alive (cap,) bool, coord (cap, 3) int32. Returns their count; the slots
+// are kept for vx_rgbd_update.
+int64_t vx_rgbd_clearing(VxContext* ctx, const uint8_t* alive, const int32_t* coord, int64_t cap,
+                         const float* depth, int64_t H, int64_t W, const double* T12, const RgbdParams* p,
+                         int nthreads) {
+    const Pose P = make_pose(T12);
+    std::vector<int64_t>& out = ctx->clearing;
+    out.clear();
+    const int nt = std::max(1, nthreads);
+    std::vector<std::vector<int64_t>> parts(nt);
+#pragma omp parallel num_threads(nt)
+    {
+        std::vector<int64_t>& mine = parts[omp_get_thread_num()];
+#pragma omp for schedule(static)
+        for (int64_t s = 0; s < cap; ++s) {
+            if (!alive[s]) continue;
+            float q[3];
+            for (int r = 0; r < 3; ++r) q[r] = (float(coord[3 * s + r]) + 0.5f) * p->brick_clear - P.t[r];
+            float c[3];
+            for (int k = 0; k < 3; ++k) c[k] = (q[0] * P.R[k] + q[1] * P.R[3 + k]) + q[2] * P.R[6 + k];
+            const float z = c[2];
+            if (!(z > p->dmin)) continue;
+            const float zc = std::max(z, 1e-6f);
+            const float uf = std::floor(((p->fx * c[0]) / zc + p->cx) + 0.5f);
+            const float vf = std::floor(((p->fy * c[1]) / zc + p->cy) + 0.5f);
+            if (!(uf >= 0.0f && uf < float(W) && vf >= 0.0f && vf < float(H))) continue;
+            const float d = depth[int64_t(vf) * W + int64_t(uf)];
+            if (std::isfinite(d) && d >= p->dmin && d <= p->dmax && d > z + p->radius) mine.push_back(s);
+        }
+    }
+    for (auto& v : parts) out.insert(out.end(), v.begin(), v.end());
+    return int64_t(out.size());
+}
+
+// Projective update of the voxels of the union of `band_slots` (M,) and the clearing slots
+// (rgbd_update_bricks). Attribute pointers are the octree's (cap, 512[, 3]) tensors. rgb may be
+// null. Returns the number of visited slots (fetch the sorted list with vx_copy_visited).
+int64_t vx_rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M, const int32_t* coord,
+                       const float* depth, const uint8_t* rgb, int64_t H, int64_t W, const double* T12,
+                       const RgbdParams* p, half_t* tsdf_a, half_t* w_a, uint8_t* col_a, half_t* occ_a,
+                       int nthreads) {
+    std::vector<int64_t>& slots = ctx->visited;
+    slots.assign(band_slots, band_slots + M);
+    slots.insert(slots.end(), ctx->clearing.begin(), ctx->clearing.end());
+    std::sort(slots.begin(), slots.end());
+    slots.erase(std::unique(slots.begin(), slots.end()), slots.end());
+    const int64_t n = int64_t(slots.size());
+    const Pose P = make_pose(T12);
+    const float fx = p->fx, fy = p->fy, cx = p->cx, cy = p->cy, vs = p->voxel, trunc = p->trunc;
+    const float dmin = p->dmin, dmax = p->dmax;
+    const float fW = float(W), fH = float(H);
+    const bool dw = p->depth_weighting != 0;
+    const bool with_rgb = rgb != nullptr && col_a != nullptr;
+
+#pragma omp parallel num_threads(nthreads)
+    {
+        // Per-voxel scratch of one brick (all loops below run over the 512 voxels of a brick).
+        alignas(64) int32_t pix[BRICK_VOX];
+        alignas(64) float zz[BRICK_VOX], dd[BRICK_VOX], cr[BRICK_VOX], cg[BRICK_VOX], cb[BRICK_VOX];
+        alignas(64) float tw[BRICK_VOX], ww[BRICK_VOX], ow[BRICK_VOX];
+        alignas(64) float wo[BRICK_VOX], wn[BRICK_VOX];
+        alignas(64) int32_t okv[BRICK_VOX], nearv[BRICK_VOX];
+        alignas(64) float ofs[3][BRICK_VOX];
+        for (int lin = 0; lin < BRICK_VOX; ++lin) {
+            ofs[0][lin] = float(lin & 7);
+            ofs[1][lin] = float((lin >> 3) & 7);
+            ofs[2][lin] = float(lin >> 6);
+        }
+#pragma omp for schedule(dynamic, 8)
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t s = slots[i];
+            const float bx = float(coord[3 * s]) * BRICK, by = float(coord[3 * s + 1]) * BRICK,
+                        bz = float(coord[3 * s + 2]) * BRICK;
+            half_t* ts = tsdf_a + s * BRICK_VOX;
+            half_t* ws = w_a + s * BRICK_VOX;
+            half_t* os = occ_a + s * BRICK_VOX;
+            uint8_t* cs = with_rgb ? col_a + s * BRICK_VOX * 3 : nullptr;
+            // (1) projection of every voxel centre to its nearest pixel (vectorized).
+            int any_inside = 0;
+            for (int lin = 0; lin < BRICK_VOX; ++lin) {
+                const float q0 = ((bx + ofs[0][lin]) + 0.5f) * vs - P.t[0];
+                const float q1 = ((by + ofs[1][lin]) + 0.5f) * vs - P.t[1];
+                const float q2 = ((bz + ofs[2][lin]) + 0.5f) * vs - P.t[2];
+                const float c0 = (q0 * P.R[0] + q1 * P.R[3]) + q2 * P.R[6];
+                const float c1 = (q0 * P.R[1] + q1 * P.R[4]) + q2 * P.R[7];
+                const float z = (q0 * P.R[2] + q1 * P.R[5]) + q2 * P.R[8];
+                const bool front = z > 1e-6f;
+                const float zc = front ? z : 1.0f;
+                const float uf = std::floor(((fx * c0) / zc + cx) + 0.5f);
+                const float vf = std::floor(((fy * c1) / zc + cy) + 0.5f);
+                const bool inside = front & (uf >= 0.0f) & (uf < fW) & (vf >= 0.0f) & (vf < fH);
+                pix[lin] = inside ? int32_t(vf) * int32_t(W) + int32_t(uf) : -1;
+                zz[lin] = z;
+                any_inside |= int(inside);
+            }
+            if (!any_inside) continue;
+            // (2) gather depth (and colour) at those pixels.
+            for (int lin = 0; lin < BRICK_VOX; ++lin) {
+                const int32_t px = pix[lin];
+                dd[lin] = px >= 0 ? depth[px] : NAN;
+            }
+            int any_ok = 0;
+            for (int lin = 0; lin < BRICK_VOX; ++lin) {
+                const float d = dd[lin];
+                const bool ok = (d >= dmin) & (d <= dmax) & ((d - zz[lin]) >= -trunc);   // false for NaN
+                okv[lin] = ok;
+                dd[lin] = ok ? d : 1.0f;         // keeps the arithmetic below finite where not ok
+                any_ok |= int(ok);
+            }
+            if (!any_ok) continue;
+            if (with_rgb) {
+                for (int lin = 0; lin < BRICK_VOX; ++lin) {
+                    const int32_t px = okv[lin] ? pix[lin] : 0;
+                    cr[lin] = float(rgb[3 * int64_t(px)]);
+                    cg[lin] = float(rgb[3 * int64_t(px) + 1]);
+                    cb[lin] = float(rgb[3 * int64_t(px) + 2]);
+                }
+            }
+            half_to_float(ts, tw, BRICK_VOX);
+            half_to_float(ws, ww, BRICK_VOX);
+            half_to_float(os, ow, BRICK_VOX);
+            // (3) TSDF, weight, occupancy (vectorized; unchanged where not ok).
+            if (dw) tsdf_occ_block<true>(okv, dd, zz, tw, ww, ow, wo, wn, nearv, *p);
+            else tsdf_occ_block<false>(okv, dd, zz, tw, ww, ow, wo, wn, nearv, *p);
+            // (4) colour near the surface: weighted average, rounded half up.
+            if (with_rgb) {
+                for (int lin = 0; lin < BRICK_VOX; ++lin) {
+                    const float w_old = wo[lin], w_obs = wn[lin], w_sum = w_old + w_obs;
+                    const float co[3] = {cr[lin], cg[lin], cb[lin]};
+                    for (int k = 0; k < 3; ++k) {
+                        const float c_old = float(cs[3 * lin + k]);
+                        float c = std::floor((c_old * w_old + co[k] * w_obs) / w_sum + 0.5f);
+                        c = c < 0.0f ? 0.0f : (c > 255.0f ? 255.0f : c);
+                        cs[3 * lin + k] = nearv[lin] ? uint8_t(c) : cs[3 * lin + k];
+                    }
+                }
+            }
+            float_to_half(tw, ts, BRICK_VOX);
+            float_to_half(ww, ws, BRICK_VOX);
+            float_to_half(ow, os, BRICK_VOX);
+        }
+    }
+    return n;
+}
+
+void vx_copy_visited(const VxContext* ctx, int64_t* out) {
+    std::copy(ctx->visited.begin(), ctx->visited.end(), out);
+}
+
+// ----------------------------------------------------------------------------------------- LiDAR
+// Phase 1: rays (lidar_rays), every free / band / hit sample (lidar_samples), per-voxel cells
+// (free-ray count / band / hit) and the band TSDF sums once per (ray, voxel) in ray order.
+// points (N, 3) float32 sensor frame. Returns the number M of touched bricks (fetch them with
+// vx_copy_bricks) or a negative error.
+int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const double* T12,
+                       const LidarParams* p, int nthreads) {
+    ctx->lidar_ready = false;
+    ctx->t_start = omp_get_wtime();
+    const Pose P = make_pose(T12);
+    // --- rays: drop non-finite and too-close points; unit directions in the world frame.
+    std::vector<float>& dirs = ctx->dirs;
+    std::vector<float>& ranges = ctx->ranges;
+    std::vector<uint8_t>& hit = ctx->hit;
+    dirs.clear();
+    ranges.clear();
+    hit.clear();
+    dirs.reserve(3 * N);
+    ranges.reserve(N);
+    hit.reserve(N);
+    for (int64_t i = 0; i < N; ++i) {
+        const float x = points[3 * i], y = points[3 * i + 1], z = points[3 * i + 2];
+        if (!(std::isfinite(x) && std::isfinite(y) && std::isfinite(z))) continue;
+        const float r = std::sqrt(std::fma(z, z, std::fma(y, y, x * x)));    // torch.norm's order
+        if (!(r >= p->rmin && r > 0.0f)) continue;
+        const float n0 = x / r, n1 = y / r, n2 = z / r;
+        for (int k = 0; k < 3; ++k)
+            dirs.push_back((n0 * P.R[3 * k] + n1 * P.R[3 * k + 1]) + n2 * P.R[3 * k + 2]);
+        const bool h = r <= p->rmax;
+        hit.push_back(h ? 1 : 0);
+        ranges.push_back(h ? r : p->rmax);
+    }
+    const int64_t n_rays = int64_t(ranges.size());
+    ctx->t_phase[0] = omp_get_wtime();
+    const float o0 = P.t[0], o1 = P.t[1], o2 = P.t[2];
+    const float vs = p->voxel, step = p->step, neg_trunc = -p->trunc;
+    const int nb = p->n_band;
+    const int nt = std::max(1, nthreads);
+    // Start voxel of every ray, as the reference's floor(origin / voxel).
+    const float o[3] = {o0, o1, o2};
+    int64_t i0[3];
+    for (int a = 0; a < 3; ++a) i0[a] = ifloor(o[a] / vs);
+    // Free-space pass order: rays sorted by direction (Morton order of the quantised unit vector),
+    // so that consecutive rays walk neighbouring voxels and their cells stay in cache. The counts
+    // it produces do not depend on the order.
+    std::vector<uint64_t>& order = ctx->ray_order;
+    order.resize(size_t(n_rays));
+    for (int64_t r = 0; r < n_rays; ++r) {
+        uint64_t key = 0;
+        for (int a = 0; a < 3; ++a) {
+            const float q = (dirs[3 * r + a] + 1.0f) * 511.5f;
+            const uint64_t qa = uint64_t(q > 0.0f ? (q < 1023.0f ? q : 1023.0f) : 0.0f);
+            for (int b = 0; b < 10; ++b) key |= ((qa >> b) & 1) << (3 * b + a);
+        }
+        order[size_t(r)] = (key << 32) | uint64_t(r);
+    }
+    std::sort(order.begin(), order.end());
+    // Rays in big contiguous chunks: threads then walk different directions and rarely share cells.
+    const int ray_chunk = int(std::max<int64_t>(16, n_rays / (8 * int64_t(nt))));
+    // The 3x3x3 bricks around the sensor's brick, counted privately per thread (see below).
+    const int64_t nb0[3] = {(i0[0] >> 3) - 1, (i0[1] >> 3) - 1, (i0[2] >> 3) - 1};
+
+    int bits = std::max(ctx->set.bits, 14);
+    for (;;) {
+        if (bits > 24) return VX_ERR_ALLOC;        // voxel codes are brick index * 512 in 32 bits
+        ctx->set.reset(bits, true);
+        BrickSet& set = ctx->set;
+        uint32_t* cells = set.cells.data();
+        uint64_t* masks = set.masks.data();
+        const bool atomic = nt > 1;
+#pragma omp parallel num_threads(nt)
+        {
+            // Per ray: boundary-crossing times per axis, merged, and the voxel of every piece.
+            std::vector<float> ta[3], tm;
+            std::vector<int32_t> vbuf[3];
+            int32_t pbx = INT32_MIN, pby = 0, pbz = 0, pidx = -1;       // brick of the previous mark
+            // Every ray passes the bricks around the sensor: count those in a private 3x3x3-brick
+            // block per thread (no atomics, no shared cache lines) and add them up at the end.
+            std::vector<uint32_t> near_counts(size_t(NEAR_BRICKS) * BRICK_VOX, 0u);
+            uint32_t* near = near_counts.data();
+#pragma omp for schedule(dynamic, ray_chunk)
+            for (int64_t ri = 0; ri < n_rays; ++ri) {
+                if (!p->free_space || set.overflow.load(std::memory_order_relaxed)) continue;
+                const int64_t r = int64_t(order[size_t(ri)] & 0xFFFFFFFFu);
+                const float d[3] = {dirs[3 * r], dirs[3 * r + 1], dirs[3 * r + 2]};
+                const float rng = ranges[r];
+                const float te = hit[r] ? rng - vs : rng;
+                if (!(te > 0.0f)) continue;
+                // Exact traversal (integrate.ray_voxels): the segment [0, te) is cut at every voxel
+                // boundary it crosses; each piece gives the voxel holding its midpoint.
+                int64_t n[3];
+                for (int a = 0; a < 3; ++a) {
+                    const int64_t i1 = ifloor((o[a] + te * d[a]) / vs);
+                    n[a] = i1 > i0[a] ? i1 - i0[a] : i0[a] - i1;
+                    if (n[a] > (int64_t(1) << 26)) { set.range_error.store(1); n[a] = 0; }
+                    ta[a].resize(size_t(n[a]) + 1);
+                    float* t = ta[a].data();
+                    const float da = d[a], oa = o[a];
+                    const int64_t base = da > 0.0f ? i0[a] : i0[a] + 1;
+                    const int64_t sgn = da > 0.0f ? 1 : -1;
+                    for (int64_t k = 1; k <= n[a]; ++k)                   // vectorized
+                        t[k - 1] = (float(base + sgn * k) * vs - oa) / da;
+                    t[n[a]] = INFINITY;                                     // merge sentinel
+                }
+                const int64_t m = n[0] + n[1] + n[2];
+                tm.resize(size_t(m));
+                {
+                    // 3-way merge; ties may go either way: only the values matter. (Branchy beats
+                    // branch-free here: the select chain's latency costs more than mispredicts.)
+                    const float *p0 = ta[0].data(), *p1 = ta[1].data(), *p2 = ta[2].data();
+                    float* out = tm.data();
+                    for (int64_t j = 0; j < m; ++j) {
+                        const float a0 = *p0, a1 = *p1, a2 = *p2;
+                        if (a0 <= a1 && a0 <= a2) { out[j] = a0; ++p0; }
+                        else if (a1 <= a2) { out[j] = a1; ++p1; }
+                        else { out[j] = a2; ++p2; }
+                    }
+                }
+                for (int a = 0; a < 3; ++a) vbuf[a].resize(size_t(m) + 1);
+                int32_t* vx = vbuf[0].data();
+                int32_t* vy = vbuf[1].data();
+                int32_t* vz = vbuf[2].data();
+                const float* t = tm.data();
+                for (int64_t j = 0; j <= m; ++j) {                          // vectorized
+                    const float t0 = j == 0 ? 0.0f : t[j - 1 < 0 ? 0 : j - 1];
+                    const float t1 = j == m ? te : t[j < m ? j : 0];
+                    const float mid = 0.5f * ((t0 < te ? t0 : te) + (t1 < te ? t1 : te));
+                    float f0 = std::floor((o0 + mid * d[0]) / vs);
+                    float f1 = std::floor((o1 + mid * d[1]) / vs);
+                    float f2 = std::floor((o2 + mid * d[2]) / vs);
+                    f0 = f0 > -1e9f ? (f0 < 1e9f ? f0 : 1e9f) : -1e9f;
+                    f1 = f1 > -1e9f ? (f1 < 1e9f ? f1 : 1e9f) : -1e9f;
+                    f2 = f2 > -1e9f ? (f2 < 1e9f ? f2 : 1e9f) : -1e9f;
+                    vx[j] = int32_t(f0);
+                    vy[j] = int32_t(f1);
+                    vz[j] = int32_t(f2);
+                }
+                int32_t px = INT32_MIN, py = 0, pz = 0;
+                for (int64_t j = 0; j <= m; ++j) {
+                    if (vx[j] == px && vy[j] == py && vz[j] == pz) continue;   // zero-length pieces
+                    px = vx[j]; py = vy[j]; pz = vz[j];
+                    const int32_t cx = px >> 3, cy = py >> 3, cz = pz >> 3;     // floor division
+                    const uint32_t lin = uint32_t((px & 7) | ((py & 7) << 3) | ((pz & 7) << 6));
+                    const uint64_t nx = uint64_t(cx - nb0[0]), ny = uint64_t(cy - nb0[1]), nz = uint64_t(cz - nb0[2]);
+                    if ((nx < 3) & (ny < 3) & (nz < 3)) {
+                        ++near[((nz * 3 + ny) * 3 + nx) * BRICK_VOX + lin];
+                        continue;
+                    }
+                    if (cx != pbx || cy != pby || cz != pbz) {
+                        pidx = set.insert(cx, cy, cz);
+                        pbx = cx; pby = cy; pbz = cz;
+                    }
+                    if (pidx < 0) continue;
+                    // One count per (ray, voxel): the midpoints are monotone in t, so a ray never
+                    // re-enters a voxel it left and skipping repeats suffices.
+                    uint32_t* c = cells + size_t(pidx) * BRICK_VOX + lin;
+                    const uint32_t old = atomic ? __atomic_fetch_add(c, 1u, __ATOMIC_RELAXED) : (*c)++;
+                    if (old == 0) {                  // first touch: list the voxel in its brick's mask
+                        uint64_t* mw = masks + size_t(pidx) * (BRICK_VOX / 64) + (lin >> 6);
+                        const uint64_t bit = uint64_t(1) << (lin & 63);
+                        if (atomic) __atomic_fetch_or(mw, bit, __ATOMIC_RELAXED);
+                        else *mw |= bit;
+                    }
+                }
+            }
+            // (implicit barrier) add the private near-sensor counts, one thread at a time.
+#pragma omp critical(vx_near_merge)
+            for (int nbk = 0; nbk < NEAR_BRICKS; ++nbk) {
+                const uint32_t* src = near + size_t(nbk) * BRICK_VOX;
+                bool any = false;
+                for (int lin = 0; lin < BRICK_VOX; ++lin) any |= src[lin] != 0;
+                if (!any) continue;
+                const int32_t idx = set.insert(nb0[0] + nbk % 3, nb0[1] + (nbk / 3) % 3, nb0[2] + nbk / 9);
+                if (idx < 0) continue;
+                uint32_t* c = cells + size_t(idx) * BRICK_VOX;
+                uint64_t* mw = masks + size_t(idx) * (BRICK_VOX / 64);
+                for (int lin = 0; lin < BRICK_VOX; ++lin) {
+                    if (!src[lin]) continue;
+                    if (!c[lin]) mw[lin >> 6] |= uint64_t(1) << (lin & 63);
+                    c[lin] += src[lin];
+                }
+            }
+        }
+        if (set.range_error.load()) return VX_ERR_RANGE;
+        if (!set.overflow.load()) break;
+        bits += 1;
+    }
+    ctx->t_phase[1] = omp_get_wtime();
+    // --- band and hits, serial: rays in order, so that the band TSDF sums add up in the order of
+    // the reference's index_add_ (ray by ray); each (ray, voxel) counts once, at its first kept sample.
+    BrickSet& set = ctx->set;
+    uint32_t* cells = set.cells.data();
+    uint64_t* masks = set.masks.data();
+    auto list = [&](int64_t code) { masks[code >> 6] |= uint64_t(1) << (code & 63); };
+    ctx->band_code.clear();
+    ctx->band_w.clear();
+    ctx->band_wt.clear();
+    int64_t n_hit = 0;
+    for (int64_t r = 0; r < n_rays; ++r) n_hit += hit[r];
+    std::vector<uint32_t> seen;       // voxels of this ray already counted
+    int64_t cbx = INT64_MIN, cby = 0, cbz = 0;
+    int32_t cidx = -1;
+    auto code_of = [&](int64_t vx, int64_t vy, int64_t vz) -> int64_t {
+        const int64_t bx = vx >> 3, by = vy >> 3, bz = vz >> 3;
+        if (bx != cbx || by != cby || bz != cbz) {
+            cidx = set.insert(bx, by, bz);
+            cbx = bx; cby = by; cbz = bz;
+        }
+        if (cidx < 0) return -1;
+        return int64_t(cidx) * BRICK_VOX + ((vx & 7) | ((vy & 7) << 3) | ((vz & 7) << 6));
+    };
+    for (int64_t r = 0; r < n_rays; ++r) {
+        if (!hit[r]) continue;
+        const float d0 = dirs[3 * r], d1 = dirs[3 * r + 1], d2 = dirs[3 * r + 2];
+        const float rng = ranges[r];
+        const float t0 = rng - p->trunc;
+        seen.clear();
+        for (int j = 0; j < nb; ++j) {
+            const float tj = t0 + float(j) * step;
+            if (!(tj > 0.0f)) continue;
+            const int64_t vx = ifloor((o0 + tj * d0) / vs);
+            const int64_t vy = ifloor((o1 + tj * d1) / vs);
+            const int64_t vz = ifloor((o2 + tj * d2) / vs);
+            const float c0 = (float(vx) + 0.5f) * vs, c1 = (float(vy) + 0.5f) * vs, c2 = (float(vz) + 0.5f) * vs;
+            const float sdf = rng - (((c0 - o0) * d0 + (c1 - o1) * d1) + (c2 - o2) * d2);
+            if (!(sdf >= neg_trunc)) continue;
+            const int64_t code = code_of(vx, vy, vz);
+            if (code < 0) break;                  // overflow / range: handled below
+            if (std::find(seen.begin(), seen.end(), uint32_t(code)) != seen.end()) continue;
+            seen.push_back(uint32_t(code));
+            const float obs = std::min(std::max(sdf / p->trunc, -1.0f), 1.0f);
+            uint32_t& cell = cells[code];
+            if (!cell) list(code);
+            if (!(cell & C_BAND)) {
+                const uint32_t a = uint32_t(ctx->band_code.size());
+                if (a > C_BAND_INDEX) return VX_ERR_ALLOC;
+                cell = (cell & C_HIT) | C_BAND | ((cell & C_COUNT) ? C_BAND_FREE : 0u) | a;
+                ctx->band_code.push_back(uint32_t(code));
+                ctx->band_w.push_back(0.0f);
+                ctx->band_wt.push_back(0.0f);
+            }
+            const uint32_t a = cell & C_BAND_INDEX;
+            ctx->band_w[a] += 1.0f;
+            ctx->band_wt[a] += obs;
+        }
+        const int64_t code = code_of(ifloor((o0 + rng * d0) / vs), ifloor((o1 + rng * d1) / vs),
+                                     ifloor((o2 + rng * d2) / vs));
+        if (code >= 0) {
+            if (!cells[code]) list(code);
+            cells[code] |= C_HIT;
+        }
+    }
+    if (set.range_error.load()) return VX_ERR_RANGE;
+    if (set.overflow.load()) {
+        // Rare: the band / hit bricks overflowed the table sized by the free-space pass. Retry
+        // with a bigger table (the next call starts from it).
+        ctx->set.reset(bits + 1, true);
+        return vx_lidar_trace(ctx, points, N, T12, p, nthreads);
+    }
+    ctx->lidar_ready = true;
+    ctx->t_phase[2] = omp_get_wtime();
+    return set.size();
+}
+
+// Phase 2: apply the traced updates. slots (M,) int64 are the octree slots of the M bricks of
+// phase 1, in the order vx_copy_bricks gave them. Returns the number of distinct slots (fetch them,
+// sorted, with vx_copy_lidar_slots) or a negative error.
+int64_t vx_lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, const LidarParams* p, half_t* tsdf_a,
+                       half_t* w_a, half_t* occ_a, int nthreads) {
+    if (!ctx->lidar_ready || M != ctx->set.size()) return VX_ERR_STATE;
+    ctx->lidar_ready = false;
+    uint32_t* cells = ctx->set.cells.data();
+    const uint64_t* masks = ctx->set.masks.data();
+    const float maxw = p->max_weight, l_hit = p->l_hit, l_miss = p->l_miss, l_min = p->l_min, l_max = p->l_max;
+    const int64_t n_band = int64_t(ctx->band_code.size());
+    int64_t n_touched = 0;
+#pragma omp parallel num_threads(std::max(1, nthreads)) reduction(+ : n_touched)
+    {
+        // Every listed voxel once, brick by brick: free-space TSDF (+1 per ray, for voxels outside
+        // every band) and occupancy; each cell read is zeroed again for the next scan.
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t i = 0; i < M; ++i) {
+            uint32_t* c = cells + size_t(i) * BRICK_VOX;
+            const uint64_t* mk = masks + size_t(i) * (BRICK_VOX / 64);
+            const int64_t base = slots[i] * BRICK_VOX;
+            half_t* ts = tsdf_a + base;
+            half_t* ws = w_a + base;
+            half_t* os = occ_a + base;
+            for (int w = 0; w < BRICK_VOX / 64; ++w) {
+                for (uint64_t bitsw = mk[w]; bitsw; bitsw &= bitsw - 1) {
+                    const int lin = 64 * w + __builtin_ctzll(bitsw);
+                    const uint32_t cell = c[lin];
+                    c[lin] = 0;
+                    ++n_touched;
+                    const bool band = (cell & C_BAND) != 0;
+                    const uint32_t n_free = band ? 0u : (cell & C_COUNT);
+                    const bool free = band ? (cell & C_BAND_FREE) != 0 : n_free != 0;
+                    if (n_free) {                    // free samples, outside every band
+                        const float n = float(n_free);
+                        const float w_old = float(ws[lin]);
+                        const float t_old = float(ts[lin]);
+                        const float w_new = w_old + n;
+                        ts[lin] = half_t((t_old * w_old + n) / w_new);
+                        ws[lin] = half_t(std::min(w_new, maxw));
+                    }
+                    const float delta = (cell & C_HIT) ? l_hit : (free ? l_miss : 0.0f);
+                    if (delta != 0.0f) {
+                        const float o = float(os[lin]) + delta;
+                        os[lin] = half_t(std::min(std::max(o, l_min), l_max));
+                    }
+                }
+            }
+        }
+        // Band voxels: the accumulated TSDF observations.
+#pragma omp for schedule(static)
+        for (int64_t a = 0; a < n_band; ++a) {
+            const uint32_t code = ctx->band_code[a];
+            const int64_t v = slots[code / BRICK_VOX] * BRICK_VOX + int64_t(code % BRICK_VOX);
+            const float w_old = float(w_a[v]);
+            const float t_old = float(tsdf_a[v]);
+            const float w_new = w_old + ctx->band_w[a];
+            tsdf_a[v] = half_t((t_old * w_old + ctx->band_wt[a]) / w_new);
+            w_a[v] = half_t(std::min(w_new, maxw));
+        }
+    }
+    ctx->set.cells_dirty = false;                  // every listed cell was zeroed above
+    ctx->n_touched = n_touched;
+    ctx->t_phase[3] = omp_get_wtime();
+    ctx->lidar_slots.assign(slots, slots + M);
+    std::sort(ctx->lidar_slots.begin(), ctx->lidar_slots.end());
+    ctx->lidar_slots.erase(std::unique(ctx->lidar_slots.begin(), ctx->lidar_slots.end()), ctx->lidar_slots.end());
+    return int64_t(ctx->lidar_slots.size());
+}
+
+// Sizes of the last LiDAR trace: out[0] rays kept, [1] voxels touched, [2] band voxels, [3] bricks;
+// then microseconds spent in: [4] rays, [5] free-space pass, [6] band/hit pass, [7] apply (from the
+// end of the trace, so it includes the caller's allocation).
+void vx_lidar_stats(const VxContext* ctx, int64_t* out) {
+    out[4] = int64_t((ctx->t_phase[0] - ctx->t_start) * 1e6);
+    out[5] = int64_t((ctx->t_phase[1] - ctx->t_phase[0]) * 1e6);
+    out[6] = int64_t((ctx->t_phase[2] - ctx->t_phase[1]) * 1e6);
+    out[7] = int64_t((ctx->t_phase[3] - ctx->t_phase[2]) * 1e6);
+    out[0] = int64_t(ctx->ranges.size());
+    out[1] = ctx->n_touched;
+    out[2] = int64_t(ctx->band_code.size());
+    out[3] = ctx->set.size();
+}
+
+void vx_copy_lidar_slots(const VxContext* ctx, int64_t* out) {
+    std::copy(ctx->lidar_slots.begin(), ctx->lidar_slots.end(), out);
+}
+
+// ----------------------------------------------------------------------------------------- summaries
+// Brick part of SparseVoxelOctree.update_summaries: for slots (N,) int64, per brick the max
+// occupancy over seen voxels (w > 0 or occ != 0; -inf if none), min |tsdf| over w > 0 (1 if none),
+// and whether any voxel was seen. Outputs (N,) float32, float32, uint8.
+void vx_brick_summaries(const int64_t* slots, int64_t n, const half_t* tsdf_a, const half_t* w_a,
+                        const half_t* occ_a, float* max_occ, float* min_abs_tsdf, uint8_t* observed,
+                        int nthreads) {
+#pragma omp parallel num_threads(std::max(1, nthreads))
+    {
+        alignas(64) float tw[BRICK_VOX], ww[BRICK_VOX], ow[BRICK_VOX];
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t s = slots[i];
+            half_to_float(tsdf_a + s * BRICK_VOX, tw, BRICK_VOX);
+            half_to_float(w_a + s * BRICK_VOX, ww, BRICK_VOX);
+            half_to_float(occ_a + s * BRICK_VOX, ow, BRICK_VOX);
+            // Per-lane partial max / min / any (exact in any order), reduced at the end.
+            alignas(64) float mo_l[16], mt_l[16];
+            alignas(64) int32_t seen_l[16];
+            for (int j = 0; j < 16; ++j) { mo_l[j] = -INFINITY; mt_l[j] = 1.0f; seen_l[j] = 0; }
+            for (int l0 = 0; l0 < BRICK_VOX; l0 += 16) {
+                for (int j = 0; j < 16; ++j) {                  // vectorized
+                    const int lin = l0 + j;
+                    const bool weighted = ww[lin] > 0.0f;
+                    const bool seen = weighted | (ow[lin] != 0.0f);
+                    const float o = seen ? ow[lin] : -INFINITY;
+                    mo_l[j] = mo_l[j] > o ? mo_l[j] : o;
+                    const float t = weighted ? std::fabs(tw[lin]) : 1.0f;
+                    mt_l[j] = mt_l[j] < t ? mt_l[j] : t;
+                    seen_l[j] |= int32_t(seen);
+                }
+            }
+            float mo = -INFINITY, mt = 1.0f;
+            int seen_any = 0;
+            for (int j = 0; j < 16; ++j) {
+                mo = std::max(mo, mo_l[j]);
+                mt = std::min(mt, mt_l[j]);
+                seen_any |= seen_l[j];
+            }
+            max_occ[i] = mo;
+            min_abs_tsdf[i] = mt;
+            observed[i] = seen_any ? 1 : 0;
+        }
+    }
+}
+
+}  // extern "C"

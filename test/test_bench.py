@@ -1,0 +1,113 @@
+"""Smoke tests of `voxmap bench rgbd|lidar` on a tiny synthetic dataset (seconds, nothing timed)."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from voxmap_ros.bench import common
+from voxmap_ros.cli import main as cli_main
+
+pytest.importorskip("open3d")
+
+RGBD_FRAMES = 3
+LIDAR_SCANS = 3
+MESH_SAMPLES = 2000
+RGBD_VOXEL_M = 0.04
+LIDAR_VOXEL_M = 0.1
+LIDAR_MAX_RANGE_M = 20.0
+
+
+@pytest.fixture(scope="module")
+def sim_dataset(tmp_path_factory):
+    from voxmap_ros.sim.dataset_writer import generate_dataset
+    out = tmp_path_factory.mktemp("bench_sim")
+    info = generate_dataset("indoor", 0, out, n_frames=RGBD_FRAMES + 1, n_scans=LIDAR_SCANS + 1, width=80,
+                            height=60, lidar_beams=8, lidar_hfov_samples=256)
+    return info
+
+
+def _positive_finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_timing_stats_and_json(tmp_path):
+    s = common.timing_stats([1.0, 2.0, 3.0, 4.0], "ms_per_frame")
+    assert s["ms_per_frame_median"] == 2.5 and s["n"] == 4
+    assert s["ms_per_frame_min"] <= s["ms_per_frame_p95"] <= s["ms_per_frame_max"]
+    assert common.timing_stats([], "ms_per_scan")["ms_per_scan_median"] is None
+    assert common.ratio(1.0, 0.0) is None and common.ratio(3.0, 2.0) == 1.5
+    p = common.write_json(tmp_path / "sub" / "x.json", {"a": np.float32(1.5), "b": float("nan"),
+                                                        "c": np.arange(3)})
+    d = json.loads(p.read_text())
+    assert d["a"] == 1.5 and d["b"] is None and d["c"] == [0, 1, 2] and isinstance(d["command"], str)
+    m = common.machine_info()
+    assert m["cores"] >= 1 and m["torch_threads"] >= 1 and m["cpu_model"]
+
+
+def test_bench_rgbd_smoke(sim_dataset, tmp_path, capsys):
+    out = tmp_path / "rgbd.json"
+    rc = cli_main(["bench", "rgbd", "--data", sim_dataset["rgbd_dir"], "--frames", str(RGBD_FRAMES),
+                   "--warmup", "1", "--voxel-size-m", str(RGBD_VOXEL_M), "--trunc-vox", "4",
+                   "--max-range-m", "5", "--peers", "open3d", "--mesh-samples", str(MESH_SAMPLES), "--repeat", "2",
+                   "--quiet", "--json", str(out)])
+    assert rc == 0
+    d = json.loads(out.read_text())
+    assert "bench rgbd" in d["equivalent_command"] and d["frames"] == RGBD_FRAMES
+    assert {"cpu_model", "cores", "torch_threads"} <= set(d["machine"])
+    assert set(d["results"]) == {"voxmap", "open3d_vbg", "open3d_scalable"}
+    for name, r in d["results"].items():
+        assert _positive_finite(r["ms_per_frame_median"]), name
+        assert _positive_finite(r["ms_per_frame_p95"]), name
+        assert r["ms_per_frame_p95"] >= r["ms_per_frame_median"]
+        assert len(r["ms_per_frame"]) == RGBD_FRAMES and len(r["repeat_medians_ms"]) == 2
+    for name in ("voxmap", "open3d_vbg"):
+        r = d["results"][name]
+        assert _positive_finite(r["voxels"]) and _positive_finite(r["map_bytes"]) and r["backend"]
+        assert r["mesh_triangles"] > 0
+    assert d["results"]["voxmap"]["backend"] in ("torch", "cpp")
+    for k in ("voxmap_over_open3d_vbg_ms", "voxmap_over_open3d_scalable_ms"):
+        assert _positive_finite(d["ratios"][k])
+    c = d["mesh_crosscheck"]["voxmap_vs_open3d_vbg"]
+    assert math.isfinite(c["chamfer_m"]) and c["chamfer_m"] >= 0
+    assert "RGB-D fusion" in capsys.readouterr().out
+
+
+def test_bench_lidar_smoke(sim_dataset, tmp_path, capsys):
+    pytest.importorskip("octomap")
+    out = tmp_path / "lidar.json"
+    rc = cli_main(["bench", "lidar", "--data", sim_dataset["lidar_dir"], "--scans", str(LIDAR_SCANS),
+                   "--warmup", "1", "--voxel-size-m", str(LIDAR_VOXEL_M), "--max-range-m", str(LIDAR_MAX_RANGE_M),
+                   "--peers", "octomap", "--quiet", "--json", str(out)])
+    assert rc == 0
+    d = json.loads(out.read_text())
+    assert "bench lidar" in d["equivalent_command"] and d["scans"] == LIDAR_SCANS
+    assert set(d["results"]) == {"voxmap", "octomap"}
+    for name, r in d["results"].items():
+        assert _positive_finite(r["ms_per_scan_median"]), name
+        assert _positive_finite(r["ms_per_scan_p95"]), name
+    assert d["results"]["octomap"]["prob_hit"] == pytest.approx(0.7, abs=1e-6)
+    iou = d["occupied_iou_vs_octomap"]
+    assert isinstance(iou, float) and 0.0 < iou <= 1.0
+    assert d["grid_alignment"]["same_cell"] is True
+    assert d["grid_alignment"]["centre_diff_m"] < 1e-5
+    assert _positive_finite(d["ratios"]["octomap_over_voxmap_ms"])
+    assert "LiDAR fusion" in capsys.readouterr().out
+
+
+def test_octomap_pruned_leaves_expand_to_voxels():
+    """A 2x2x2 block of voxels hit many times collapses into one coarser OctoMap leaf; the
+    comparison must count all 8 voxels at the leaf resolution."""
+    octomap = pytest.importorskip("octomap")
+    from voxmap_ros.bench.lidar import octomap_occupied_cells
+    res = 0.1
+    t = octomap.OcTree(res)
+    centres = np.array([[0.05 + 0.1 * i, 0.05 + 0.1 * j, 0.05 + 0.1 * k]
+                        for i in range(2) for j in range(2) for k in range(2)])
+    for _ in range(20):
+        for c in centres:
+            t.updateNode(c, True)
+    sizes = {round(it.getSize(), 6) for it in t.begin_leafs()}
+    idx = octomap_occupied_cells(t, res)
+    assert sorted(map(tuple, idx)) == sorted((i, j, k) for i in range(2) for j in range(2) for k in range(2))
+    assert max(sizes) > res       # the block really was pruned into one leaf

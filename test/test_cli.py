@@ -1,0 +1,206 @@
+"""The `voxmap` command end to end (subprocesses: sim -> replay RGB-D / LiDAR -> eval) and the
+config tree it reads (YAML plain tree, ROS params file, validation)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from voxmap_ros.config import VoxmapConfig
+from voxmap_ros.datasets.folder import open_dataset
+from voxmap_ros.eval.metrics import load_mesh, sample_surface
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+TAU_M = 0.05
+# F-score of the RGB-D replay (4 cm voxels) against the *whole* ground-truth room at tau = 5 cm.
+# Measured 0.638 when written: precision 0.987, recall 0.471. Recall is capped by coverage: the
+# simulated trajectory sees only ~46% of the room's surface (the rest is behind furniture, under
+# it, or never in view), which caps the F-score near 0.64 for a perfect reconstruction. So the
+# test checks three things: the F-score floor, precision, and recall against what was visible.
+FSCORE_MIN = 0.60
+PRECISION_MIN = 0.95
+RECALL_OF_VISIBLE_MIN = 0.95          # recall / visible fraction of the GT surface
+VISIBLE_DEPTH_TOL_M = 0.05            # a GT sample counts as seen when a depth pixel agrees this well
+SUMMARY_KEYS = {"frames", "ms_per_frame_median", "ms_per_frame_p95", "voxels", "bricks", "map_bytes"}
+OUTPUT_FILES = ("mesh.ply", "map.npz", "occupancy.pgm", "occupancy.yaml", "occupancy.png", "mesh.png",
+                "config.yaml", "summary.json")
+
+
+def _run(*args, timeout=300):
+    # One thread per process, like the in-process tests (see conftest.single_thread).
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "voxmap_ros.cli", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    D, O, O2, J = root / "D", root / "O", root / "O2", root / "metrics.json"
+    steps = [("sim", "--scene", "indoor", "--seed", "0", "--out", D),
+             ("replay", D / "rgbd", "--out", O, "--voxel-size-m", "0.04", "--quiet"),
+             ("replay", D / "lidar", "--out", O2, "--quiet"),
+             ("eval", "--mesh", O / "mesh.ply", "--gt", D / "gt_mesh.ply", "--tau-m", TAU_M, "--json", J)]
+    results = []
+    for s in steps:
+        r = _run(*s)
+        assert r.returncode == 0, f"{s[0]} failed:\n{r.stdout}\n{r.stderr}"
+        results.append(r)
+    return {"D": D, "O": O, "O2": O2, "J": J, "results": results}
+
+
+@pytest.mark.parametrize("out", ["O", "O2"])
+def test_replay_writes_every_output(cli_run, out):
+    o = cli_run[out]
+    for name in OUTPUT_FILES:
+        assert (o / name).is_file() and (o / name).stat().st_size > 0, name
+    s = json.loads((o / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(s)
+    n_expected = 60 if out == "O" else 20                          # sim defaults: 60 frames, 20 scans
+    assert s["frames"] == n_expected and s["frames_integrated"] == n_expected and not s["rejected"]
+    assert s["bricks"] > 100 and s["voxels"] == 512 * s["bricks"] and s["map_bytes"] > 0
+    assert 0 < s["ms_per_frame_median"] <= s["ms_per_frame_p95"]
+    cfg = VoxmapConfig.load(o / "config.yaml")                      # the effective config, reloadable
+    assert cfg.map.voxel_size_m == (0.04 if out == "O" else VoxmapConfig().map.voxel_size_m)
+    meta = yaml.safe_load((o / "occupancy.yaml").read_text())
+    assert meta["image"] == "occupancy.pgm" and meta["resolution"] == pytest.approx(cfg.map.voxel_size_m)
+    assert (o / "occupancy.pgm").read_bytes()[:2] == b"P5"
+    assert (o / "mesh.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    mesh = load_mesh(o / "mesh.ply")
+    assert len(mesh.triangles) > 1000
+
+
+def _visible_fraction(D: Path, n: int = 50_000) -> float:
+    """Share of the GT surface that some depth frame of the dataset actually saw."""
+    gt = load_mesh(D / "gt_mesh.ply")
+    pts = sample_surface(gt, n, np.random.default_rng(0))
+    ds = open_dataset(D / "rgbd")
+    seen = np.zeros(n, bool)
+    cfg = VoxmapConfig()
+    for i in range(len(ds)):
+        f = ds[i]
+        d = f.depth.astype(np.float32) / np.float32(f.depth_scale or cfg.rgbd.depth_scale)
+        pc = (pts - f.T_W_S[:3, 3]) @ f.T_W_S[:3, :3]
+        z = np.maximum(pc[:, 2], 1e-6)
+        u = np.floor(f.K[0, 0] * pc[:, 0] / z + f.K[0, 2] + 0.5).astype(int)
+        v = np.floor(f.K[1, 1] * pc[:, 1] / z + f.K[1, 2] + 0.5).astype(int)
+        ok = (pc[:, 2] > 0) & (u >= 0) & (u < d.shape[1]) & (v >= 0) & (v < d.shape[0])
+        dd = np.zeros(n, np.float32)
+        dd[ok] = d[v[ok], u[ok]]
+        ok &= (dd >= cfg.rgbd.min_range_m) & (dd <= cfg.rgbd.max_range_m) & (np.abs(dd - z) < VISIBLE_DEPTH_TOL_M)
+        seen |= ok
+    return float(seen.mean())
+
+
+def test_rgbd_replay_accuracy(cli_run):
+    m = json.loads(cli_run["J"].read_text())
+    assert m["tau_m"] == TAU_M
+    printed = json.loads(cli_run["results"][3].stdout)
+    assert printed["fscore"] == m["fscore"]
+    visible = _visible_fraction(cli_run["D"])
+    print(f"RGB-D replay: fscore {m['fscore']:.3f} precision {m['precision']:.3f} recall {m['recall']:.3f} "
+          f"(visible share of GT {visible:.3f}), accuracy {m['accuracy_m'] * 1000:.1f} mm")
+    assert m["precision"] >= PRECISION_MIN
+    assert m["recall"] >= RECALL_OF_VISIBLE_MIN * visible
+    assert m["fscore"] >= FSCORE_MIN
+
+
+def test_replay_bad_folder_fails_with_one_line(tmp_path):
+    for src in (tmp_path / "does_not_exist", tmp_path):
+        r = _run("replay", src, "--out", tmp_path / "out", "--quiet", timeout=120)
+        assert r.returncode != 0
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in r.stderr, r.stderr
+        assert str(src) in lines[0]
+
+
+def test_eval_bad_mesh_path_fails_cleanly(tmp_path):
+    r = _run("eval", "--mesh", tmp_path / "nope.ply", "--gt", tmp_path / "gt.ply", timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len([l for l in r.stderr.splitlines() if l.strip()]) == 1
+
+
+# ------------------------------------------------------------------------------------ config
+def test_config_plain_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"map": {"voxel_size_m": 0.03, "backend": "torch"},
+                                 "tsdf": {"trunc_vox": 3, "weighting": "depth"},
+                                 "lidar": {"free_space": False}}))
+    cfg = VoxmapConfig.load(p)
+    assert cfg.map.voxel_size_m == 0.03 and cfg.map.backend == "torch"
+    assert cfg.tsdf.trunc_vox == 3.0 and isinstance(cfg.tsdf.trunc_vox, float)
+    assert cfg.tsdf.weighting == "depth" and cfg.lidar.free_space is False
+    assert cfg.rgbd.max_range_m == VoxmapConfig().rgbd.max_range_m          # untouched defaults
+    # Round trip through save.
+    cfg.save(tmp_path / "out.yaml")
+    assert VoxmapConfig.load(tmp_path / "out.yaml").to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("node", ["voxmap", "/**"])
+def test_config_ros_params_file(tmp_path, node):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({node: {"ros__parameters": {
+        "map.voxel_size_m": 0.025,                       # dotted keys
+        "occupancy": {"prob_hit": 0.8},                  # nested sections
+        "grid.z_max_m": 2.0}}}))
+    cfg = VoxmapConfig.load(p)
+    assert cfg.map.voxel_size_m == 0.025 and cfg.occupancy.prob_hit == 0.8 and cfg.grid.z_max_m == 2.0
+
+
+@pytest.mark.parametrize("tree, key", [
+    ({"map": {"voxel_size": 0.03}}, "map.voxel_size"),
+    ({"map": {"voxel_size_m": -0.01}}, "map.voxel_size_m"),
+    ({"map": {"voxel_size_m": "big"}}, "map.voxel_size_m"),
+    ({"map": {"voxel_size_m": float("nan")}}, "map.voxel_size_m"),
+    ({"tsdf": {"weighting": "linear"}}, "tsdf.weighting"),
+    ({"occupancy": {"prob_hit": 1.5}}, "occupancy.prob_hit"),
+    ({"map": {"octree_levels": 2.5}}, "map.octree_levels"),
+    ({"lidar": {"free_space": "yes"}}, "lidar.free_space"),
+    ({"rgbd": {"min_range_m": 3.0, "max_range_m": 2.0}}, "rgbd.min_range_m"),
+    ({"mapp": {"voxel_size_m": 0.05}}, "mapp"),
+])
+def test_config_rejects_bad_values_naming_the_key(tree, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        VoxmapConfig.from_dict(tree)
+
+
+def test_config_file_rejects_bad_values_naming_the_key(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"voxmap": {"ros__parameters": {"tsdf.max_weight": 0.1}}}))
+    with pytest.raises(ValueError, match=r"tsdf\.max_weight"):
+        VoxmapConfig.load(p)
+    p.write_text(yaml.safe_dump({"voxmap": {"ros__parameters": {"tsdf": {"max_wait": 3}}}}))
+    with pytest.raises(ValueError, match=r"tsdf\.max_wait"):
+        VoxmapConfig.load(p)
+    cfg = VoxmapConfig()
+    with pytest.raises(ValueError, match=r"map\.voxel_size_m"):
+        cfg.set("map.voxel_size_m", 0)
+    assert cfg.map.voxel_size_m == VoxmapConfig().map.voxel_size_m          # unchanged
+
+
+@pytest.mark.xfail(strict=True, reason="config.unwrap_ros_params drops unknown sections and undotted "
+                   "scalar keys instead of rejecting them (config.py is outside this suite's fixes)")
+@pytest.mark.parametrize("data", [{"mapp": {"voxel_size_m": 0.05}},
+                                  {"voxmap": {"ros__parameters": {"voxel_size_m": 0.05}}}])
+def test_config_file_rejects_unknown_top_level_keys(tmp_path, data):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="voxel_size_m|mapp"):
+        VoxmapConfig.load(p)
+
+
+def test_cli_set_overrides_and_rejects(tmp_path):
+    from voxmap_ros.cli import _config, build_parser
+    args = build_parser().parse_args(["replay", "x", "--out", str(tmp_path), "--voxel-size-m", "0.07",
+                                      "--set", "tsdf.trunc_vox=5", "--set", "lidar.free_space=false"])
+    cfg = _config(args)
+    assert cfg.map.voxel_size_m == 0.07 and cfg.tsdf.trunc_vox == 5.0 and cfg.lidar.free_space is False
+    r = _run("replay", tmp_path, "--out", tmp_path / "o", "--set", "tsdf.trunc_vox=0.5", timeout=120)
+    assert r.returncode != 0 and "tsdf.trunc_vox" in r.stderr and "Traceback" not in r.stderr

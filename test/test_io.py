@@ -1,0 +1,215 @@
+"""Map files: bit-exact round trip, clear errors for truncated and foreign files, no pickle."""
+import io as pyio
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_config
+from voxmap_ros.core import io as mapio
+from voxmap_ros.core.mapper import Mapper
+from voxmap_ros.core.octree import AttributeSpec
+from voxmap_ros.types import Frame
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+VOXEL_M = 0.05
+
+
+@pytest.fixture(scope="module")
+def saved_map(indoor_data, tmp_path_factory):
+    m = Mapper(make_config(VOXEL_M))
+    for d, c, T in indoor_data.frames[:3]:
+        m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    o = m.octree
+    o.register_attribute(AttributeSpec("label", torch.int16, (), -1))
+    o.register_attribute(AttributeSpec("feat", torch.float32, (4,), 0.5))
+    s = o.alive_slots()
+    o.attrs["label"][s] = torch.randint(-5, 100, o.attrs["label"][s].shape, dtype=torch.int16)
+    o.attrs["feat"][s] = torch.randn(o.attrs["feat"][s].shape)
+    # A pruned region too, so that free masks are part of the round trip.
+    free = s[(o.attrs["tsdf"][s].float() >= 0.999).all(1)][:20]
+    o.attrs["occ"][free] = m.params.l_min
+    assert m.prune() > 0
+    path = tmp_path_factory.mktemp("io") / "map.npz"
+    m.save(path, frame_ids={"map": "world", "sensor": "camera"})
+    return m, path
+
+
+def _by_key(o):
+    keys, ids = o.table.items()
+    order = torch.argsort(keys)
+    keys, ids = keys[order], ids[order].long()
+    slots = o.node_brick[ids].long()
+    out = {"keys": keys, "is_brick": slots >= 0}
+    for f in ("node_max_occ", "node_min_abs_tsdf", "node_observed", "node_free_mask"):
+        out[f] = getattr(o, f)[ids]
+    bs = slots[slots >= 0]
+    out["brick_coord"] = o.brick_coord[bs]
+    for n, t in o.attrs.items():
+        out[f"attr_{n}"] = t[bs]
+    return out
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.uint8) if t.dtype.is_floating_point else t
+
+
+def test_round_trip_is_bit_exact(saved_map):
+    m, path = saved_map
+    loaded = Mapper.load(path)
+    a, b = _by_key(m.octree), _by_key(loaded.octree)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert torch.equal(_bits(a[k]), _bits(b[k])), k
+    assert bool((a["node_free_mask"] != 0).any())
+    o, p = m.octree, loaded.octree
+    assert (p.voxel_size_m, p.levels, p.free_logodds) == (o.voxel_size_m, o.levels, o.free_logodds)
+    assert p.specs == o.specs
+    assert loaded.config.to_dict() == m.config.to_dict()
+    h = mapio.read_header(path)
+    assert h["extra"]["frame_ids"] == {"map": "world", "sensor": "camera"}
+    # The loaded map answers queries like the original, and keeps integrating.
+    pts = torch.from_numpy(np.random.default_rng(0).uniform(-3, 3, (5000, 3)))
+    for level in (0, 2):
+        la, ka = o.occupancy_at(pts, level)
+        lb, kb = p.occupancy_at(pts, level)
+        assert torch.equal(la, lb) and torch.equal(ka, kb)
+    assert len(loaded.extract_mesh().triangles) == len(m.extract_mesh().triangles)
+
+
+def test_no_pickle_in_the_file(saved_map):
+    _, path = saved_map
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            arr = np.load(pyio.BytesIO(z.read(name)), allow_pickle=False)     # would raise on objects
+            assert arr.dtype != object
+
+
+def _expect_error(path, *words):
+    with pytest.raises(ValueError) as info:
+        Mapper.load(path)
+    msg = str(info.value)
+    assert str(path) in msg or path.name in msg
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+def test_truncated_files(saved_map, tmp_path):
+    _, path = saved_map
+    data = path.read_bytes()
+    for cut in (1, 100, len(data) // 2, len(data) - 10):
+        p = tmp_path / f"cut{cut}.npz"
+        p.write_bytes(data[:-cut])
+        _expect_error(p, "truncated")
+    p = tmp_path / "empty.npz"
+    p.write_bytes(b"")
+    _expect_error(p, "truncated")
+
+
+def test_corrupted_member(saved_map, tmp_path):
+    _, path = saved_map
+    # Flip bytes inside an array member (the zip structure stays readable).
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    bad = bytearray(members["attr_tsdf.npy"])
+    bad[10:60] = b"\xff" * 50
+    members["attr_tsdf.npy"] = bytes(bad)
+    p = tmp_path / "corrupt.npz"
+    with zipfile.ZipFile(p, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+    with pytest.raises(ValueError):
+        Mapper.load(p)
+
+
+def test_foreign_files(tmp_path):
+    p = tmp_path / "random.npz"
+    p.write_bytes(np.random.default_rng(0).bytes(5000))
+    _expect_error(p, "not a voxmap map file")
+    p = tmp_path / "other.npz"
+    np.savez(p, a=np.arange(3), b=np.zeros((2, 2)))
+    _expect_error(p, "header")
+    p = tmp_path / "missing.npz"
+    with pytest.raises(ValueError, match="does not exist"):
+        Mapper.load(p)
+    d = tmp_path / "a_dir.npz"
+    d.mkdir()
+    with pytest.raises(ValueError):
+        Mapper.load(d)
+
+
+def _rewrite_header(src, dst, **changes):
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    h = json.loads(np.load(pyio.BytesIO(members["header.npy"])).tobytes().decode())
+    h.update(changes)
+    buf = pyio.BytesIO()
+    np.save(buf, np.frombuffer(json.dumps(h).encode(), np.uint8))
+    members["header.npy"] = buf.getvalue()
+    with zipfile.ZipFile(dst, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+
+
+def test_wrong_version_format_and_shapes(saved_map, tmp_path):
+    _, path = saved_map
+    p = tmp_path / "v99.npz"
+    _rewrite_header(path, p, version=99)
+    _expect_error(p, "version 99")
+    p = tmp_path / "fmt.npz"
+    _rewrite_header(path, p, format="someone.else")
+    _expect_error(p, "not a voxmap map")
+    p = tmp_path / "count.npz"
+    h = mapio.read_header(path)
+    _rewrite_header(path, p, num_bricks=h["num_bricks"] + 1)
+    _expect_error(p, "expected")
+    p = tmp_path / "nofield.npz"
+    _rewrite_header(path, p, num_nodes=None)
+    _expect_error(p, "num_nodes")
+    p = tmp_path / "badattr.npz"
+    _rewrite_header(path, p, attributes=[{"name": "tsdf"}])
+    _expect_error(p, "attribute")
+    p = tmp_path / "json.npz"
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    buf = pyio.BytesIO()
+    np.save(buf, np.frombuffer(b"{not json", np.uint8))
+    members["header.npy"] = buf.getvalue()
+    with zipfile.ZipFile(p, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+    _expect_error(p, "JSON")
+
+
+class _Trap:
+    """Unpickling this would run os.system: it must never happen."""
+    def __init__(self, flag):
+        self.flag = flag
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.flag}",))
+
+
+def test_pickled_arrays_are_refused(saved_map, tmp_path):
+    _, path = saved_map
+    flag = tmp_path / "pwned"
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    for target in ("header.npy", "node_key.npy"):
+        buf = pyio.BytesIO()
+        np.save(buf, np.array([_Trap(flag)], dtype=object), allow_pickle=True)
+        m2 = dict(members)
+        m2[target] = buf.getvalue()
+        p = tmp_path / f"pickle_{target}.npz"
+        with zipfile.ZipFile(p, "w") as z:
+            for n, b in m2.items():
+                z.writestr(n, b)
+        with pytest.raises(ValueError):
+            Mapper.load(p)
+        assert not flag.exists()

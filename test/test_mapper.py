@@ -1,0 +1,298 @@
+"""Mapper: input validation before any state change, meshing (crack-free, incremental = full),
+mesh store after clearing and pruning, summary and backend choice."""
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import IMG_H, IMG_W, SMALL_K, assert_same_state, make_config, octree_state
+from voxmap_ros.core import morton
+from voxmap_ros.core.mapper import Mapper
+from voxmap_ros.core.octree import BRICK
+from voxmap_ros.sim import Scene, box_mesh, look_at, render_rgbd, scan_lidar, sphere_mesh
+from voxmap_ros.types import Frame
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+VOXEL_M = 0.05
+SPHERE_VOXEL_M = 0.02
+SPHERE_RADIUS_M = 0.37
+SPHERE_CENTRE_M = np.array([-0.113, 0.071, 0.049])      # not aligned with bricks, spans negatives
+SPHERE_TOL_M = 0.1 * SPHERE_VOXEL_M                       # linear interpolation of an exact SDF
+VERTEX_DECIMALS = 5                                       # compare vertices to 10 micrometres
+
+
+# ------------------------------------------------------------------------------------ bad input
+@pytest.fixture
+def mapper_with_data(indoor_data):
+    m = Mapper(make_config(VOXEL_M))
+    d, c, T = indoor_data.frames[0]
+    m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    assert m.octree.num_bricks > 0
+    return m, indoor_data.frames[1]
+
+
+def _bad_frames(d, c, T):
+    K = SMALL_K
+    Tn = T.copy(); Tn[0, 3] = np.nan
+    Ti = T.copy(); Ti[1, 1] = np.inf
+    Ts = T.copy(); Ts[:3, :3] *= 1.1
+    Tr = T.copy(); Tr[3] = [0, 0, 0.5, 1]
+    Kn = K.copy(); Kn[0, 0] = -K[0, 0]
+    Kz = K.copy(); Kz[1, 1] = 0.0
+    pts = np.random.default_rng(0).uniform(-3, 3, (100, 3)).astype(np.float32)
+    return {
+        "non-finite pose": (Frame(Tn, depth=d, rgb=c, K=K), "non-finite"),
+        "inf in pose": (Frame(Ti, points=pts), "non-finite"),
+        "scaled rotation": (Frame(Ts, depth=d, rgb=c, K=K), "not rigid"),
+        "scaled rotation lidar": (Frame(Ts, points=pts), "not rigid"),
+        "bad last row": (Frame(Tr, depth=d, K=K), "last row"),
+        "pose 3x4": (Frame(T[:3], depth=d, rgb=c, K=K), "4x4"),
+        "pose 4x4x1": (Frame(T[..., None], points=pts), "4x4"),
+        "K 3x4": (Frame(T, depth=d, rgb=c, K=np.zeros((3, 4))), "K must be a 3x3"),
+        "K 2x2": (Frame(T, depth=d, K=np.eye(2)), "K must be a 3x3"),
+        "K missing": (Frame(T, depth=d), "intrinsics"),
+        "negative focal": (Frame(T, depth=d, rgb=c, K=Kn), "fx, fy > 0"),
+        "zero focal": (Frame(T, depth=d, rgb=c, K=Kz), "fx, fy > 0"),
+        "rgb size": (Frame(T, depth=d, rgb=c[:-1], K=K), "rgb must have shape"),
+        "rgb channels": (Frame(T, depth=d, rgb=c[..., :2], K=K), "rgb must have shape"),
+        "rgb float": (Frame(T, depth=d, rgb=c.astype(np.float32), K=K), "rgb must be uint8"),
+        "depth int32": (Frame(T, depth=(d * 1000).astype(np.int32), K=K), "depth must be uint16"),
+        "depth float64": (Frame(T, depth=d.astype(np.float64), K=K), "depth must be uint16"),
+        "depth 3-D": (Frame(T, depth=d[..., None], K=K), "2-D"),
+        "depth empty": (Frame(T, depth=np.zeros((0, 0), np.float32), K=K), "empty"),
+        "points (N, 4)": (Frame(T, points=np.zeros((10, 4), np.float32)), "shape \\(N, 3\\)"),
+        "points 1-D": (Frame(T, points=np.zeros(9, np.float32)), "shape \\(N, 3\\)"),
+        "points int32": (Frame(T, points=np.zeros((10, 3), np.int32)), "float32 or float64"),
+        "points list": (Frame(T, points=[[1.0, 2.0, 3.0]]), "numpy array"),
+        "neither": (Frame(T), "neither depth nor points"),
+        # A good depth image with bad points: nothing of the frame may be integrated.
+        "good depth, bad points": (Frame(T, depth=d, rgb=c, K=K, points=np.zeros((5, 2), np.float32)), "N, 3"),
+        "bad depth scale": (Frame(T, depth=(d * 1000).astype(np.uint16), K=K, depth_scale=-1.0), "depth_scale"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_frames(np.zeros((2, 2), np.float32), np.zeros((2, 2, 3), np.uint8),
+                                                   np.eye(4)).keys()))
+def test_bad_input_raises_before_any_state_change(mapper_with_data, case):
+    m, (d, c, T) = mapper_with_data
+    frame, match = _bad_frames(d, c, T)[case]
+    before = octree_state(m.octree)
+    n_int = m.stats.frames_integrated
+    with pytest.raises(ValueError, match=match) as info:
+        m.integrate(frame)
+    assert len(str(info.value)) > 15                       # says what was wrong
+    assert_same_state(before, octree_state(m.octree))
+    assert m.stats.frames_integrated == n_int and m.stats.frames_rejected == 1
+    # The map still works afterwards.
+    m.integrate(Frame(T, depth=d, rgb=c, K=SMALL_K))
+
+
+def test_empty_cloud_is_a_noop(mapper_with_data):
+    m, (d, c, T) = mapper_with_data
+    before = octree_state(m.octree)
+    assert m.integrate(Frame(T, points=np.zeros((0, 3), np.float32))) == 0
+    assert m.integrate(Frame(T, points=np.full((4, 3), np.nan, np.float32))) == 0
+    assert_same_state(before, octree_state(m.octree))
+
+
+# ------------------------------------------------------------------------------------ meshing
+def _edge_use(tris: np.ndarray) -> Counter:
+    e = np.sort(np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]]), axis=1)
+    return Counter(map(tuple, e.tolist()))
+
+
+def _analytic_sphere_mapper() -> Mapper:
+    """A full sphere's TSDF written straight into the octree: every brick within the truncation
+    distance of the surface, every voxel observed (weight 1)."""
+    m = Mapper(make_config(SPHERE_VOXEL_M))
+    o = m.octree
+    trunc = m.params.trunc_m
+    bs = o.brick_size_m
+    lo = np.floor((SPHERE_CENTRE_M - SPHERE_RADIUS_M - trunc) / bs).astype(int)
+    hi = np.floor((SPHERE_CENTRE_M + SPHERE_RADIUS_M + trunc) / bs).astype(int)
+    grid = np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
+    centre = (grid + 0.5) * bs
+    r = np.linalg.norm(centre - SPHERE_CENTRE_M, axis=1)
+    half_diag = math.sqrt(3) / 2 * bs
+    keep = np.abs(r - SPHERE_RADIUS_M) <= trunc + half_diag
+    slots, _ = o.allocate_bricks(torch.from_numpy(grid[keep]))
+    p = o.voxel_centers(slots).double()
+    sdf = ((p - torch.from_numpy(SPHERE_CENTRE_M)).norm(dim=-1) - SPHERE_RADIUS_M) / trunc
+    o.attrs["tsdf"][slots] = sdf.clamp(-1, 1).half()
+    o.attrs["weight"][slots] = 1.0
+    o.attrs["color"][slots] = torch.tensor([10, 200, 30], dtype=torch.uint8)
+    o.brick_dirty[slots] = True
+    return m
+
+
+def test_analytic_sphere_mesh_is_watertight_and_accurate():
+    m = _analytic_sphere_mapper()
+    assert m.octree.num_bricks > 60                        # spans many bricks
+    mesh = m.extract_mesh()
+    assert len(mesh.triangles) > 2000
+    uses = _edge_use(mesh.triangles)
+    bad = {e: n for e, n in uses.items() if n != 2}
+    assert not bad, f"{len(bad)} edges not shared by exactly two triangles (cracks or overlaps)"
+    V, E, F = len(mesh.vertices), len(uses), len(mesh.triangles)
+    assert V - E + F == 2                                 # one closed genus-0 surface
+    r = np.linalg.norm(mesh.vertices - SPHERE_CENTRE_M, axis=1)
+    assert np.abs(r - SPHERE_RADIUS_M).max() < SPHERE_TOL_M
+    # Outward orientation: the signed volume is that of the sphere (4/3 pi r^3), not negative.
+    v = mesh.vertices[mesh.triangles].astype(np.float64) - SPHERE_CENTRE_M
+    vol = np.einsum("ij,ij->i", v[:, 0], np.cross(v[:, 1], v[:, 2])).sum() / 6
+    assert vol == pytest.approx(4 / 3 * math.pi * SPHERE_RADIUS_M ** 3, rel=0.02)
+    assert (mesh.colors == [10, 200, 30]).all()
+
+
+def test_fused_sphere_mesh_is_manifold_inside_the_observed_region():
+    """Depth images of a sphere from 6 directions: away from the edge of the observed surface
+    every mesh edge is shared by exactly two triangles (no cracks between bricks)."""
+    radius = 0.35
+    sphere = sphere_mesh((0.05, -0.02, 1.0), radius, (90, 90, 220), n_lat=48, n_lon=96)
+    # A room around it: every pixel has a depth reading, so the space beyond the sphere's
+    # silhouette is observed free (no reading means unknown, which would leave real holes).
+    sphere = Scene.merge([sphere, box_mesh((0.0, 0.0, 1.0), (5.0, 5.0, 5.0), (200, 200, 200))])
+    m = Mapper(make_config(0.02))
+    c0 = np.array([0.05, -0.02, 1.0])
+    for eye in ([1.3, 0, 1.0], [-1.3, 0, 1.0], [0, 1.3, 1.0], [0, -1.3, 1.0], [0.01, 0.0, 2.3], [0.01, 0.0, -0.3]):
+        T = look_at(c0 + np.array(eye) - [0, 0, 1.0], c0, up=(0, 1, 0) if abs(eye[0]) < 0.1 and abs(eye[1]) < 0.1 else (0, 0, 1))
+        d, c, _ = render_rgbd(sphere, SMALL_K, T, IMG_W, IMG_H)
+        m.integrate(Frame(T, depth=d, rgb=c, K=SMALL_K))
+    mesh = m.extract_mesh()
+    near = np.linalg.norm(mesh.vertices - c0, axis=1) < 1.0          # the sphere, not the room
+    keep = near[mesh.triangles].all(1)
+    assert near[mesh.triangles].any(1).sum() == keep.sum()          # a separate component
+    uses = _edge_use(mesh.triangles[keep])
+    assert keep.sum() > 1000
+    bad = [e for e, n in uses.items() if n != 2]
+    # Seen from all six sides, the sphere is closed: no boundary at all.
+    assert not bad, f"{len(bad)} open or over-shared edges"
+    r = np.linalg.norm(mesh.vertices[near] - c0, axis=1)
+    assert np.abs(r - radius).max() < 0.5 * 0.02 + 0.01    # half a voxel + faceting of the GT mesh
+
+
+def _tri_set(vertices, triangles):
+    """Orientation-preserving canonical triangle set with rounded coordinates."""
+    v = np.round(vertices.astype(np.float64), VERTEX_DECIMALS)
+    out = []
+    for t in triangles:
+        p = [tuple(v[i]) for i in t]
+        k = min(range(3), key=lambda i: p[i])
+        out.append(tuple(p[k:] + p[:k]))
+    return Counter(out)
+
+
+def _store_equals_full(m: Mapper):
+    store = m.mesh_store().to_mesh()
+    full = m.extract_mesh()
+    a, b = _tri_set(store.vertices, store.triangles), _tri_set(full.vertices, full.triangles)
+    assert a == b, f"incremental {sum(a.values())} vs full {sum(b.values())} triangles, " \
+                   f"{sum((a - b).values())} extra, {sum((b - a).values())} missing"
+    return len(full.triangles)
+
+
+def test_incremental_mesh_equals_full_extraction(indoor_data):
+    m = Mapper(make_config(VOXEL_M))
+    sizes = []
+    for i, (d, c, T) in enumerate(indoor_data.frames[:6]):
+        m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+        upd = m.update_mesh()
+        assert upd.remeshed_keys.numel() > 0
+        if i in (0, 2, 5):
+            sizes.append(_store_equals_full(m))
+    assert sizes[-1] > sizes[0] > 100
+    # Nothing changed since the last call: nothing re-meshed.
+    upd = m.update_mesh()
+    assert upd.remeshed_keys.numel() == 0 and upd.removed_keys.numel() == 0
+    _store_equals_full(m)
+
+
+def test_mesh_store_drops_cleared_and_pruned_bricks(indoor_data):
+    m = Mapper(make_config(VOXEL_M))
+    for d, c, T in indoor_data.frames[:4]:
+        m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    m.update_mesh()
+    n_before = _store_equals_full(m)
+    centre = indoor_data.frames[0][2][:3, 3]
+    dropped = m.clear_far(centre, 2.0)
+    assert dropped > 0
+    upd = m.update_mesh()
+    assert upd.removed_keys.numel() == dropped
+    alive_keys = set(m.octree.node_key[m.octree.brick_node[m.octree.alive_slots()].long()].tolist())
+    assert set(m.mesh_store().tri_brick_keys.tolist()) <= alive_keys
+    assert not (set(upd.removed_keys.tolist()) & set(m.mesh_store().tri_brick_keys.tolist()))
+    n_after = _store_equals_full(m)
+    assert 0 < n_after < n_before
+    # Prune: free bricks go away; the store follows.
+    for d, c, T in indoor_data.frames[4:8]:
+        m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    m.update_mesh()
+    # Make a few bricks confidently free so that something is pruned.
+    o = m.octree
+    slots = o.alive_slots()
+    free = slots[(o.attrs["tsdf"][slots].float() >= 0.999).all(1)][:10]
+    o.attrs["occ"][free] = m.params.l_min
+    n_pruned = m.prune()
+    assert n_pruned >= free.numel() > 0
+    upd = m.update_mesh()
+    assert upd.removed_keys.numel() == n_pruned
+    _store_equals_full(m)
+
+
+def test_clear_resets_map_and_mesh(indoor_data):
+    m = Mapper(make_config(VOXEL_M))
+    d, c, T = indoor_data.frames[0]
+    m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    m.update_mesh()
+    m.clear()
+    assert m.octree.num_bricks == 0
+    upd = m.update_mesh()
+    assert upd.removed_keys.numel() > 0 and m.mesh_store().tri_vertices.shape[0] == 0
+
+
+def test_clearing_radius_from_config(indoor_data):
+    radius = 2.5
+    m = Mapper(make_config(VOXEL_M, map__clearing_radius_m=radius))
+    ref = Mapper(make_config(VOXEL_M))
+    for d, c, T in indoor_data.frames[:3]:
+        m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+        ref.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    o = m.octree
+    centres = (o.brick_coord[o.alive_slots()].double() + 0.5) * o.brick_size_m
+    pos = torch.from_numpy(indoor_data.frames[2][2][:3, 3])
+    assert o.num_bricks > 0 and float((centres - pos).norm(dim=1).max()) <= radius
+    assert o.num_bricks < ref.octree.num_bricks
+
+
+def test_summary_and_backend(indoor_data):
+    m = Mapper(make_config(VOXEL_M))
+    assert m.backend == "torch"
+    d, c, T = indoor_data.frames[0]
+    m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    s = m.summary()
+    assert s["frames_integrated"] == 1 and s["bricks"] == m.octree.num_bricks
+    assert s["voxels"] == s["bricks"] * BRICK ** 3 and s["map_bytes"] == m.octree.nbytes
+    assert s["ms_per_frame_median"] > 0
+    cfg = make_config(VOXEL_M)
+    cfg.map.backend = "auto"
+    assert Mapper(cfg).backend in ("torch", "cpp")
+    cfg.map.device = "cuda"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            Mapper(cfg)
+
+
+def test_lidar_and_rgbd_in_one_frame(indoor_data, indoor_scene):
+    d, c, T = indoor_data.frames[0]
+    pts = scan_lidar(indoor_scene, T, beams=8, hfov_samples=128)
+    both = Mapper(make_config(VOXEL_M))
+    both.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K, points=pts))
+    seq = Mapper(make_config(VOXEL_M))
+    seq.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    seq.integrate(Frame(T, points=pts))
+    assert both.octree.num_bricks == seq.octree.num_bricks
+    a, b = octree_state(both.octree), octree_state(seq.octree)
+    assert torch.equal(a["attr_occ"], b["attr_occ"])

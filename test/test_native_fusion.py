@@ -1,0 +1,334 @@
+"""The compiled fusion kernels (voxmap_ros.core.native) against the torch reference (integrate.py).
+
+Two octrees take the same frames, one through integrate_*_torch, one through integrate_*_cpp; then
+the allocated bricks must be the same set at the same slots, and every voxel value the same up to
+float rounding. The inputs are small synthetic scenes built here (a tilted plane and a box seen by
+a pinhole camera; a room of planes seen by a spherical LiDAR), with invalid readings of every kind.
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from voxmap_ros.config import VoxmapConfig
+from voxmap_ros.core import integrate, native
+from voxmap_ros.core.octree import SparseVoxelOctree
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"compiled kernels unavailable: "
+                                f"{native.unavailable_reason()}")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tolerances. The kernels evaluate every expression in the reference's float32 order, so results are
+# normally bit-identical; these bounds allow for a different BLAS summation order in torch's matmul
+# on other machines, which can move a voxel centre across a pixel boundary (or a sample across a
+# voxel boundary) and so change a few voxels.
+TSDF_TOL = 2.0 ** -10                 # one float16 ulp at 1.0 (TSDF is normalised to [-1, 1])
+WEIGHT_REL_TOL = 2.0 ** -10           # one float16 ulp, relative
+OCC_TOL_LOGODDS = 2.0 ** -9           # float16 ulp of log-odds around 2..4
+COLOR_TOL = 1                         # uint8 levels
+MAX_DIFF_FRACTION = 1e-3              # share of observed voxels allowed to differ beyond the above
+
+IMG_W, IMG_H = 96, 72
+K_SMALL = np.array([[80.0, 0.0, 47.5], [0.0, 80.0, 35.5], [0.0, 0.0, 1.0]])
+
+
+# ------------------------------------------------------------------------------------ scenes
+def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """T_W_C (4, 4) float64 of an optical-frame camera (x right, y down, z forward) at `eye`."""
+    eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
+    z = target - eye
+    z /= np.linalg.norm(z)
+    x = np.cross(z, up)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([x, y, z], axis=1)
+    T[:3, 3] = eye
+    return T
+
+
+def ray_scene(origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Distance along unit rays dirs (N, 3) from origin (3,) to the first surface of the test scene:
+    a tilted plane z = 0.15 x + 0.1 y and a box [0.3, 0.7] x [-0.2, 0.25] x [0, 0.35]; inf if none."""
+    n = np.array([-0.15, -0.1, 1.0])
+    denom = dirs @ n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_plane = -(origin @ n) / denom
+    t_plane = np.where((t_plane > 0) & np.isfinite(t_plane), t_plane, np.inf)
+    lo, hi = np.array([0.3, -0.2, 0.0]), np.array([0.7, 0.25, 0.35])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1, t2 = (lo - origin) / dirs, (hi - origin) / dirs
+    tmin = np.nanmax(np.minimum(t1, t2), axis=1)
+    tmax = np.nanmin(np.maximum(t1, t2), axis=1)
+    t_box = np.where((tmax >= tmin) & (tmin > 0), tmin, np.inf)
+    return np.minimum(t_plane, t_box)
+
+
+def render_depth(T_W_C: np.ndarray, rng: np.random.Generator):
+    """Depth (H, W) float32 metres and rgb (H, W, 3) uint8 of the test scene, with holes (0),
+    NaNs, readings beyond the depth range and a little noise."""
+    u, v = np.meshgrid(np.arange(IMG_W), np.arange(IMG_H))
+    rays_c = np.stack([(u - K_SMALL[0, 2]) / K_SMALL[0, 0], (v - K_SMALL[1, 2]) / K_SMALL[1, 1],
+                       np.ones_like(u, dtype=np.float64)], -1).reshape(-1, 3)
+    norm = np.linalg.norm(rays_c, axis=1)
+    dirs_w = (rays_c / norm[:, None]) @ T_W_C[:3, :3].T
+    t = ray_scene(T_W_C[:3, 3], dirs_w)
+    depth = (t / norm).reshape(IMG_H, IMG_W)                      # z = t * (ray . optical axis)
+    depth = depth * (1.0 + 0.002 * rng.standard_normal(depth.shape))
+    depth[~np.isfinite(depth)] = 0.0
+    k = depth.size
+    flat = depth.reshape(-1)
+    flat[rng.choice(k, k // 50, replace=False)] = 0.0
+    flat[rng.choice(k, k // 100, replace=False)] = np.nan
+    flat[rng.choice(k, k // 100, replace=False)] = 7.5            # beyond rgbd max range
+    flat[rng.choice(k, k // 200, replace=False)] = 0.05           # closer than the min range
+    rgb = np.stack([(u * 5) % 256, (v * 7) % 256, (u + v) % 256], -1).astype(np.uint8)
+    return torch.from_numpy(depth.astype(np.float32)), torch.from_numpy(np.ascontiguousarray(rgb))
+
+
+def camera_poses(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    poses = []
+    for i in range(n):
+        a = 2 * math.pi * i / n + 0.3 * rng.standard_normal()
+        r = 1.1 + 0.4 * rng.random()
+        eye = (0.5 + r * math.cos(a), r * math.sin(a), 0.6 + 0.5 * rng.random())
+        target = (0.5 + 0.2 * rng.standard_normal(), 0.1 * rng.standard_normal(), 0.1)
+        poses.append(look_at(eye, target))
+    return poses
+
+
+def lidar_scan(T_W_L: np.ndarray, rng: np.random.Generator, n_az: int = 90, n_el: int = 16):
+    """Points (N, 3) float32 in the sensor frame of a spinning LiDAR in a 6 x 5 x 3 m room without a
+    ceiling (the upward rays return nothing and are sent beyond max range), with NaN, too-close
+    and out-of-range points mixed in."""
+    az = np.linspace(-math.pi, math.pi, n_az, endpoint=False) + 0.01 * rng.standard_normal(n_az)
+    el = np.radians(np.linspace(-30.0, 25.0, n_el))
+    A, E = np.meshgrid(az, el)
+    d_l = np.stack([np.cos(E) * np.cos(A), np.cos(E) * np.sin(A), np.sin(E)], -1).reshape(-1, 3)
+    R, o = T_W_L[:3, :3], T_W_L[:3, 3]
+    d_w = d_l @ R.T
+    lo, hi = np.array([-3.0, -2.0, 0.0]), np.array([3.0, 3.0, 1e9])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(d_w > 0, (hi - o) / d_w, np.where(d_w < 0, (lo - o) / d_w, np.inf))
+    r = t.min(1)
+    r = np.where(np.isfinite(r) & (r < 1e6), r, 100.0)             # no return: far beyond max range
+    r = r + 0.01 * rng.standard_normal(r.shape)
+    pts = d_l * r[:, None]
+    m = len(pts)
+    pts[rng.choice(m, m // 40, replace=False)] = np.nan
+    close = rng.choice(m, m // 40, replace=False)
+    pts[close] = d_l[close] * 0.2                                  # closer than lidar min range
+    return torch.from_numpy(pts.astype(np.float32))
+
+
+def lidar_poses(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    poses = []
+    for _ in range(n):
+        yaw, tilt = rng.uniform(-math.pi, math.pi), 0.1 * rng.standard_normal()
+        cy, sy, ct, st = math.cos(yaw), math.sin(yaw), math.cos(tilt), math.sin(tilt)
+        T = np.eye(4)
+        T[:3, :3] = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, ct, -st], [0, st, ct]])
+        T[:3, 3] = (rng.uniform(-1.5, 1.5), rng.uniform(-1.0, 2.0), rng.uniform(0.3, 1.5))
+        poses.append(T)
+    return poses
+
+
+# ------------------------------------------------------------------------------------ helpers
+def fusion_params(voxel: float, **over) -> integrate.FusionParams:
+    cfg = VoxmapConfig()
+    cfg.map.voxel_size_m = voxel
+    cfg.rgbd.min_range_m, cfg.rgbd.max_range_m = 0.1, 5.0
+    cfg.lidar.min_range_m, cfg.lidar.max_range_m = 0.5, 8.0
+    return replace(integrate.FusionParams.from_config(cfg), **over)
+
+
+def assert_maps_match(a: SparseVoxelOctree, b: SparseVoxelOctree) -> None:
+    assert torch.equal(a.brick_alive, b.brick_alive), "different brick slots allocated"
+    alive = a.brick_alive
+    assert torch.equal(a.brick_coord[alive], b.brick_coord[alive]), "different brick coordinates"
+    observed = (a.attrs["weight"][alive] > 0) | (a.attrs["occ"][alive] != 0)
+    n_obs = max(int(observed.sum()), 1)
+    checks = {
+        "tsdf": lambda x, y: (x - y).abs() > TSDF_TOL,
+        "weight": lambda x, y: (x - y).abs() > WEIGHT_REL_TOL * torch.maximum(x.abs(), y.abs()),
+        "occ": lambda x, y: (x - y).abs() > OCC_TOL_LOGODDS,
+        "color": lambda x, y: ((x - y).abs() > COLOR_TOL).any(-1),
+    }
+    for name, bad_fn in checks.items():
+        x, y = a.attrs[name][alive].float(), b.attrs[name][alive].float()
+        bad = bad_fn(x, y)
+        frac = int(bad.sum()) / n_obs
+        assert frac <= MAX_DIFF_FRACTION, f"{name}: {int(bad.sum())} of {n_obs} observed voxels differ"
+
+
+# ------------------------------------------------------------------------------------ tests
+@pytest.mark.parametrize("depth_weighting,threads", [(False, 1), (True, 2)])
+def test_rgbd_matches_torch(depth_weighting, threads, kernel_threads):
+    kernel_threads(threads)
+    rng = np.random.default_rng(1)
+    p = fusion_params(0.02, depth_weighting=depth_weighting)
+    K = torch.from_numpy(K_SMALL)
+    a = SparseVoxelOctree(0.02, initial_bricks=16)      # tiny pools: they grow inside the calls
+    b = SparseVoxelOctree(0.02, initial_bricks=16)
+    for i, T in enumerate(camera_poses(6, rng)):
+        depth, rgb = render_depth(T, rng)
+        if i == 3:
+            rgb = None                                    # depth-only frame: colour untouched
+        Tt = torch.from_numpy(T)
+        sa = integrate.integrate_rgbd_torch(a, depth, rgb, K, Tt, p)
+        sb = native.integrate_rgbd_cpp(b, depth, rgb, K, Tt, p)
+        assert sb.dtype == torch.int64 and torch.equal(sa, sb), f"frame {i}: visited slots differ"
+    assert a.num_bricks > 50
+    assert (a.attrs["weight"][a.brick_alive] > 0).sum() > 10_000
+    assert_maps_match(a, b)
+
+
+@pytest.fixture
+def kernel_threads():
+    """Run a test with the kernels on a given thread count, then restore the default."""
+    yield native.set_num_threads
+    native.set_num_threads(0)
+
+
+@pytest.mark.parametrize("free_space,threads", [(True, 1), (True, 2), (False, 0)])
+def test_lidar_matches_torch(free_space, threads, kernel_threads):
+    kernel_threads(threads)             # 1: plain counters, 2: atomic ones and private near counts
+    rng = np.random.default_rng(2)
+    p = fusion_params(0.1, lidar_free_space=free_space)
+    a = SparseVoxelOctree(0.1, initial_bricks=16)
+    b = SparseVoxelOctree(0.1, initial_bricks=16)
+    for i, T in enumerate(lidar_poses(4, rng)):
+        pts, Tt = lidar_scan(T, rng), torch.from_numpy(T)
+        sa = integrate.integrate_lidar_torch(a, pts, Tt, p)
+        sb = native.integrate_lidar_cpp(b, pts, Tt, p)
+        assert torch.equal(sa, sb), f"scan {i}: touched slots differ"
+    assert a.num_bricks > 20
+    assert (a.attrs["occ"][a.brick_alive] > 0).sum() > 500          # hits
+    if free_space:
+        assert (a.attrs["occ"][a.brick_alive] < 0).sum() > 5_000    # misses
+    assert_maps_match(a, b)
+
+
+def test_lidar_edge_cases():
+    p = fusion_params(0.1)
+    T = torch.eye(4, dtype=torch.float64)
+    empty = torch.zeros((0, 3), dtype=torch.float32)
+    oc = SparseVoxelOctree(0.1)
+    assert native.integrate_lidar_cpp(oc, empty, T, p).numel() == 0
+    bad = torch.tensor([[np.nan, 0, 0], [0.1, 0, 0], [0, 0, 0]], dtype=torch.float32)   # all dropped
+    assert native.integrate_lidar_cpp(oc, bad, T, p).numel() == 0
+    assert oc.num_bricks == 0
+    # A lone return beyond max range clears up to max range but makes no hit.
+    far = torch.tensor([[30.0, 0.0, 0.0]], dtype=torch.float32)
+    ref = SparseVoxelOctree(0.1)
+    assert torch.equal(integrate.integrate_lidar_torch(ref, far, T, p), native.integrate_lidar_cpp(oc, far, T, p))
+    assert_maps_match(ref, oc)
+    assert (oc.attrs["occ"][oc.brick_alive] > 0).sum() == 0
+
+
+def test_rgbd_empty_depth_visits_nothing():
+    p = fusion_params(0.02)
+    oc = SparseVoxelOctree(0.02)
+    depth = torch.zeros((IMG_H, IMG_W), dtype=torch.float32)
+    slots = native.integrate_rgbd_cpp(oc, depth, None, torch.from_numpy(K_SMALL), torch.eye(4, dtype=torch.float64), p)
+    assert slots.numel() == 0 and oc.num_bricks == 0
+
+
+def test_bad_inputs_raise_value_error():
+    p = fusion_params(0.02)
+    oc = SparseVoxelOctree(0.02)
+    K, T = torch.from_numpy(K_SMALL), torch.eye(4, dtype=torch.float64)
+    depth = torch.ones((IMG_H, IMG_W), dtype=torch.float32)
+    with pytest.raises(ValueError, match="float32"):
+        native.integrate_rgbd_cpp(oc, depth.double(), None, K, T, p)
+    with pytest.raises(ValueError, match="contiguous"):
+        native.integrate_rgbd_cpp(oc, torch.ones((IMG_W, IMG_H)).t(), None, K, T, p)
+    with pytest.raises(ValueError, match="shape"):
+        native.integrate_rgbd_cpp(oc, depth, torch.zeros((IMG_H, IMG_W), dtype=torch.uint8), K, T, p)
+    with pytest.raises(ValueError, match="T_W_C"):
+        native.integrate_rgbd_cpp(oc, depth, None, K, torch.eye(3, dtype=torch.float64), p)
+    with pytest.raises(ValueError, match="points"):
+        native.integrate_lidar_cpp(oc, torch.zeros((5, 4), dtype=torch.float32), T, p)
+    with pytest.raises(ValueError, match="finite"):
+        native.integrate_lidar_cpp(oc, torch.zeros((5, 3), dtype=torch.float32), torch.full((4, 4), np.nan), p)
+    far = T.clone()
+    far[0, 3] = 1e9                                       # bricks outside the key range
+    with pytest.raises(ValueError, match="range"):
+        native.integrate_lidar_cpp(oc, torch.ones((5, 3), dtype=torch.float32), far, p)
+    assert oc.num_bricks == 0
+
+
+def test_brick_summaries_match_octree():
+    rng = np.random.default_rng(3)
+    p = fusion_params(0.1)
+    oc = SparseVoxelOctree(0.1)
+    T = lidar_poses(1, rng)[0]
+    slots = native.integrate_lidar_cpp(oc, lidar_scan(T, rng), torch.from_numpy(T), p)
+    oc.update_summaries(slots)
+    mo, mt, ob = native.brick_summaries_cpp(oc, slots)
+    nodes = oc.brick_node[slots].long()
+    assert torch.equal(mo, oc.node_max_occ[nodes])
+    assert torch.equal(mt, oc.node_min_abs_tsdf[nodes])
+    assert torch.equal(ob, oc.node_observed[nodes])
+
+
+def _run_python(code: str, **env) -> subprocess.CompletedProcess:
+    e = dict(os.environ, PYTHONPATH=str(REPO), **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120)
+
+
+def test_import_builds_nothing_and_missing_compiler_is_reported(tmp_path):
+    cache = tmp_path / "cache"
+    res = _run_python("import voxmap_ros.core.native as n; print(n.unavailable_reason())",
+                      VOXMAP_KERNEL_CACHE=str(cache))
+    assert res.returncode == 0, res.stderr
+    assert not cache.exists() or not any(cache.iterdir()), "importing compiled something"
+    res = _run_python("import voxmap_ros.core.native as n; print(n.available()); print(n.unavailable_reason())",
+                      VOXMAP_KERNEL_CACHE=str(cache), CXX="/nonexistent/g++")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.splitlines()
+    assert out[0] == "False" and "not found" in out[1]
+
+
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def test_real_frames_match_torch():
+    """A few real frames (optional data under ../shared/data; skipped when absent)."""
+    rgbd_dir, lidar_dir = SHARED_DATA / "7scenes-redkitchen", SHARED_DATA / "livox-hku-mainbuilding"
+    if not (rgbd_dir.is_dir() and lidar_dir.is_dir()):
+        pytest.skip(f"shared data not found under {SHARED_DATA}")
+    cv2 = pytest.importorskip("cv2")
+    p = fusion_params(0.02)
+    K = torch.from_numpy(np.loadtxt(rgbd_dir / "intrinsics.txt"))
+    poses = np.loadtxt(rgbd_dir / "poses.txt").reshape(-1, 4, 4)
+    a, b = SparseVoxelOctree(0.02), SparseVoxelOctree(0.02)
+    for i in (0, 40, 80):
+        d = cv2.imread(str(rgbd_dir / f"depth/{i:06d}.png"), cv2.IMREAD_UNCHANGED).astype(np.float32)
+        d[d == 65535] = 0
+        depth = torch.from_numpy(d / 1000.0)
+        rgb = torch.from_numpy(np.ascontiguousarray(cv2.imread(str(rgbd_dir / f"color/{i:06d}.jpg"))[..., ::-1]))
+        T = torch.from_numpy(poses[i].copy())
+        assert torch.equal(integrate.integrate_rgbd_torch(a, depth, rgb, K, T, p),
+                           native.integrate_rgbd_cpp(b, depth, rgb, K, T, p))
+    assert_maps_match(a, b)
+    p = fusion_params(0.1, lidar_max_m=50.0)
+    rows = np.loadtxt(lidar_dir / "poses.txt")
+    a, b = SparseVoxelOctree(0.1), SparseVoxelOctree(0.1)
+    for i in (0, 20):
+        pts = np.fromfile(lidar_dir / f"velodyne/{i:06d}.bin", dtype=np.float32).reshape(-1, 4)[:, :3]
+        T = np.eye(4)
+        T[:3] = rows[i].reshape(3, 4)
+        pts_t, T_t = torch.from_numpy(np.ascontiguousarray(pts)), torch.from_numpy(T)
+        assert torch.equal(integrate.integrate_lidar_torch(a, pts_t, T_t, p),
+                           native.integrate_lidar_cpp(b, pts_t, T_t, p))
+    assert_maps_match(a, b)

@@ -1,0 +1,422 @@
+"""SparseVoxelOctree: bricks, parent summaries vs brute force, queries, pruning, clearing, sizes."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from voxmap_ros.core import morton
+from voxmap_ros.core.octree import BRICK, BRICK_VOXELS, CORE_ATTRIBUTES, UNKNOWN_OCC, SparseVoxelOctree
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+VOXEL_M = 0.05
+LEVELS = 4
+FREE_L = -2.0                 # log-odds of pruned free space
+SUMMARY_TOL = 1e-6            # summaries are float32 copies of float16 voxel values: exact
+MAX_CORE_BYTES_PER_VOXEL = 10  # tsdf + weight + colour budget
+
+
+def _tree(levels=LEVELS, initial_bricks=16) -> SparseVoxelOctree:
+    return SparseVoxelOctree(VOXEL_M, levels, "cpu", initial_bricks=initial_bricks, free_logodds=FREE_L)
+
+
+def _alive_keys(o):
+    s = o.alive_slots()
+    return s, o.node_key[o.brick_node[s].long()]
+
+
+def _brute_summaries(o: SparseVoxelOctree) -> dict[int, tuple[float, float, bool]]:
+    """{node key: (max occ, min |tsdf|, observed)} for every parent level, from the bricks alone
+    (no pruned regions in the trees this is used on)."""
+    slots, keys = _alive_keys(o)
+    occ = o.attrs["occ"][slots].float()
+    w = o.attrs["weight"][slots].float()
+    tsdf = o.attrs["tsdf"][slots].float()
+    seen = (w > 0) | (occ != 0)
+    b_occ = torch.where(seen, occ, torch.full_like(occ, UNKNOWN_OCC)).amax(1)
+    b_tsdf = torch.where(w > 0, tsdf.abs(), torch.ones_like(tsdf)).amin(1)
+    b_obs = seen.any(1)
+    out = {}
+    for level in range(1, o.levels + 1):
+        anc = morton.ancestor(keys, level)
+        for k in torch.unique(anc).tolist():
+            m = anc == k
+            out[k] = (float(b_occ[m].max()), float(b_tsdf[m].min()), bool(b_obs[m].any()))
+    return out
+
+
+def _check_summaries(o):
+    ref = _brute_summaries(o)
+    keys, ids = o.table.items()
+    parents = morton.level_of(keys) >= 1
+    got = {int(k): i for k, i in zip(keys[parents].tolist(), ids[parents].long().tolist())}
+    assert set(got) == set(ref)                         # exactly the ancestors of live bricks
+    for k, (mo, mt, ob) in ref.items():
+        i = got[k]
+        assert o.node_max_occ[i].item() == pytest.approx(mo, abs=SUMMARY_TOL) or mo == o.node_max_occ[i].item()
+        assert o.node_min_abs_tsdf[i].item() == pytest.approx(mt, abs=SUMMARY_TOL)
+        assert bool(o.node_observed[i]) == ob
+
+
+def _random_coords(rng, n, span=12):
+    return torch.from_numpy(rng.integers(-span, span, (n, 3)))
+
+
+def test_allocate_lookup_erase_bricks():
+    o = _tree()
+    rng = np.random.default_rng(0)
+    c = _random_coords(rng, 400)
+    slots, is_new = o.allocate_bricks(c)
+    uniq = torch.unique(c, dim=0)
+    assert int(is_new.sum()) == uniq.shape[0] == o.num_bricks
+    assert o.num_voxels == o.num_bricks * BRICK_VOXELS
+    # Same coordinates -> same slot; slots hold their coordinates; lookup agrees.
+    assert torch.equal(o.brick_coord[slots].long(), c)
+    assert torch.equal(o.lookup_bricks(c), slots)
+    s2, new2 = o.allocate_bricks(c)
+    assert torch.equal(s2, slots) and not bool(new2.any())
+    # New bricks start at the fill values.
+    assert bool((o.attrs["tsdf"][slots] == 1).all()) and bool((o.attrs["weight"][slots] == 0).all())
+    # Erase half; lookups of erased give -1, of the rest their slot; slots get reused.
+    gone = uniq[::2]
+    o.erase_bricks(o.lookup_bricks(gone))
+    assert bool((o.lookup_bricks(gone) == -1).all())
+    kept = uniq[1::2]
+    assert bool((o.lookup_bricks(kept) >= 0).all()) and o.num_bricks == kept.shape[0]
+    s3, new3 = o.allocate_bricks(gone[:5])
+    assert bool(new3.all()) and bool((o.attrs["weight"][s3] == 0).all())
+    assert o.lookup_bricks(torch.tensor([[10 ** 5, 0, 0]])).item() == -1
+    with pytest.raises(ValueError, match="outside"):
+        o.lookup_bricks(torch.tensor([[10 ** 6, 0, 0]]))
+
+
+def test_pools_grow_and_keep_contents():
+    o = _tree(initial_bricks=16)
+    c = torch.stack(torch.meshgrid(*(torch.arange(6),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    slots, _ = o.allocate_bricks(c[:10])
+    o.attrs["occ"][slots] = torch.arange(10, dtype=torch.float16)[:, None]
+    o.allocate_bricks(c)                                 # 216 bricks: pools grow several times
+    s = o.lookup_bricks(c[:10])
+    assert torch.equal(o.attrs["occ"][s][:, 0], torch.arange(10, dtype=torch.float16))
+    assert o.num_bricks == 216
+
+
+def test_out_of_range_brick_coords_raise_before_any_change():
+    o = _tree()
+    o.allocate_bricks(torch.tensor([[0, 0, 0]]))
+    n = o.num_nodes
+    with pytest.raises(ValueError, match="outside"):
+        o.allocate_bricks(torch.tensor([[1, 1, 1], [morton.COORD_MAX + 1, 0, 0]]))
+    assert o.num_nodes == n and o.num_bricks == 1
+
+
+def test_parent_summaries_match_brute_force_under_incremental_updates():
+    rng = np.random.default_rng(1)
+    o = _tree()
+    for r in range(25):
+        slots, _ = o.allocate_bricks(_random_coords(rng, int(rng.integers(1, 40))))
+        alive = o.alive_slots()
+        touch = alive[torch.from_numpy(rng.choice(alive.numel(), min(alive.numel(), 30), replace=False))]
+        touch = torch.unique(torch.cat([touch, slots]))
+        for s in touch.tolist():
+            v = torch.from_numpy(rng.choice(BRICK_VOXELS, int(rng.integers(0, 6)), replace=False))
+            o.attrs["occ"][s, v] = torch.from_numpy(rng.uniform(-2, 3.5, v.numel())).half()
+            o.attrs["weight"][s, v] = torch.from_numpy(rng.integers(0, 3, v.numel())).half()
+            o.attrs["tsdf"][s, v] = torch.from_numpy(rng.uniform(-1, 1, v.numel())).half()
+            if rng.random() < 0.3:                       # lower values too, not only raise them
+                o.attrs["occ"][s] = 0
+        o.update_summaries(touch)
+        if r % 3 == 2:
+            alive = o.alive_slots()
+            o.erase_bricks(alive[torch.from_numpy(rng.choice(alive.numel(), alive.numel() // 4, replace=False))])
+        _check_summaries(o)
+    assert o.num_bricks > 50
+
+
+def _fill_example(o):
+    """Bricks (0..3, 0..3, 0) with one occupied voxel in brick (1, 0, 0) and free voxels elsewhere."""
+    c = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), torch.arange(1), indexing="ij"), -1).reshape(-1, 3)
+    slots, _ = o.allocate_bricks(c)
+    o.attrs["occ"][slots, :64] = -1.0                    # z = 0 layer of each brick observed free
+    s1 = o.lookup_bricks(torch.tensor([[1, 0, 0]]))
+    o.attrs["occ"][s1, 5] = 2.5                          # voxel (5, 0, 0) of brick (1, 0, 0)
+    o.update_summaries(slots)
+    return slots
+
+
+def test_occupancy_at_levels():
+    o = _tree()
+    _fill_example(o)
+    bm = BRICK * VOXEL_M
+    vox = lambda i, j, k: torch.tensor([[(i + 0.5) * VOXEL_M, (j + 0.5) * VOXEL_M, (k + 0.5) * VOXEL_M]])
+    l, k = o.occupancy_at(vox(13, 0, 0))                 # brick (1,0,0), local voxel (5, 0, 0)
+    assert l.item() == pytest.approx(2.5) and bool(k)
+    l, k = o.occupancy_at(vox(12, 0, 0))
+    assert l.item() == pytest.approx(-1.0) and bool(k)
+    l, k = o.occupancy_at(vox(12, 0, 3))                 # allocated but never observed
+    assert l.item() == 0 and not bool(k)
+    l, k = o.occupancy_at(torch.tensor([[-3.0, 0.1, 0.1]]))   # nothing there
+    assert l.item() == 0 and not bool(k)
+    # Level 1 = 2x2x2 bricks: the node holding bricks (0..1, 0..1, 0..1) sees the occupied voxel
+    # anywhere inside it; the node of bricks (2..3, 0..1, *) only free space.
+    l, k = o.occupancy_at(torch.tensor([[0.1, 1.5 * bm, 1.5 * bm]]), level=1)
+    assert l.item() == pytest.approx(2.5) and bool(k)
+    l, k = o.occupancy_at(torch.tensor([[2.5 * bm, 0.5 * bm, 0.1]]), level=1)
+    assert l.item() == pytest.approx(-1.0) and bool(k)
+    l, k = o.occupancy_at(torch.tensor([[3.5 * bm, 3.5 * bm, 0.1]]), level=2)
+    assert l.item() == pytest.approx(2.5) and bool(k)
+    l, k = o.occupancy_at(torch.tensor([[100.0, 0.0, 0.0]]), level=2)
+    assert l.item() == 0 and not bool(k)
+
+
+def test_occupancy_at_matches_brute_force_random():
+    rng = np.random.default_rng(3)
+    o = _tree()
+    slots, _ = o.allocate_bricks(_random_coords(rng, 60, span=4))
+    n = slots.numel()
+    o.attrs["occ"][slots] = torch.from_numpy(rng.choice([0.0, -1.5, 0.7, 3.0], (n, BRICK_VOXELS), p=[0.7, 0.2, 0.07, 0.03])).half()
+    o.update_summaries(slots)
+    pts = torch.from_numpy(rng.uniform(-5 * BRICK * VOXEL_M, 5 * BRICK * VOXEL_M, (3000, 3)))
+    vox = torch.floor(pts / VOXEL_M).long()
+    for level in (0, 1, 2):
+        got, known = o.occupancy_at(pts, level)
+        for i in range(0, 3000, 7):
+            b = vox[i] >> 3
+            if level == 0:
+                s = o.lookup_bricks(b[None]).item()
+                lv = vox[i] & 7
+                val = 0.0 if s < 0 else float(o.attrs["occ"][s, int(lv[0] + 8 * lv[1] + 64 * lv[2])])
+                assert got[i].item() == pytest.approx(val) and bool(known[i]) == (val != 0)
+            else:
+                lo = (b >> level) << level
+                cells = torch.stack(torch.meshgrid(*[torch.arange(int(x), int(x) + (1 << level)) for x in lo],
+                                                   indexing="ij"), -1).reshape(-1, 3)
+                s = o.lookup_bricks(cells)
+                s = s[s >= 0]
+                vals = o.attrs["occ"][s].float()
+                vals = vals[vals != 0]
+                if vals.numel():
+                    assert got[i].item() == pytest.approx(float(vals.max())) and bool(known[i])
+                else:
+                    assert got[i].item() == 0 and not bool(known[i])
+
+
+def test_keys_in_morton_order():
+    rng = np.random.default_rng(4)
+    o = _tree()
+    slots, _ = o.allocate_bricks(_random_coords(rng, 200, span=50))
+    o.update_summaries(slots)
+    for level in (0, 1, 3):
+        k = o.keys_in_morton_order(level)
+        assert bool((k[1:] > k[:-1]).all())
+        all_k, _ = o.table.items()
+        assert set(k.tolist()) == set(all_k[morton.level_of(all_k) == level].tolist())
+    _, bk = _alive_keys(o)
+    assert set(o.keys_in_morton_order(0).tolist()) == set(bk.tolist())
+
+
+def test_bricks_in_aabb_brute_force():
+    rng = np.random.default_rng(5)
+    o = _tree()
+    o.allocate_bricks(_random_coords(rng, 300, span=10))
+    bm = BRICK * VOXEL_M
+    for _ in range(20):
+        a, b = rng.uniform(-12 * bm, 12 * bm, (2, 3))
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        got = set(o.bricks_in_aabb(lo, hi).tolist())
+        s = o.alive_slots()
+        blo = o.brick_coord[s].double().numpy() * bm
+        ref = {int(x) for x, bl in zip(s.tolist(), blo) if np.all(bl + bm >= lo) and np.all(bl <= hi)}
+        assert got == ref
+
+
+def _frustum_planes(K, T, W, H, near, far):
+    """Inward unit normals n and offsets d (n.p + d >= 0 inside), camera frame, exact frustum."""
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    xl, xr = (-0.5 - cx) / fx, (W - 0.5 - cx) / fx
+    yt, yb = (-0.5 - cy) / fy, (H - 0.5 - cy) / fy
+    n = np.array([[1, 0, -xl], [-1, 0, xr], [0, 1, -yt], [0, -1, yb], [0, 0, 1], [0, 0, -1]], float)
+    d = np.array([0, 0, 0, 0, -near, far], float)
+    norm = np.linalg.norm(n, axis=1)
+    return n / norm[:, None], d / norm
+
+
+def test_bricks_in_frustum_brute_force():
+    rng = np.random.default_rng(6)
+    o = _tree()
+    c = torch.stack(torch.meshgrid(*(torch.arange(-10, 10),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    o.allocate_bricks(c)
+    s = o.alive_slots()
+    bm = BRICK * VOXEL_M
+    r = math.sqrt(3) * bm / 2
+    # Samples on a 5x5x5 lattice of each brick (corners included).
+    g = np.linspace(0, 1, 5)
+    lattice = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3) * bm
+    base = o.brick_coord[s].double().numpy() * bm
+    from voxmap_ros.sim.sensors import look_at
+    for i in range(6):
+        W, H = 160, 120
+        f = rng.uniform(60, 200)                         # wide and narrow fields of view
+        K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]])
+        eye = rng.uniform(-2, 2, 3)
+        T = look_at(eye, rng.uniform(-3, 3, 3))
+        near, far = 0.2, rng.uniform(1.5, 4)
+        got = set(o.bricks_in_frustum(K, T, W, H, near, far).tolist())
+        n, d = _frustum_planes(K, T, W, H, near, far)
+        pts = base[:, None, :] + lattice[None]                       # (B, 125, 3)
+        pc = (pts - T[:3, 3]) @ T[:3, :3]
+        inside = ((pc @ n.T + d) >= 0).all(-1).any(-1)              # some sample inside
+        must = set(s[torch.from_numpy(inside)].tolist())
+        assert must <= got, f"view {i}: {len(must - got)} bricks that meet the frustum are missing"
+        # Nothing far from the frustum: every returned brick's bounding sphere meets every plane.
+        cc = ((base + bm / 2) - T[:3, 3]) @ T[:3, :3]
+        sd = cc @ n.T + d
+        ok = (sd >= -r - 1e-9).all(1)
+        bad = got - set(s[torch.from_numpy(ok)].tolist())
+        assert not bad, f"view {i}: {len(bad)} bricks returned that lie outside the frustum"
+        assert len(must) > 0
+
+
+def _free_block(o, lo, n=4):
+    c = torch.stack(torch.meshgrid(*[torch.arange(lo[i], lo[i] + n) for i in range(3)], indexing="ij"), -1).reshape(-1, 3)
+    slots, _ = o.allocate_bricks(c)
+    o.attrs["occ"][slots] = FREE_L
+    o.attrs["weight"][slots] = 1.0
+    o.attrs["tsdf"][slots] = 1.0
+    o.update_summaries(slots)
+    return c
+
+
+def _free_bits_cover_no_node(o):
+    """Invariant: a child marked pruned-free in its parent has no node of its own."""
+    keys, ids = o.table.items()
+    m = o.node_free_mask[ids.long()].long()
+    sel = m != 0
+    if not bool(sel.any()):
+        return True
+    kids = morton.children(keys[sel])
+    bits = ((m[sel][:, None] >> torch.arange(8)) & 1).bool()
+    return not bool(o.table.contains(kids[bits]).any())
+
+
+def test_prune_free_collapses_and_still_answers_free():
+    o = _tree()
+    c = _free_block(o, (0, 0, 0), 4)                     # 64 free bricks = one full level-2 node
+    occ_c = torch.tensor([[6, 6, 6]])
+    s_occ, _ = o.allocate_bricks(occ_c)
+    o.attrs["occ"][s_occ, 0] = 3.0
+    o.attrs["weight"][s_occ, 0] = 1.0
+    o.attrs["tsdf"][s_occ, 0] = 0.0
+    o.update_summaries(s_occ)
+    nodes_before = o.num_nodes
+    removed = o.prune_free(FREE_L + 1e-3)
+    assert removed == 64 and o.num_bricks == 1
+    assert o.num_nodes < nodes_before - 64               # level-1 nodes collapsed as well
+    assert _free_bits_cover_no_node(o)
+    # No level-1 node is left inside the pruned block: it collapsed into its level-2 parent's bit.
+    l1 = morton.encode(torch.tensor([[0, 0, 0], [1, 1, 1]]), 1)
+    assert not bool(o.table.contains(l1).any())
+    centres = (c.double() + 0.5) * BRICK * VOXEL_M
+    for level in (0, 1, 2):
+        l, k = o.occupancy_at(centres, level)
+        assert bool(k.all()) and torch.allclose(l, torch.full_like(l, FREE_L)), level
+    # The occupied brick is unaffected; the level-3 summary sees both.
+    l, k = o.occupancy_at((occ_c.double() * BRICK + 0.5) * VOXEL_M, 0)
+    assert l.item() == pytest.approx(3.0) and bool(k)
+    l, k = o.occupancy_at(centres[:1], 3)
+    assert l.item() == pytest.approx(3.0) and bool(k)
+    # Outside the block: unknown.
+    l, k = o.occupancy_at(torch.tensor([[-1.0, -1.0, -1.0]]), 0)
+    assert not bool(k)
+
+
+def test_bricks_with_surface_are_not_pruned():
+    o = _tree()
+    _free_block(o, (0, 0, 0), 2)
+    s = o.lookup_bricks(torch.tensor([[1, 1, 1]]))
+    o.attrs["tsdf"][s, 7] = 0.2                         # a surface nearby: keep it
+    assert o.prune_free(FREE_L + 1e-3) == 7
+    assert o.num_bricks == 1
+
+
+def test_reobserving_pruned_region_reexpands_with_free_occupancy():
+    o = _tree()
+    c = _free_block(o, (0, 0, 0), 4)
+    assert o.prune_free(FREE_L + 1e-3) == 64
+    # Re-observe two sibling bricks (same level-1 parent) and one elsewhere in the block, at once.
+    again = torch.tensor([[0, 0, 0], [1, 0, 0], [3, 2, 1]])
+    slots, is_new = o.allocate_bricks(again)
+    assert bool(is_new.all())
+    assert bool((o.attrs["occ"][slots].float() == FREE_L).all())        # free, not unknown
+    assert bool((o.attrs["weight"][slots] == 0).all())
+    o.update_summaries(slots)
+    assert _free_bits_cover_no_node(o)
+    # The rest of the block still answers free at every level; the new bricks too.
+    centres = (c.double() + 0.5) * BRICK * VOXEL_M
+    for level in (0, 1, 2):
+        l, k = o.occupancy_at(centres, level)
+        assert bool(k.all()) and torch.allclose(l, torch.full_like(l, FREE_L)), level
+    # Marking one voxel occupied in a re-expanded brick shows up in the summaries above it.
+    o.attrs["occ"][slots[0], 0] = 2.0
+    o.update_summaries(slots[:1])
+    l, k = o.occupancy_at(centres[:1], 2)
+    assert l.item() == pytest.approx(2.0)
+    # Erasing the re-expanded bricks (e.g. clearing) must not leave them marked free.
+    o.erase_bricks(slots)
+    l, k = o.occupancy_at((again.double() + 0.5) * BRICK * VOXEL_M, 0)
+    assert not bool(k.any())
+
+
+def test_clear_outside_radius():
+    o = _tree()
+    c = torch.stack(torch.meshgrid(*(torch.arange(-6, 6),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    o.allocate_bricks(c)
+    centre = torch.tensor([0.3, -0.2, 0.1])
+    radius = 1.0
+    centres = (c.double() + 0.5) * BRICK * VOXEL_M
+    far = (centres - centre.double()).norm(dim=1) > radius
+    n = o.clear_outside_radius(centre, radius)
+    assert n == int(far.sum()) > 0
+    assert bool((o.lookup_bricks(c[far]) == -1).all()) and bool((o.lookup_bricks(c[~far]) >= 0).all())
+    assert o.num_bricks == int((~far).sum())
+
+
+def test_nbytes_is_sum_of_tensors():
+    o = _tree()
+    o.allocate_bricks(torch.randint(-20, 20, (300, 3)))
+    o.update_summaries(o.alive_slots())
+    total = sum(v.nbytes for v in vars(o).values() if isinstance(v, torch.Tensor))
+    total += sum(t.nbytes for t in o.attrs.values())
+    for t in (o.table._new, o.table._old):
+        if t is not None:
+            total += t.keys.nbytes + t.values.nbytes
+    assert o.nbytes == total
+
+
+def test_core_attributes_fit_the_byte_budget():
+    specs = {s.name: s for s in CORE_ATTRIBUTES}
+    per_voxel = sum(specs[n].bytes_per_voxel for n in ("tsdf", "weight", "color"))
+    assert per_voxel <= MAX_CORE_BYTES_PER_VOXEL
+    o = _tree()
+    per_voxel_stored = sum(o.attrs[n].element_size() * o.attrs[n][0, 0].numel() for n in ("tsdf", "weight", "color"))
+    assert per_voxel_stored == per_voxel
+
+
+def test_register_attribute_moves_with_bricks():
+    from voxmap_ros.core.octree import AttributeSpec
+    o = _tree()
+    s, _ = o.allocate_bricks(torch.tensor([[0, 0, 0]]))
+    o.register_attribute(AttributeSpec("label", torch.int16, (), -1))
+    assert bool((o.attrs["label"][s] == -1).all())
+    with pytest.raises(ValueError, match="already registered"):
+        o.register_attribute(AttributeSpec("label", torch.int32, (), -1))
+    o.allocate_bricks(torch.randint(0, 30, (200, 3)))            # grows the pools
+    assert o.attrs["label"].shape[0] == o.brick_alive.shape[0]
+
+
+def test_bad_constructor_args():
+    with pytest.raises(ValueError, match="voxel_size_m"):
+        SparseVoxelOctree(0.0)
+    with pytest.raises(ValueError, match="levels"):
+        SparseVoxelOctree(0.05, levels=0)

@@ -1,0 +1,419 @@
+"""Compiled CPU kernels (kernels/cpu/*.cpp), built on first use and loaded with ctypes.
+
+`integrate_rgbd_cpp` and `integrate_lidar_cpp` are drop-in twins of
+`integrate.integrate_rgbd_torch` / `integrate.integrate_lidar_torch`: same arguments, same returned
+slots, same voxel sets; values equal up to float32 rounding (see kernels/cpu/fusion.cpp).
+
+Build: the first call of `available()` (or of a kernel) compiles the sources with the C++ compiler
+($CXX, default g++) into a cache directory ($VOXMAP_KERNEL_CACHE, default
+~/.cache/voxmap_ros/kernels), under a name keyed by a hash of the sources, the flags, the compiler
+and the CPU (the build uses -march=native). Concurrent builders write to a temporary file and
+rename it into place; a lock file keeps them from doing the work twice. Importing this module never
+compiles anything, and a missing compiler or a failed build only makes `available()` False (the
+reason is logged and returned by `unavailable_reason()`).
+
+The kernels work on CPU tensors only; the octree must live on the CPU.
+
+API: available(), unavailable_reason(), integrate_rgbd_cpp(), integrate_lidar_cpp(),
+brick_summaries_cpp() (the per-brick part of SparseVoxelOctree.update_summaries),
+set_num_threads() (0 = follow torch), last_lidar_stats(), and `profile` (a dict to collect the
+wrappers' phase times, for benchmarks). Calls are serialised by a lock: one shared scratch context.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ABI_VERSION = 1
+CXX_FLAGS = ("-std=c++17", "-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math",
+             "-fno-math-errno", "-fPIC", "-shared")
+BUILD_TIMEOUT_S = 300.0
+
+_lock = threading.RLock()        # guards loading and the one kernel context (scratch is shared)
+_state: dict = {"tried": False, "lib": None, "ctx": None, "reason": "not built yet"}
+
+# Set to a dict to accumulate seconds per phase of the wrappers (benchmarks); None = off.
+profile: dict | None = None
+
+
+class _Clock:
+    """Adds the time since the previous tick to `profile[name]` when profiling is on."""
+
+    def __init__(self):
+        self.t = time.perf_counter() if profile is not None else 0.0
+
+    def tick(self, name: str) -> None:
+        if profile is not None:
+            now = time.perf_counter()
+            profile[name] = profile.get(name, 0.0) + now - self.t
+            self.t = now
+
+
+# ---------------------------------------------------------------------------------- build
+def kernel_dirs() -> list[Path]:
+    """Candidate folders holding the C++ sources: the source tree, then an installed share/."""
+    return [Path(__file__).resolve().parents[2] / "kernels" / "cpu",
+            Path(sys.prefix) / "share" / "voxmap_ros" / "kernels" / "cpu"]
+
+
+def _sources() -> list[Path]:
+    for d in kernel_dirs():
+        files = sorted(d.glob("*.cpp")) if d.is_dir() else []
+        if files:
+            return files
+    raise FileNotFoundError("no kernels/cpu/*.cpp found in " + ", ".join(str(d) for d in kernel_dirs()))
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("VOXMAP_KERNEL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "voxmap_ros" / "kernels"
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU model and its feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX", "g++")
+    path = shutil.which(cxx)
+    if path is None:
+        raise FileNotFoundError(f"C++ compiler '{cxx}' not found on PATH (set CXX to choose one)")
+    return path
+
+
+def _build_key(cxx: str, sources: list[Path]) -> str:
+    h = hashlib.sha256()
+    for s in sources:
+        h.update(s.name.encode() + b"\0" + s.read_bytes() + b"\0")
+    h.update(" ".join(CXX_FLAGS).encode())
+    try:
+        ver = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        ver = ""
+    h.update(cxx.encode() + ver.encode())
+    h.update(_cpu_identity().encode() + platform.machine().encode())
+    return h.hexdigest()[:20]
+
+
+def _build() -> Path:
+    """Compile (or find in the cache) the shared library; returns its path. Raises on failure."""
+    sources = _sources()
+    cxx = _compiler()
+    out_dir = cache_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / f"voxmap_kernels-{_build_key(cxx, sources)}.so"
+    if lib.is_file():
+        return lib
+    lock_path = out_dir / (lib.name + ".lock")
+    with open(lock_path, "a+") as lock_file:
+        try:
+            import fcntl
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            pass                                  # no flock: the atomic rename still keeps it safe
+        if lib.is_file():                         # another process built it while we waited
+            return lib
+        fd, tmp = tempfile.mkstemp(prefix=lib.stem + ".", suffix=".tmp.so", dir=out_dir)
+        os.close(fd)
+        try:
+            cmd = [cxx, *CXX_FLAGS, *map(str, sources), "-o", tmp]
+            log.info("building voxmap kernels: %s", " ".join(cmd))
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+            if res.returncode != 0:
+                raise RuntimeError(f"compiler failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
+            os.replace(tmp, lib)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return lib
+
+
+class _RgbdParams(ctypes.Structure):       # mirrors RgbdParams in fusion.cpp
+    _fields_ = [(n, ctypes.c_float) for n in (
+        "fx", "fy", "cx", "cy", "voxel", "brick", "trunc", "half_voxel", "brick_clear", "dmin", "dmax",
+        "max_weight", "l_hit", "l_miss", "l_min", "l_max", "radius")] + [("depth_weighting", ctypes.c_int)]
+
+
+class _LidarParams(ctypes.Structure):      # mirrors LidarParams in fusion.cpp
+    _fields_ = [(n, ctypes.c_float) for n in (
+        "voxel", "step", "trunc", "rmin", "rmax", "max_weight", "l_hit", "l_miss", "l_min", "l_max")] + [
+        ("n_band", ctypes.c_int), ("free_space", ctypes.c_int)]
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    P, I64, I, V = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, None
+    sig = {
+        "vx_abi_version": ([], I),
+        "vx_ctx_new": ([], P),
+        "vx_ctx_free": ([P], V),
+        "vx_copy_bricks": ([P, P], V),
+        "vx_rgbd_band": ([P, P, I64, I64, P, P, I], I64),
+        "vx_rgbd_clearing": ([P, P, P, I64, P, I64, I64, P, P, I], I64),
+        "vx_rgbd_update": ([P, P, I64, P, P, P, I64, I64, P, P, P, P, P, P, I], I64),
+        "vx_copy_visited": ([P, P], V),
+        "vx_lidar_trace": ([P, P, I64, P, P, I], I64),
+        "vx_lidar_apply": ([P, P, I64, P, P, P, P, I], I64),
+        "vx_copy_lidar_slots": ([P, P], V),
+        "vx_lidar_stats": ([P, P], V),
+        "vx_brick_summaries": ([P, I64, P, P, P, P, P, P, I], V),
+    }
+    for name, (args, res) in sig.items():
+        fn = getattr(lib, name)
+        fn.argtypes = args
+        fn.restype = res
+
+
+def _load() -> None:
+    """Build and load once per process; records the reason on failure. Call with _lock held."""
+    if _state["tried"]:
+        return
+    _state["tried"] = True
+    try:
+        path = _build()
+        lib = ctypes.CDLL(str(path))
+        _declare(lib)
+        if lib.vx_abi_version() != ABI_VERSION:
+            raise RuntimeError(f"kernel ABI {lib.vx_abi_version()} != expected {ABI_VERSION}")
+        ctx = lib.vx_ctx_new()
+        if not ctx:
+            raise MemoryError("could not create the kernel context")
+        _state.update(lib=lib, ctx=ctx, reason="")
+    except Exception as e:                       # never raise from available(): report why instead
+        _state["reason"] = f"{type(e).__name__}: {e}"
+        log.warning("voxmap compiled kernels unavailable: %s", _state["reason"])
+
+
+def available() -> bool:
+    """True when the compiled kernels are built (building them on the first call) and loaded."""
+    with _lock:
+        _load()
+        return _state["lib"] is not None
+
+
+def unavailable_reason() -> str:
+    """Why `available()` is False ('' when it is True, 'not built yet' before the first call)."""
+    return _state["reason"]
+
+
+def _lib():
+    with _lock:
+        _load()
+        if _state["lib"] is None:
+            raise RuntimeError(f"compiled kernels unavailable: {_state['reason']}")
+        return _state["lib"], _state["ctx"]
+
+
+# ---------------------------------------------------------------------------------- checks
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _check_tensor(name: str, t, dtypes, shape) -> None:
+    """shape: tuple with None for any size."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU for the compiled kernels, got {t.device}")
+    if t.dtype not in dtypes:
+        raise ValueError(f"{name} must have dtype {' or '.join(map(str, dtypes))}, got {t.dtype}")
+    if t.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous())")
+
+
+def _check_octree(octree) -> None:
+    if octree.device.type != "cpu":
+        raise ValueError(f"the compiled kernels need a CPU octree, this one is on {octree.device}")
+    cap = octree.brick_alive.shape[0]
+    for name, dtype, shape in (("tsdf", torch.float16, (cap, 512)), ("weight", torch.float16, (cap, 512)),
+                               ("occ", torch.float16, (cap, 512)), ("color", torch.uint8, (cap, 512, 3))):
+        _check_tensor(f"octree.attrs['{name}']", octree.attrs[name], (dtype,), shape)
+    _check_tensor("octree.brick_coord", octree.brick_coord, (torch.int32,), (cap, 3))
+    _check_tensor("octree.brick_alive", octree.brick_alive, (torch.bool,), (cap,))
+
+
+def _pose12(T: torch.Tensor, name: str):
+    _check_tensor(name, T, (torch.float32, torch.float64), (4, 4))
+    if not bool(torch.isfinite(T).all()):
+        raise ValueError(f"{name} must be finite")
+    return (ctypes.c_double * 12)(*T[:3].reshape(-1).tolist())
+
+
+_threads = 0                     # 0: follow torch.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the kernels' parallel loops; 0 (the default) follows torch.get_num_threads().
+    On a machine whose cores are busy with other work, 1 can be faster than oversubscribing."""
+    global _threads
+    if int(n) < 0:
+        raise ValueError(f"thread count must be >= 0, got {n}")
+    _threads = int(n)
+
+
+def _nthreads() -> int:
+    return _threads if _threads > 0 else max(1, torch.get_num_threads())
+
+
+def _raise_for(code: int, what: str) -> None:
+    if code == -1:
+        raise ValueError(f"{what}: brick coordinates outside the representable range (the map is too "
+                         "large for the voxel size, or the pose is far from the origin)")
+    raise RuntimeError(f"{what}: kernel error {code}")
+
+
+def _rgbd_params(octree, K: torch.Tensor, p) -> _RgbdParams:
+    k = K.double()
+    brick = p.voxel_size_m * 8
+    return _RgbdParams(
+        fx=float(k[0, 0]), fy=float(k[1, 1]), cx=float(k[0, 2]), cy=float(k[1, 2]),
+        voxel=p.voxel_size_m, brick=brick, trunc=p.trunc_m, half_voxel=0.5 * p.voxel_size_m,
+        brick_clear=octree.brick_size_m, dmin=p.rgbd_min_m, dmax=p.rgbd_max_m, max_weight=p.max_weight,
+        l_hit=p.l_hit, l_miss=p.l_miss, l_min=p.l_min, l_max=p.l_max,
+        radius=math.sqrt(3.0) * 0.5 * octree.brick_size_m, depth_weighting=int(bool(p.depth_weighting)))
+
+
+def _lidar_params(p) -> _LidarParams:
+    step = 0.5 * p.voxel_size_m
+    return _LidarParams(
+        voxel=p.voxel_size_m, step=step, trunc=p.trunc_m, rmin=p.lidar_min_m, rmax=p.lidar_max_m,
+        max_weight=p.max_weight, l_hit=p.l_hit, l_miss=p.l_miss, l_min=p.l_min, l_max=p.l_max,
+        n_band=int(math.floor(2 * p.trunc_m / step + 1e-6)) + 1, free_space=int(bool(p.lidar_free_space)))
+
+
+# ---------------------------------------------------------------------------------- kernels
+def integrate_rgbd_cpp(octree, depth_m: torch.Tensor, rgb: torch.Tensor | None, K: torch.Tensor,
+                       T_W_C: torch.Tensor, p) -> torch.Tensor:
+    """Compiled twin of integrate.integrate_rgbd_torch. depth_m (H, W) float32 metres (0/NaN = no
+    reading), rgb (H, W, 3) uint8 or None, K (3, 3) float, T_W_C (4, 4) float; all CPU, contiguous.
+    Returns the visited brick slots (M,) int64, sorted."""
+    _check_tensor("depth_m", depth_m, (torch.float32,), (None, None))
+    H, W = depth_m.shape
+    if rgb is not None:
+        _check_tensor("rgb", rgb, (torch.uint8,), (H, W, 3))
+    _check_tensor("K", K, (torch.float32, torch.float64), (3, 3))
+    T12 = _pose12(T_W_C, "T_W_C")
+    _check_octree(octree)
+    prm = _rgbd_params(octree, K, p)
+    if not (prm.fx != 0 and prm.fy != 0 and math.isfinite(prm.fx) and math.isfinite(prm.fy)):
+        raise ValueError(f"K must have finite non-zero focal lengths, got fx={prm.fx}, fy={prm.fy}")
+    lib, ctx = _lib()
+    nt = _nthreads()
+    with _lock:
+        clock = _Clock()
+        m = lib.vx_rgbd_band(ctx, depth_m.data_ptr(), H, W, T12, ctypes.byref(prm), nt)
+        if m < 0:
+            _raise_for(m, "RGB-D band")
+        band = torch.empty((m, 3), dtype=torch.int64)
+        if m:
+            lib.vx_copy_bricks(ctx, band.data_ptr())
+        clock.tick("rgbd_band")
+        cap = octree.brick_alive.shape[0]
+        lib.vx_rgbd_clearing(ctx, octree.brick_alive.data_ptr(), octree.brick_coord.data_ptr(), cap,
+                             depth_m.data_ptr(), H, W, T12, ctypes.byref(prm), nt)
+        clock.tick("rgbd_clearing")
+        if m:
+            slots, _ = octree.allocate_bricks(band)
+            slots = slots.contiguous()
+        else:
+            slots = torch.empty(0, dtype=torch.int64)
+        clock.tick("rgbd_allocate")
+        _check_octree(octree)                    # the pools may have grown: fresh pointers below
+        a = octree.attrs
+        n = lib.vx_rgbd_update(ctx, slots.data_ptr(), slots.numel(), octree.brick_coord.data_ptr(),
+                               depth_m.data_ptr(), _ptr(rgb), H, W, T12, ctypes.byref(prm),
+                               a["tsdf"].data_ptr(), a["weight"].data_ptr(),
+                               a["color"].data_ptr() if rgb is not None else None, a["occ"].data_ptr(), nt)
+        out = torch.empty(n, dtype=torch.int64)
+        if n:
+            lib.vx_copy_visited(ctx, out.data_ptr())
+        clock.tick("rgbd_update")
+    return out
+
+
+def integrate_lidar_cpp(octree, points: torch.Tensor, T_W_L: torch.Tensor, p) -> torch.Tensor:
+    """Compiled twin of integrate.integrate_lidar_torch. points (N, 3) float32 sensor frame
+    (non-finite / too close points are dropped), T_W_L (4, 4) float; CPU, contiguous.
+    Returns the touched brick slots (M,) int64, sorted."""
+    _check_tensor("points", points, (torch.float32,), (None, 3))
+    T12 = _pose12(T_W_L, "T_W_L")
+    _check_octree(octree)
+    prm = _lidar_params(p)
+    lib, ctx = _lib()
+    nt = _nthreads()
+    with _lock:
+        clock = _Clock()
+        m = lib.vx_lidar_trace(ctx, points.data_ptr(), points.shape[0], T12, ctypes.byref(prm), nt)
+        if m < 0:
+            _raise_for(m, "LiDAR trace")
+        if m == 0:
+            return torch.zeros(0, dtype=torch.int64)
+        coords = torch.empty((m, 3), dtype=torch.int64)
+        lib.vx_copy_bricks(ctx, coords.data_ptr())
+        clock.tick("lidar_trace")
+        slots, _ = octree.allocate_bricks(coords)
+        slots = slots.contiguous()
+        clock.tick("lidar_allocate")
+        _check_octree(octree)
+        a = octree.attrs
+        n = lib.vx_lidar_apply(ctx, slots.data_ptr(), m, ctypes.byref(prm), a["tsdf"].data_ptr(),
+                               a["weight"].data_ptr(), a["occ"].data_ptr(), nt)
+        if n < 0:
+            _raise_for(n, "LiDAR apply")
+        out = torch.empty(n, dtype=torch.int64)
+        lib.vx_copy_lidar_slots(ctx, out.data_ptr())
+        clock.tick("lidar_apply")
+    return out
+
+
+def last_lidar_stats() -> dict:
+    """Sizes of the last LiDAR integration (rays kept, voxels touched, band voxels, bricks) and
+    microseconds in its kernel phases (the apply figure includes the allocation in between)."""
+    lib, ctx = _lib()
+    out = (ctypes.c_int64 * 8)()
+    with _lock:
+        lib.vx_lidar_stats(ctx, out)
+    return dict(zip(("rays", "voxels_touched", "band_voxels", "bricks", "us_rays", "us_free", "us_band",
+                     "us_alloc_apply"), list(out)))
+
+
+def brick_summaries_cpp(octree, slots: torch.Tensor):
+    """The per-brick part of SparseVoxelOctree.update_summaries for alive slots (N,) int64:
+    (max occupancy over seen voxels (N,) float32, -inf if none; min |TSDF| over weighted voxels
+    (N,) float32, 1 if none; observed (N,) bool)."""
+    _check_tensor("slots", slots, (torch.int64,), (None,))
+    _check_octree(octree)
+    if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= octree.brick_alive.shape[0]):
+        raise ValueError("slots out of range of the brick pool")
+    lib, _ = _lib()
+    n = slots.numel()
+    mo = torch.empty(n, dtype=torch.float32)
+    mt = torch.empty(n, dtype=torch.float32)
+    ob = torch.empty(n, dtype=torch.bool)
+    a = octree.attrs
+    lib.vx_brick_summaries(slots.data_ptr(), n, a["tsdf"].data_ptr(), a["weight"].data_ptr(),
+                           a["occ"].data_ptr(), mo.data_ptr(), mt.data_ptr(), ob.data_ptr(), _nthreads())
+    return mo, mt, ob

@@ -1,0 +1,72 @@
+"""ROS parameters from the config dataclasses: one declaration per field, validated on change.
+
+Parameter names are the dotted config names (`map.voxel_size_m`, `node.mesh_rate_hz`), which is
+what a ROS params YAML with nested sections produces. Fields not marked `runtime` are read-only
+after start; the rest are checked by the same validation as YAML and CLI values.
+"""
+from __future__ import annotations
+
+import copy
+
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
+                                SetParametersResult)
+
+from ..config import VoxmapConfig, iter_fields
+
+_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+          float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
+          list: ParameterType.PARAMETER_DOUBLE_ARRAY}
+
+
+def descriptor(name: str, f) -> ParameterDescriptor:
+    meta = f.metadata
+    kind = meta["type"]
+    d = ParameterDescriptor(name=name, type=_TYPES[kind], description=meta["description"],
+                            read_only=not meta["runtime"])
+    if meta.get("choices"):
+        d.additional_constraints = "one of: " + ", ".join(meta["choices"])
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if kind is float and lo is not None and hi is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    elif kind is int and lo is not None and hi is not None:
+        d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
+    return d
+
+
+def declare_config(node, base: VoxmapConfig | None = None) -> VoxmapConfig:
+    """Declare every config field as a parameter (defaults from `base`) and return the config
+    built from the values the node was started with. Raises ValueError on invalid start values."""
+    base = base or VoxmapConfig()
+    cfg = copy.deepcopy(base)
+    for name, value, f in iter_fields(base):
+        declared = node.declare_parameter(name, value, descriptor(name, f)).value
+        if f.metadata["type"] is float and isinstance(declared, int):
+            declared = float(declared)
+        if f.metadata["type"] is list:
+            declared = list(declared)
+        cfg.set(name, declared)
+    cfg.validate()
+    return cfg
+
+
+def validate_changes(cfg: VoxmapConfig, params) -> tuple[VoxmapConfig | None, SetParametersResult]:
+    """Check a batch of parameter changes against a copy of the config.
+
+    Returns (new_config or None, result). Unknown names (e.g. use_sim_time) are left to ROS.
+    """
+    new = copy.deepcopy(cfg)
+    names = {n for n, _, _ in iter_fields(cfg)}
+    try:
+        for p in params:
+            if p.name not in names:
+                continue
+            value = p.value
+            if isinstance(value, int) and not isinstance(value, bool) and isinstance(new.get(p.name), float):
+                value = float(value)
+            if not isinstance(value, (bool, int, float, str)) and value is not None:
+                value = list(value)
+            new.set(p.name, value)
+        new.validate()
+    except ValueError as e:
+        return None, SetParametersResult(successful=False, reason=str(e))
+    return new, SetParametersResult(successful=True)
