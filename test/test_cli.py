@@ -185,8 +185,6 @@ def test_config_file_rejects_bad_values_naming_the_key(tmp_path):
     assert cfg.map.voxel_size_m == VoxmapConfig().map.voxel_size_m          # unchanged
 
 
-@pytest.mark.xfail(strict=True, reason="config.unwrap_ros_params drops unknown sections and undotted "
-                   "scalar keys instead of rejecting them (config.py is outside this suite's fixes)")
 @pytest.mark.parametrize("data", [{"mapp": {"voxel_size_m": 0.05}},
                                   {"voxmap": {"ros__parameters": {"voxel_size_m": 0.05}}}])
 def test_config_file_rejects_unknown_top_level_keys(tmp_path, data):

@@ -136,3 +136,23 @@ def test_bad_coords_shape_and_dtype_raise():
 def test_children_of_a_brick_raise():
     with pytest.raises(ValueError, match="level-0"):
         morton.children(morton.encode(torch.zeros((1, 3), dtype=torch.int64), 0))
+
+
+def test_key_arithmetic_matches_decode_encode_over_the_whole_range():
+    """parent/children/ancestor/child_index work on the packed word without decoding; they must
+    agree with the decode -> integer arithmetic -> encode definition, extremes included."""
+    g = torch.Generator().manual_seed(3)
+    c = torch.randint(morton.COORD_MIN, morton.COORD_MAX + 1, (50000, 3), generator=g)
+    c = torch.cat([c, torch.tensor([[morton.COORD_MIN] * 3, [morton.COORD_MAX] * 3, [-1, 0, 1], [0, 0, 0]])])
+    keys = morton.encode(c, 0)
+    for up in range(0, 8):
+        coords, level = morton.decode(morton.ancestor(keys, up))
+        assert torch.equal(coords, c >> up) and bool((level == up).all())
+    assert torch.equal(morton.parent(keys), morton.ancestor(keys, 1))
+    for lv in (1, 4):
+        node = morton.encode(c >> lv, lv)
+        coords, level = morton.decode(morton.children(node).reshape(-1))
+        expected = ((c >> lv)[:, None] * 2 + morton.CHILD_OFFSETS[None]).reshape(-1, 3)
+        assert torch.equal(coords, expected) and bool((level == lv - 1).all())
+    b = c & 1
+    assert torch.equal(morton.child_index(keys), b[:, 0] | (b[:, 1] << 1) | (b[:, 2] << 2))

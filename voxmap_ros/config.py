@@ -194,6 +194,10 @@ def iter_fields(cfg: VoxmapConfig | None = None):
             yield f"{sf.name}.{f.name}", getattr(sub, f.name), f
 
 
+# Parameters rclpy declares on every node; a parameter file for the node may set them too.
+ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")
+
+
 def unwrap_ros_params(data: dict) -> dict:
     """Turn `{node: {ros__parameters: {a.b: v}}}` or `{a: {b: v}}` into the nested tree."""
     if len(data) == 1:
@@ -204,11 +208,22 @@ def unwrap_ros_params(data: dict) -> dict:
         data = data["ros__parameters"] or {}
     tree: dict[str, dict] = {}
     for key, value in data.items():
+        key = str(key)
+        if key in ROS_OWN_PARAMETERS or key.startswith("qos_overrides."):
+            continue                           # rclpy's own parameters may share the file
         if "." in key:
             section, leaf = key.split(".", 1)
+        elif isinstance(value, dict):
+            section, leaf = key, None
+        else:
+            raise ValueError(f"unknown config key '{key}': expected 'section.key' or a section "
+                             f"mapping, sections {section_names()}")
+        if section not in section_names():
+            raise ValueError(f"unknown config section '{section}' (key '{key}'); expected one of {section_names()}")
+        if leaf is None:
+            tree.setdefault(section, {}).update(value)
+        else:
             tree.setdefault(section, {})[leaf] = value
-        elif isinstance(value, dict) and key in section_names():
-            tree.setdefault(key, {}).update(value)
     return tree
 
 

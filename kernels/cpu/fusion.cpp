@@ -241,6 +241,7 @@ struct VxContext {
     std::vector<uint32_t> band_code;      // brick index * 512 + voxel, per unique band voxel
     std::vector<float> band_w, band_wt;
     std::vector<int64_t> lidar_slots;
+    std::vector<std::vector<uint32_t>> thread_codes;   // free-space voxel codes listed per thread
 };
 
 struct RgbdParams {     // all float32 as the reference's tensor ops see them
@@ -623,17 +624,21 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
         BrickSet& set = ctx->set;
         uint32_t* cells = set.cells.data();
         uint64_t* masks = set.masks.data();
-        const bool atomic = nt > 1;
+        if (ctx->thread_codes.size() < size_t(nt)) ctx->thread_codes.resize(size_t(nt));
 #pragma omp parallel num_threads(nt)
         {
             // Per ray: boundary-crossing times per axis, merged, and the voxel of every piece.
-            std::vector<float> ta[3], tm;
-            std::vector<int32_t> vbuf[3];
+            std::vector<float> ta[3];
             int32_t pbx = INT32_MIN, pby = 0, pbz = 0, pidx = -1;       // brick of the previous mark
             // Every ray passes the bricks around the sensor: count those in a private 3x3x3-brick
             // block per thread (no atomics, no shared cache lines) and add them up at the end.
             std::vector<uint32_t> near_counts(size_t(NEAR_BRICKS) * BRICK_VOX, 0u);
             uint32_t* near = near_counts.data();
+            // The other voxels are listed per thread and counted afterwards by their owner thread
+            // (brick index mod threads): plain increments, no atomics, no shared cache lines.
+            const int tid = omp_get_thread_num();
+            std::vector<uint32_t>& codes = ctx->thread_codes[size_t(tid)];
+            codes.clear();
 #pragma omp for schedule(dynamic, ray_chunk)
             for (int64_t ri = 0; ri < n_rays; ++ri) {
                 if (!p->free_space || set.overflow.load(std::memory_order_relaxed)) continue;
@@ -642,9 +647,10 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
                 const float rng = ranges[r];
                 const float te = hit[r] ? rng - vs : rng;
                 if (!(te > 0.0f)) continue;
-                // Exact traversal (integrate.ray_voxels): the segment [0, te) is cut at every voxel
-                // boundary it crosses; each piece gives the voxel holding its midpoint.
+                // Exact traversal (integrate.ray_voxels): the crossings of voxel boundaries on
+                // [0, te), merged in order of t (ties: x, then y, then z), each stepping one axis.
                 int64_t n[3];
+                int64_t sgn[3];
                 for (int a = 0; a < 3; ++a) {
                     const int64_t i1 = ifloor((o[a] + te * d[a]) / vs);
                     n[a] = i1 > i0[a] ? i1 - i0[a] : i0[a] - i1;
@@ -653,73 +659,45 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
                     float* t = ta[a].data();
                     const float da = d[a], oa = o[a];
                     const int64_t base = da > 0.0f ? i0[a] : i0[a] + 1;
-                    const int64_t sgn = da > 0.0f ? 1 : -1;
+                    sgn[a] = da > 0.0f ? 1 : -1;
                     for (int64_t k = 1; k <= n[a]; ++k)                   // vectorized
-                        t[k - 1] = (float(base + sgn * k) * vs - oa) / da;
+                        t[k - 1] = (float(base + sgn[a] * k) * vs - oa) / da;
                     t[n[a]] = INFINITY;                                     // merge sentinel
                 }
                 const int64_t m = n[0] + n[1] + n[2];
-                tm.resize(size_t(m));
-                {
-                    // 3-way merge; ties may go either way: only the values matter. (Branchy beats
-                    // branch-free here: the select chain's latency costs more than mispredicts.)
-                    const float *p0 = ta[0].data(), *p1 = ta[1].data(), *p2 = ta[2].data();
-                    float* out = tm.data();
-                    for (int64_t j = 0; j < m; ++j) {
-                        const float a0 = *p0, a1 = *p1, a2 = *p2;
-                        if (a0 <= a1 && a0 <= a2) { out[j] = a0; ++p0; }
-                        else if (a1 <= a2) { out[j] = a1; ++p1; }
-                        else { out[j] = a2; ++p2; }
-                    }
-                }
-                for (int a = 0; a < 3; ++a) vbuf[a].resize(size_t(m) + 1);
-                int32_t* vx = vbuf[0].data();
-                int32_t* vy = vbuf[1].data();
-                int32_t* vz = vbuf[2].data();
-                const float* t = tm.data();
-                for (int64_t j = 0; j <= m; ++j) {                          // vectorized
-                    const float t0 = j == 0 ? 0.0f : t[j - 1 < 0 ? 0 : j - 1];
-                    const float t1 = j == m ? te : t[j < m ? j : 0];
-                    const float mid = 0.5f * ((t0 < te ? t0 : te) + (t1 < te ? t1 : te));
-                    float f0 = std::floor((o0 + mid * d[0]) / vs);
-                    float f1 = std::floor((o1 + mid * d[1]) / vs);
-                    float f2 = std::floor((o2 + mid * d[2]) / vs);
-                    f0 = f0 > -1e9f ? (f0 < 1e9f ? f0 : 1e9f) : -1e9f;
-                    f1 = f1 > -1e9f ? (f1 < 1e9f ? f1 : 1e9f) : -1e9f;
-                    f2 = f2 > -1e9f ? (f2 < 1e9f ? f2 : 1e9f) : -1e9f;
-                    vx[j] = int32_t(f0);
-                    vy[j] = int32_t(f1);
-                    vz[j] = int32_t(f2);
-                }
-                int32_t px = INT32_MIN, py = 0, pz = 0;
-                for (int64_t j = 0; j <= m; ++j) {
-                    if (vx[j] == px && vy[j] == py && vz[j] == pz) continue;   // zero-length pieces
-                    px = vx[j]; py = vy[j]; pz = vz[j];
-                    const int32_t cx = px >> 3, cy = py >> 3, cz = pz >> 3;     // floor division
+                const float *p0 = ta[0].data(), *p1 = ta[1].data(), *p2 = ta[2].data();
+                int64_t px = i0[0], py = i0[1], pz = i0[2];
+                for (int64_t j = 0;; ++j) {
+                    const int32_t cx = int32_t(px >> 3), cy = int32_t(py >> 3), cz = int32_t(pz >> 3);
                     const uint32_t lin = uint32_t((px & 7) | ((py & 7) << 3) | ((pz & 7) << 6));
                     const uint64_t nx = uint64_t(cx - nb0[0]), ny = uint64_t(cy - nb0[1]), nz = uint64_t(cz - nb0[2]);
                     if ((nx < 3) & (ny < 3) & (nz < 3)) {
                         ++near[((nz * 3 + ny) * 3 + nx) * BRICK_VOX + lin];
-                        continue;
+                    } else {
+                        if (cx != pbx || cy != pby || cz != pbz) {
+                            pidx = set.insert(cx, cy, cz);
+                            pbx = cx; pby = cy; pbz = cz;
+                        }
+                        // One count per (ray, voxel): every step enters a new voxel. Counted below.
+                        if (pidx >= 0) codes.push_back(uint32_t(pidx) * BRICK_VOX + lin);
                     }
-                    if (cx != pbx || cy != pby || cz != pbz) {
-                        pidx = set.insert(cx, cy, cz);
-                        pbx = cx; pby = cy; pbz = cz;
-                    }
-                    if (pidx < 0) continue;
-                    // One count per (ray, voxel): the midpoints are monotone in t, so a ray never
-                    // re-enters a voxel it left and skipping repeats suffices.
-                    uint32_t* c = cells + size_t(pidx) * BRICK_VOX + lin;
-                    const uint32_t old = atomic ? __atomic_fetch_add(c, 1u, __ATOMIC_RELAXED) : (*c)++;
-                    if (old == 0) {                  // first touch: list the voxel in its brick's mask
-                        uint64_t* mw = masks + size_t(pidx) * (BRICK_VOX / 64) + (lin >> 6);
-                        const uint64_t bit = uint64_t(1) << (lin & 63);
-                        if (atomic) __atomic_fetch_or(mw, bit, __ATOMIC_RELAXED);
-                        else *mw |= bit;
-                    }
+                    if (j == m) break;
+                    // 3-way merge step. (Branchy beats branch-free here: the select chain's
+                    // latency costs more than the mispredicts.)
+                    const float a0 = *p0, a1 = *p1, a2 = *p2;
+                    if (a0 <= a1 && a0 <= a2) { ++p0; px += sgn[0]; }
+                    else if (a1 <= a2) { ++p1; py += sgn[1]; }
+                    else { ++p2; pz += sgn[2]; }
                 }
             }
-            // (implicit barrier) add the private near-sensor counts, one thread at a time.
+            // (implicit barrier) count the listed voxels of the bricks this thread owns.
+            for (int src = 0; src < nt; ++src) {
+                for (const uint32_t code : ctx->thread_codes[size_t(src)]) {
+                    if (int((code >> 9) % uint32_t(nt)) != tid) continue;
+                    if (cells[code]++ == 0) masks[code >> 6] |= uint64_t(1) << (code & 63);
+                }
+            }
+            // Add the private near-sensor counts, one thread at a time.
 #pragma omp critical(vx_near_merge)
             for (int nbk = 0; nbk < NEAR_BRICKS; ++nbk) {
                 const uint32_t* src = near + size_t(nbk) * BRICK_VOX;
@@ -949,6 +927,26 @@ void vx_brick_summaries(const int64_t* slots, int64_t n, const half_t* tsdf_a, c
             min_abs_tsdf[i] = mt;
             observed[i] = seen_any ? 1 : 0;
         }
+    }
+}
+
+// Linear-probing lookup in one flat table (hashtable._Table): for each query key, starting at its
+// home slot, the slot holding it or -1 at the first EMPTY (-1) slot. Tombstones (-2) probe on.
+void vx_hash_find(const int64_t* table_keys, int64_t capacity, const int64_t* keys, const int64_t* home,
+                  int64_t n, int64_t* out, int nthreads) {
+    const int64_t mask = capacity - 1;
+#pragma omp parallel for schedule(static) num_threads(std::max(1, n > 8192 ? nthreads : 1))
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t k = keys[i];
+        int64_t s = home[i];
+        int64_t found = -1;
+        for (int64_t probe = 0; probe < capacity; ++probe) {
+            const int64_t t = table_keys[s];
+            if (t == k) { found = s; break; }
+            if (t == -1) break;
+            s = (s + 1) & mask;
+        }
+        out[i] = found;
     }
 }
 

@@ -161,16 +161,26 @@ def progress_printer(unit: str, quiet: bool = False):
     return progress
 
 
+FLAT_WINDOW = 50          # items at each end of a sequence for the flat-cost check
+
+
 def timing_stats(ms, prefix: str = "ms_per_frame") -> dict:
     """{prefix_median, prefix_p95, prefix_mean, prefix_min, prefix_max} (milliseconds) of a
-    sequence of per-item times in ms, plus total_s and n. Empty input gives None values."""
+    sequence of per-item times in ms, plus total_s and n, and the flat-cost check: medians of
+    the first and last FLAT_WINDOW items and last/first (None with fewer than 2 windows of
+    items). Empty input gives None values."""
     a = np.asarray(list(ms), dtype=np.float64)
     if a.size == 0:
         return {f"{prefix}_median": None, f"{prefix}_p95": None, f"{prefix}_mean": None,
-                f"{prefix}_min": None, f"{prefix}_max": None, "total_s": 0.0, "n": 0}
+                f"{prefix}_min": None, f"{prefix}_max": None, "total_s": 0.0, "n": 0,
+                "first50_median": None, "last50_median": None, "last50_over_first50": None}
+    flat = a.size >= 2 * FLAT_WINDOW
+    first = float(np.median(a[:FLAT_WINDOW])) if flat else None
+    last = float(np.median(a[-FLAT_WINDOW:])) if flat else None
     return {f"{prefix}_median": float(np.median(a)), f"{prefix}_p95": float(np.percentile(a, 95)),
             f"{prefix}_mean": float(a.mean()), f"{prefix}_min": float(a.min()), f"{prefix}_max": float(a.max()),
-            "total_s": float(a.sum() / 1000.0), "n": int(a.size)}
+            "total_s": float(a.sum() / 1000.0), "n": int(a.size),
+            "first50_median": first, "last50_median": last, "last50_over_first50": ratio(last, first)}
 
 
 def ratio(a, b):

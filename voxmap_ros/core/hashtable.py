@@ -34,7 +34,12 @@ def hash_slots(keys: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 class _Table:
-    """One flat open-addressing table."""
+    """One flat open-addressing table.
+
+    `find_kernel`, when set, is a compiled twin of the probing loop in `find` with the signature of
+    native.hash_find_cpp; it is used for CPU tensors only.
+    """
+    find_kernel = None
 
     def __init__(self, capacity: int, device: torch.device):
         assert capacity & (capacity - 1) == 0, "capacity must be a power of two"
@@ -51,6 +56,8 @@ class _Table:
     def find(self, keys: torch.Tensor) -> torch.Tensor:
         """Slots holding `keys` (N,) int64, or -1 where absent. (N,) int64."""
         slot = hash_slots(keys, self.bits)
+        if self.find_kernel is not None and keys.device.type == "cpu":
+            return self.find_kernel(self.keys, keys.contiguous(), slot)
         out = torch.full_like(keys, -1)
         pending = torch.arange(keys.numel(), device=keys.device)
         mask = self.capacity - 1
@@ -114,6 +121,14 @@ class HashTable:
         self._old: _Table | None = None
         self._cursor = 0
         self._slots_per_key = GROWTH_SLOTS_PER_KEY
+        self._find_kernel = None
+
+    def use_find_kernel(self, fn) -> None:
+        """Probe with a compiled twin of _Table.find (see native.hash_find_cpp), or None for torch."""
+        self._find_kernel = fn
+        for t in (self._new, self._old):
+            if t is not None:
+                t.find_kernel = fn
 
     # ---- queries ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -213,7 +228,9 @@ class HashTable:
             t.values[s[ok]] = values[ok].to(torch.int32)
 
     def clear(self) -> None:
+        kernel = self._find_kernel
         self.__init__(1 << 14, self.device)
+        self.use_find_kernel(kernel)
 
     # ---- growth -------------------------------------------------------------------------
     def _reserve(self, n_new: int) -> None:
@@ -236,6 +253,7 @@ class HashTable:
         budget = max(1, int(MAX_LOAD * capacity) - (old.live + n_new))
         self._slots_per_key = max(GROWTH_SLOTS_PER_KEY, -(-old.capacity // budget))
         self._old, self._new, self._cursor = old, _Table(capacity, self.device), 0
+        self._new.find_kernel = self._find_kernel
 
     def _migrate(self, n_slots: int) -> None:
         """Move live entries from the next `n_slots` (at least a fixed minimum) old slots to the new table."""

@@ -210,10 +210,11 @@ def lidar_rays(points: torch.Tensor, T_W_L: torch.Tensor, p: FusionParams):
 
 def ray_voxels(origin: torch.Tensor, dirs: torch.Tensor, t_end: torch.Tensor, voxel_size_m: float):
     """Every voxel that the segments origin + t * dirs, t in [0, t_end), pass through (exact
-    traversal: the segment is cut at each voxel boundary it crosses, each piece gives the voxel
-    holding its midpoint). origin (3,) float32, dirs (R, 3) float32 unit, t_end (R,) float32
-    metres (<= 0: no voxel). Returns (ray (F,) int64, voxel (F, 3) int64), grouped by ray in
-    order along it; float32 arithmetic."""
+    traversal): from the voxel of the origin, the segment crosses voxel boundaries at computed
+    times; taken in order of t (ties: x, then y, then z), each crossing steps one axis by one
+    voxel, ending in the voxel of the end point. origin (3,) float32, dirs (R, 3) float32 unit,
+    t_end (R,) float32 metres (<= 0: no voxel). Returns (ray (F,) int64, voxel (F, 3) int64),
+    grouped by ray in order along it; float32 arithmetic for the crossing times."""
     dev = dirs.device
     vs = voxel_size_m
     live = t_end > 0
@@ -223,7 +224,7 @@ def ray_voxels(origin: torch.Tensor, dirs: torch.Tensor, t_end: torch.Tensor, vo
     i1 = torch.floor((origin + te[:, None] * d) / vs).long()                # (L, 3) end voxel
     n_ax = (i1 - i0).abs()                                                  # crossings per axis
     # Boundary crossing times, axis by axis: plane k (1..n) beyond the start voxel.
-    ts, rs = [], []
+    ts, rs, axes = [], [], []
     for a in range(3):
         n = n_ax[:, a]
         r = torch.repeat_interleave(torch.arange(rid.numel(), device=dev), n)
@@ -232,22 +233,25 @@ def ray_voxels(origin: torch.Tensor, dirs: torch.Tensor, t_end: torch.Tensor, vo
         plane = torch.where(da > 0, i0[a] + k, i0[a] - k + 1).float() * vs
         ts.append((plane - origin[a]) / da)
         rs.append(r)
-    t, r = torch.cat(ts), torch.cat(rs)
-    order = torch.argsort(t)
-    order = order[torch.argsort(r[order], stable=True)]                     # by ray, then by t
-    t = t[order]
+        axes.append(torch.full_like(r, a))
+    t, r, axis = torch.cat(ts), torch.cat(rs), torch.cat(axes)
+    order = torch.sort(t, stable=True).indices                              # ties keep x, y, z order
+    order = order[torch.sort(r[order], stable=True).indices]                # by ray, then by t
+    r, axis = r[order], axis[order]
+    # Step vectors of the crossings, (C, 3): +-1 on the crossed axis.
+    step = torch.zeros((r.numel(), 3), dtype=torch.int64, device=dev)
+    step[torch.arange(r.numel(), device=dev), axis] = torch.where(d[r, axis] > 0, 1, -1)
     m = n_ax.sum(1)                                                         # crossings per ray
-    cnt = m + 1                                                             # pieces per ray
+    cnt = m + 1                                                             # voxels per ray
     seg_r = torch.repeat_interleave(torch.arange(rid.numel(), device=dev), cnt)
     j = torch.arange(seg_r.numel(), device=dev) - (torch.cumsum(cnt, 0) - cnt)[seg_r]
-    first = (torch.cumsum(m, 0) - m)[seg_r]                                 # ray's first crossing
-    last = t.numel() - 1
-    t0 = torch.where(j == 0, torch.zeros((), device=dev), t[(first + j - 1).clamp(0, max(last, 0))]
-                     if t.numel() else torch.zeros_like(seg_r, dtype=torch.float32))
-    t1 = torch.where(j == m[seg_r], te[seg_r], t[(first + j).clamp(0, max(last, 0))]
-                     if t.numel() else te[seg_r])
-    mid = 0.5 * (t0.clamp(max=te[seg_r]) + t1.clamp(max=te[seg_r]))
-    vox = torch.floor((origin + mid[:, None] * d[seg_r]) / vs).long()
+    # Voxel j of a ray = start + the steps of its first j crossings: a running sum of the steps
+    # with a zero row before each ray's crossings.
+    steps = torch.zeros((seg_r.numel(), 3), dtype=torch.int64, device=dev)
+    steps[(j > 0).nonzero().squeeze(1)] = step
+    run = torch.cumsum(steps, 0)
+    ray_start = (torch.cumsum(cnt, 0) - cnt)[seg_r]
+    vox = i0 + run - run[ray_start]
     return rid[seg_r], vox
 
 

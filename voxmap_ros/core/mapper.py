@@ -62,6 +62,7 @@ class Mapper:
         self._mesh_store = mesh.BrickMesh.empty(self.device)
         self._removed_since_mesh: list[torch.Tensor] = []
         self._backend = self._choose_backend()
+        self._use_backend_summaries()
 
     # ------------------------------------------------------------------ configuration
     def _choose_backend(self) -> str:
@@ -79,6 +80,13 @@ class Mapper:
             raise ValueError(f"map.backend is 'cpp' but the compiled kernels are unavailable: {why}")
         log.info("compiled kernels unavailable (%s); using the torch backend", why)
         return "torch"
+
+    def _use_backend_summaries(self) -> None:
+        if self._backend == "cpp":
+            from . import native
+            self.octree.use_kernels(native.brick_summaries_cpp, native.hash_find_cpp)
+        else:
+            self.octree.use_kernels(None, None)
 
     @property
     def backend(self) -> str:
@@ -165,6 +173,7 @@ class Mapper:
         """Forget the whole map (configuration kept)."""
         self.octree = SparseVoxelOctree(self.config.map.voxel_size_m, self.config.map.octree_levels, self.device,
                                         self.config.map.initial_bricks, free_logodds=self.params.l_min)
+        self._use_backend_summaries()
         removed = self._mesh_store.tri_brick_keys.unique()
         self._mesh_store = mesh.BrickMesh.empty(self.device)
         self._removed_since_mesh = [removed]

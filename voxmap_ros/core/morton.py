@@ -83,26 +83,40 @@ def level_of(keys: torch.Tensor) -> torch.Tensor:
     return keys >> LEVEL_SHIFT
 
 
+# Key arithmetic without decoding. A biased coordinate b = c + 2^18 (19 bits) of a node has the
+# parent's biased coordinate floor(c / 2) + 2^18 = (b >> 1) + 2^17. After the Morton word is
+# shifted right by 3 every axis holds b >> 1 < 2^18, so adding 2^17 per axis only moves bit 17
+# into bit 18: flip bit 17 and copy its old value to bit 18 -- three integer ops, no carries.
+_BIT17 = 0b111 << (3 * 17)                  # bit 17 of x, y and z in the interleaved word
+_BIT18 = 0b111 << (3 * 18)
+_LEVEL_ONE = 1 << LEVEL_SHIFT
+
+
+def _parent_word(m: torch.Tensor) -> torch.Tensor:
+    m = m >> 3
+    return (m ^ _BIT17) | ((m & _BIT17) << 3)
+
+
 def parent(keys: torch.Tensor) -> torch.Tensor:
     """Keys (N,) int64 -> keys of their parents (N,) int64 (one level up, floor division)."""
-    coords, level = decode(keys)
-    return encode(torch.div(coords, 2, rounding_mode="floor"), level + 1)
+    return _parent_word(keys & _MORTON_MASK) | ((keys >> LEVEL_SHIFT) + 1) << LEVEL_SHIFT
 
 
 def children(keys: torch.Tensor) -> torch.Tensor:
     """Keys (N,) int64 of nodes at level >= 1 -> (N, 8) int64 child keys in Morton order."""
-    coords, level = decode(keys)
+    level = keys >> LEVEL_SHIFT
     if keys.numel() and int(level.min()) < 1:
         raise ValueError("level-0 bricks have no child nodes")
-    child = coords[:, None, :] * 2 + CHILD_OFFSETS.to(keys.device)[None]
-    return encode(child.reshape(-1, 3), (level - 1).repeat_interleave(8)).reshape(-1, 8)
+    # Inverse of _parent_word: subtract 2^17 per axis (flip bit 17, clear bit 18), then shift.
+    m = ((keys & _MORTON_MASK) ^ _BIT17) & ~_BIT18
+    base = (m << 3) | ((level - 1) << LEVEL_SHIFT)
+    return base[:, None] | torch.arange(8, dtype=torch.int64, device=keys.device)[None]
 
 
 def child_index(keys: torch.Tensor) -> torch.Tensor:
-    """Position (0..7) of each node among its parent's children, (N,) int64."""
-    coords, _ = decode(keys)
-    b = coords & 1
-    return b[:, 0] | (b[:, 1] << 1) | (b[:, 2] << 2)
+    """Position (0..7) of each node among its parent's children, (N,) int64. The bias is even, so
+    the low Morton bits are the parities of x, y, z."""
+    return keys & 7
 
 
 def neighbours(keys: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,5 +131,7 @@ def neighbours(keys: torch.Tensor, offsets: torch.Tensor | None = None) -> torch
 
 def ancestor(keys: torch.Tensor, levels_up: int) -> torch.Tensor:
     """Keys (N,) int64 -> keys of the ancestor `levels_up` levels higher, (N,) int64."""
-    coords, level = decode(keys)
-    return encode(coords >> levels_up, level + levels_up)
+    m = keys & _MORTON_MASK
+    for _ in range(levels_up):
+        m = _parent_word(m)
+    return m | ((keys >> LEVEL_SHIFT) + levels_up) << LEVEL_SHIFT

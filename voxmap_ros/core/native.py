@@ -177,6 +177,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vx_copy_lidar_slots": ([P, P], V),
         "vx_lidar_stats": ([P, P], V),
         "vx_brick_summaries": ([P, I64, P, P, P, P, P, P, I], V),
+        "vx_hash_find": ([P, I64, P, P, I64, P, I], V),
     }
     for name, (args, res) in sig.items():
         fn = getattr(lib, name)
@@ -417,3 +418,18 @@ def brick_summaries_cpp(octree, slots: torch.Tensor):
     lib.vx_brick_summaries(slots.data_ptr(), n, a["tsdf"].data_ptr(), a["weight"].data_ptr(),
                            a["occ"].data_ptr(), mo.data_ptr(), mt.data_ptr(), ob.data_ptr(), _nthreads())
     return mo, mt, ob
+
+
+def hash_find_cpp(table_keys: torch.Tensor, keys: torch.Tensor, home: torch.Tensor) -> torch.Tensor:
+    """Compiled twin of the probing loop of hashtable._Table.find. table_keys (C,) int64 (C a power
+    of two), keys (N,) int64 and their home slots (N,) int64, all CPU and contiguous. Returns the
+    slot of each key (N,) int64, -1 where absent."""
+    _check_tensor("table_keys", table_keys, (torch.int64,), (None,))
+    _check_tensor("keys", keys, (torch.int64,), (None,))
+    _check_tensor("home", home, (torch.int64,), (keys.shape[0],))
+    lib, _ = _lib()
+    out = torch.empty_like(keys)
+    if keys.numel():
+        lib.vx_hash_find(table_keys.data_ptr(), table_keys.numel(), keys.data_ptr(), home.data_ptr(),
+                         keys.numel(), out.data_ptr(), _nthreads())
+    return out

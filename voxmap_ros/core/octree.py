@@ -75,6 +75,7 @@ class SparseVoxelOctree:
         self.levels = int(levels)
         self.device = torch.device(device)
         self.free_logodds = float(free_logodds)
+        self.brick_summaries = None       # see use_kernels
         self.table = HashTable(4 * initial_bricks, self.device)
         self.specs: dict[str, AttributeSpec] = {}
         self.attrs: dict[str, torch.Tensor] = {}
@@ -83,6 +84,12 @@ class SparseVoxelOctree:
         self._alloc_bricks(cap_b)
         for spec in CORE_ATTRIBUTES:
             self.register_attribute(spec)
+
+    def use_kernels(self, brick_summaries=None, hash_find=None) -> None:
+        """Use compiled twins for the bookkeeping: `brick_summaries` with the signature of
+        brick_summaries_torch, `hash_find` that of native.hash_find_cpp. None = pure torch."""
+        self.brick_summaries = brick_summaries
+        self.table.use_find_kernel(hash_find)
 
     # ------------------------------------------------------------------ pools
     def _alloc_nodes(self, cap: int) -> None:
@@ -265,14 +272,14 @@ class SparseVoxelOctree:
         slots = slots[self.brick_alive[slots]]
         if slots.numel() == 0:
             return
-        w = self.attrs["weight"][slots].float()
-        occ = self.attrs["occ"][slots].float()
-        tsdf = self.attrs["tsdf"][slots].float()
-        seen = (w > 0) | (occ != 0)
         nodes = self.brick_node[slots].long()
-        self.node_max_occ[nodes] = torch.where(seen, occ, torch.full_like(occ, UNKNOWN_OCC)).amax(1)
-        self.node_min_abs_tsdf[nodes] = torch.where(w > 0, tsdf.abs(), torch.ones_like(tsdf)).amin(1)
-        self.node_observed[nodes] = seen.any(1)
+        if self.brick_summaries is not None:
+            max_occ, min_tsdf, observed = self.brick_summaries(self, slots)
+        else:
+            max_occ, min_tsdf, observed = brick_summaries_torch(self, slots)
+        self.node_max_occ[nodes] = max_occ
+        self.node_min_abs_tsdf[nodes] = min_tsdf
+        self.node_observed[nodes] = observed
         self._refresh_ancestors(morton.parent(self.node_key[nodes]), drop_empty=False)
 
     def _refresh_ancestors(self, parent_keys: torch.Tensor, drop_empty: bool) -> None:
@@ -361,6 +368,8 @@ class SparseVoxelOctree:
         """For newly allocated bricks (N,) int64 keys: clear the free bits on their path that cover
         them, pushing them down so siblings stay free. Returns (N,) bool: inside a pruned region."""
         inside = torch.zeros(brick_keys.numel(), dtype=torch.bool, device=self.device)
+        if not bool(self.node_free_mask.any()):       # nothing pruned anywhere: the common case
+            return inside
         for up in range(self.levels, 0, -1):
             anc = morton.ancestor(brick_keys, up)               # node that may carry the free bit
             child = morton.ancestor(brick_keys, up - 1)
@@ -484,6 +493,18 @@ class SparseVoxelOctree:
         base = self.brick_coord[slots].long() * BRICK
         idx = base[:, None, :] + VOXEL_OFFSETS.to(self.device)[None]
         return ((idx.double() + 0.5) * self.voxel_size_m).float()
+
+
+def brick_summaries_torch(octree: SparseVoxelOctree, slots: torch.Tensor):
+    """Per-brick summaries of alive slots (N,) int64 on the octree's device: (max occupancy over
+    seen voxels (N,) float32, -inf if none; min |TSDF| over weighted voxels (N,) float32, 1 if
+    none; observed (N,) bool). native.brick_summaries_cpp is the compiled twin."""
+    w = octree.attrs["weight"][slots].float()
+    occ = octree.attrs["occ"][slots].float()
+    tsdf = octree.attrs["tsdf"][slots].float()
+    seen = (w > 0) | (occ != 0)
+    return (torch.where(seen, occ, torch.full_like(occ, UNKNOWN_OCC)).amax(1),
+            torch.where(w > 0, tsdf.abs(), torch.ones_like(tsdf)).amin(1), seen.any(1))
 
 
 def _first_occurrence(inv: torch.Tensor, n_unique: int) -> torch.Tensor:
