@@ -23,10 +23,21 @@ class ReplayOptions:
     max_frames: int | None = None
     stride: int = 1
     progress: bool = True
+    # rosbag2 only: topic names / map frame (None = found by message type / the TF root).
+    depth_topic: str | None = None
+    color_topic: str | None = None
+    info_topic: str | None = None
+    cloud_topic: str | None = None
+    map_frame: str | None = None
+
+    def bag_options(self) -> dict:
+        return {k: getattr(self, k) for k in ("depth_topic", "color_topic", "info_topic", "cloud_topic", "map_frame")
+                if getattr(self, k) is not None}
 
 
-def open_source(source: str | Path, config: VoxmapConfig):
-    """A dataset object (len + getitem -> Frame) for a folder or a rosbag2 path."""
+def open_source(source: str | Path, config: VoxmapConfig, bag_options: dict | None = None):
+    """A dataset object (len + getitem -> Frame) for a folder or a rosbag2 path. bag_options:
+    keyword arguments of datasets.rosbag.BagDataset (topics, map frame) for bags."""
     from .datasets.folder import RgbdFolder, open_dataset
     path = Path(source)
     if not path.exists():
@@ -35,7 +46,7 @@ def open_source(source: str | Path, config: VoxmapConfig):
     try:
         from .datasets import rosbag
         if rosbag.is_bag(path):
-            return rosbag.BagDataset(path)
+            return rosbag.BagDataset(path, depth_scale=config.rgbd.depth_scale, **(bag_options or {}))
     except ImportError:
         pass
     ds = open_dataset(path)
@@ -48,7 +59,7 @@ def run(source: str | Path, config: VoxmapConfig, options: ReplayOptions) -> dic
     """Fuse every frame of `source`, write all outputs to options.out_dir, return the summary."""
     out = Path(options.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = open_source(source, config)
+    dataset = open_source(source, config, options.bag_options())
     mapper = Mapper(config)
     config.save(out / "config.yaml")                       # the effective config, next to the results
     indices = range(0, len(dataset), max(1, options.stride))
