@@ -296,3 +296,35 @@ def test_lidar_and_rgbd_in_one_frame(indoor_data, indoor_scene):
     assert both.octree.num_bricks == seq.octree.num_bricks
     a, b = octree_state(both.octree), octree_state(seq.octree)
     assert torch.equal(a["attr_occ"], b["attr_occ"])
+
+
+def _summaries_by_key(octree) -> dict:
+    keys, ids = octree.table.items()
+    order = torch.argsort(keys)
+    keys, ids = keys[order], ids[order].long()
+    return {"keys": keys, "max_occ": octree.node_max_occ[ids], "min_tsdf": octree.node_min_abs_tsdf[ids],
+            "observed": octree.node_observed[ids], "free_mask": octree.node_free_mask[ids]}
+
+
+def test_lazy_summaries_equal_eager_ones(indoor_data):
+    """Mapper.integrate only marks bricks stale; the first query refreshes them. The result must
+    be the tree an eager refresh after every frame builds (same nodes, same summaries)."""
+    lazy, eager = Mapper(make_config(0.05)), Mapper(make_config(0.05))
+    for d, c, T in indoor_data.frames[:5]:
+        for m in (lazy, eager):
+            m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+        eager.octree.flush_summaries()
+        assert not eager.octree._stale
+    assert lazy.octree._stale, "integration defers the refresh"
+    a, b = _summaries_by_key(lazy.octree), _summaries_by_key(eager.octree)   # items() does not flush
+    assert a["keys"].numel() < b["keys"].numel(), "parents of the lazy map do not exist yet"
+    lazy.octree.flush_summaries()
+    a = _summaries_by_key(lazy.octree)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # Queries flush on their own: occupancy at a parent level sees the fused surface.
+    fresh = Mapper(make_config(0.05))
+    d, c, T = indoor_data.frames[0]
+    fresh.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    pts, _ = fresh.occupied_points(level=2)
+    assert len(pts) > 0 and not fresh.octree._stale

@@ -202,6 +202,14 @@ class Timer:
         return False
 
 
+def flush_deferred_ms(mapper) -> float:
+    """Run the octree-summary refresh that Mapper.integrate defers to the next query, and return
+    its milliseconds: benchmarks time integrate() and report this cost next to it."""
+    with Timer() as t:
+        mapper.octree.flush_summaries()
+    return t.ms
+
+
 def command_line() -> str:
     """The exact command line this process was started with (interpreter and flags included,
     from sys.orig_argv on Python >= 3.10), shell-quoted."""

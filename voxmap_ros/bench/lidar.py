@@ -93,10 +93,11 @@ class VoxmapSystem(common.System):
         m.integrate(frame)
 
     def finish(self, m, want_mesh: bool = False):
+        flush_ms = common.flush_deferred_ms(m)
         s = m.summary()
         pts, _ = m.occupied_points(level=0)
         return {"voxels": int(s["voxels"]), "bricks": int(s["bricks"]), "map_bytes": int(s["map_bytes"]),
-                "backend": m.backend, "occupied_cells": int(len(pts))}, None
+                "backend": m.backend, "occupied_cells": int(len(pts)), "deferred_summary_flush_ms": flush_ms}, None
 
 
 def world_points(frame, min_range_m: float) -> tuple[np.ndarray, np.ndarray]:

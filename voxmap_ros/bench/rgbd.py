@@ -112,11 +112,13 @@ class VoxmapSystem(common.System):
         m.integrate(frame)
 
     def finish(self, m, want_mesh: bool):
+        flush_ms = common.flush_deferred_ms(m)
         s = m.summary()
         o = m.octree
         attr_bytes = sum(t[0].nbytes for t in o.attrs.values())          # one brick's worth of voxel data
         res = {"voxels": int(s["voxels"]), "bricks": int(s["bricks"]), "map_bytes": int(s["map_bytes"]),
                "active_voxel_bytes": int(s["bricks"]) * int(attr_bytes), "backend": m.backend,
+               "deferred_summary_flush_ms": flush_ms,
                "voxel_attributes": {k: str(v.dtype).replace("torch.", "") for k, v in o.attrs.items()}}
         mesh = None
         if want_mesh:

@@ -28,6 +28,7 @@ _DTYPES = {"float16": torch.float16, "float32": torch.float32, "uint8": torch.ui
 def save_octree(octree: SparseVoxelOctree, path: str | Path, extra: dict | None = None) -> Path:
     """Write the octree (all attributes) and `extra` JSON metadata to `path` (.npz)."""
     path = Path(path)
+    octree.flush_summaries()
     keys, ids = octree.table.items()
     order = torch.argsort(keys)
     keys, ids = keys[order], ids[order].long()

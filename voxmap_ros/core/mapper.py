@@ -120,7 +120,7 @@ class Mapper:
             visited.append(self._integrate_lidar(*lidar))
         slots = torch.cat(visited) if visited else torch.zeros(0, dtype=torch.int64, device=self.device)
         self.octree.brick_dirty[slots] = True
-        self.octree.update_summaries(slots)
+        self.octree.mark_stale(slots)               # summaries refresh lazily, on the next query
         pos = np.asarray(frame.T_W_S, dtype=np.float64)[:3, 3]
         self.last_sensor_position_m = pos
         if self.config.map.clearing_radius_m > 0:

@@ -18,6 +18,7 @@ def occupied_voxels(octree: SparseVoxelOctree, threshold_logodds: float, level: 
     """Centres of occupied cells at `level`: (points (N, 3) float32 metres, colors (N, 3) uint8),
     numpy. Level 0 = voxels (colour from the colour layer); level L >= 1 = octree nodes whose
     subtree holds an occupied voxel (colour grey), at their centres."""
+    octree.flush_summaries()
     vs = octree.voxel_size_m
     if level == 0:
         slots = octree.alive_slots()
@@ -40,6 +41,7 @@ def project_2d(octree: SparseVoxelOctree, z_min_m: float, z_max_m: float, thresh
     """2D grid (nav_msgs/OccupancyGrid semantics) from the voxels whose centres lie in
     [z_min_m, z_max_m]: occupied if any is occupied, free if any is more likely free (log-odds < 0) and none occupied,
     unknown otherwise. Resolution = voxel size. Pruned free subtrees count as free."""
+    octree.flush_summaries()
     vs = octree.voxel_size_m
     slots = octree.alive_slots()
     lo_z = math.ceil(z_min_m / vs - 0.5)
@@ -88,6 +90,7 @@ def project_2d(octree: SparseVoxelOctree, z_min_m: float, z_max_m: float, thresh
 
 def _pruned_free_boxes(octree: SparseVoxelOctree) -> torch.Tensor:
     """Voxel-index boxes (M, 2, 3) int64 [lo, hi) of the children pruned as free."""
+    octree.flush_summaries()
     keys, ids = octree.table.items()
     masks = octree.node_free_mask[ids.long()].long()
     sel = masks != 0

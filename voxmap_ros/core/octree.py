@@ -76,6 +76,7 @@ class SparseVoxelOctree:
         self.device = torch.device(device)
         self.free_logodds = float(free_logodds)
         self.brick_summaries = None       # see use_kernels
+        self._stale: list[torch.Tensor] = []     # slots whose summaries wait for flush_summaries
         self.table = HashTable(4 * initial_bricks, self.device)
         self.specs: dict[str, AttributeSpec] = {}
         self.attrs: dict[str, torch.Tensor] = {}
@@ -170,6 +171,7 @@ class SparseVoxelOctree:
 
     @property
     def num_nodes(self) -> int:
+        self.flush_summaries()                   # refreshing may create parent nodes
         return len(self.table)
 
     @property
@@ -263,6 +265,20 @@ class SparseVoxelOctree:
         self._free_nodes = torch.cat([self._free_nodes, nodes])
 
     # ------------------------------------------------------------------ summaries
+    def mark_stale(self, slots: torch.Tensor) -> None:
+        """Note that the voxels of brick slots (N,) int64 changed; their summaries and their
+        ancestors' are refreshed by the next flush_summaries (every query of node summaries
+        flushes first). Frames arriving faster than queries then share one refresh per brick."""
+        if slots.numel():
+            self._stale.append(slots.to(self.device, torch.int64))
+
+    def flush_summaries(self) -> None:
+        """Refresh the summaries noted by mark_stale (update_summaries of their union)."""
+        if self._stale:
+            slots = torch.cat(self._stale)
+            self._stale = []
+            self.update_summaries(slots)
+
     def update_summaries(self, slots: torch.Tensor) -> None:
         """Recompute the summaries of bricks (N,) int64 and of all their ancestors.
 
@@ -319,6 +335,7 @@ class SparseVoxelOctree:
         """Collapse bricks whose every voxel is observed free (occupancy <= threshold, no TSDF
         surface) into a bit of their parent; then parents whose 8 children are all pruned into
         theirs. Returns the number of bricks removed."""
+        self.flush_summaries()
         slots = self.alive_slots()
         if slots.numel() == 0:
             return 0
@@ -410,6 +427,7 @@ class SparseVoxelOctree:
         """Occupancy log-odds at world points (N, 3) float, at `level` (0 = voxel; L >= 1 = max over
         the level-L node containing the point). Returns (logodds (N,) float32, known (N,) bool),
         on the map device. Inside pruned free subtrees the answer is the free value."""
+        self.flush_summaries()
         p = points_m.to(self.device, torch.float64)
         vox = torch.floor(p / self.voxel_size_m).long()
         brick = vox >> BRICK_SHIFT
@@ -453,6 +471,7 @@ class SparseVoxelOctree:
 
     def keys_in_morton_order(self, level: int = 0) -> torch.Tensor:
         """All node keys at `level`, sorted (Morton order), (M,) int64."""
+        self.flush_summaries()
         k, _ = self.table.items()
         k = k[morton.level_of(k) == level]
         return torch.sort(k).values
