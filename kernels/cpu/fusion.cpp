@@ -223,6 +223,11 @@ inline Pose make_pose(const double* T12) {
 
 }  // namespace
 
+struct BandEntry {       // one LiDAR band sample (obs in [-1, 1]) or a hit (obs = +inf) of a voxel
+    uint32_t code;      // brick index * 512 + voxel
+    float obs;
+};
+
 // ------------------------------------------------------------------------------------------------
 struct VxContext {
     BrickSet set;
@@ -242,6 +247,7 @@ struct VxContext {
     std::vector<float> band_w, band_wt;
     std::vector<int64_t> lidar_slots;
     std::vector<std::vector<uint32_t>> thread_codes;   // free-space voxel codes listed per thread
+    std::vector<std::vector<BandEntry>> band_entries;  // band samples and hits listed per thread
 };
 
 struct RgbdParams {     // all float32 as the reference's tensor ops see them
@@ -720,8 +726,11 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
         bits += 1;
     }
     ctx->t_phase[1] = omp_get_wtime();
-    // --- band and hits, serial: rays in order, so that the band TSDF sums add up in the order of
-    // the reference's index_add_ (ray by ray); each (ray, voxel) counts once, at its first kept sample.
+    // --- band and hits. (1) parallel over contiguous chunks of rays: the samples of each ray
+    // (divisions, brick lookups, per-ray de-duplication) as (voxel code, observation) entries in
+    // ray order, per thread; a hit is an entry with obs = +inf. (2) serial, thread by thread, so in
+    // ray order: the band TSDF sums add up in the order of the reference's index_add_ (ray by ray);
+    // each (ray, voxel) counts once, at its first kept sample.
     BrickSet& set = ctx->set;
     uint32_t* cells = set.cells.data();
     uint64_t* masks = set.masks.data();
@@ -729,59 +738,71 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
     ctx->band_code.clear();
     ctx->band_w.clear();
     ctx->band_wt.clear();
-    int64_t n_hit = 0;
-    for (int64_t r = 0; r < n_rays; ++r) n_hit += hit[r];
-    std::vector<uint32_t> seen;       // voxels of this ray already counted
-    int64_t cbx = INT64_MIN, cby = 0, cbz = 0;
-    int32_t cidx = -1;
-    auto code_of = [&](int64_t vx, int64_t vy, int64_t vz) -> int64_t {
-        const int64_t bx = vx >> 3, by = vy >> 3, bz = vz >> 3;
-        if (bx != cbx || by != cby || bz != cbz) {
-            cidx = set.insert(bx, by, bz);
-            cbx = bx; cby = by; cbz = bz;
+    if (ctx->band_entries.size() < size_t(nt)) ctx->band_entries.resize(size_t(nt));
+#pragma omp parallel num_threads(nt)
+    {
+        const int tid = omp_get_thread_num();
+        std::vector<BandEntry>& mine = ctx->band_entries[size_t(tid)];
+        mine.clear();
+        std::vector<uint32_t> seen;       // voxels of this ray already counted
+        int64_t cbx = INT64_MIN, cby = 0, cbz = 0;
+        int32_t cidx = -1;
+        auto code_of = [&](int64_t vx, int64_t vy, int64_t vz) -> int64_t {
+            const int64_t bx = vx >> 3, by = vy >> 3, bz = vz >> 3;
+            if (bx != cbx || by != cby || bz != cbz) {
+                cidx = set.insert(bx, by, bz);
+                cbx = bx; cby = by; cbz = bz;
+            }
+            if (cidx < 0) return -1;
+            return int64_t(cidx) * BRICK_VOX + ((vx & 7) | ((vy & 7) << 3) | ((vz & 7) << 6));
+        };
+        const int64_t per = (n_rays + nt - 1) / nt;
+        const int64_t r_begin = std::min<int64_t>(n_rays, per * tid), r_end = std::min<int64_t>(n_rays, r_begin + per);
+        for (int64_t r = r_begin; r < r_end; ++r) {
+            if (!hit[r]) continue;
+            const float d0 = dirs[3 * r], d1 = dirs[3 * r + 1], d2 = dirs[3 * r + 2];
+            const float rng = ranges[r];
+            const float t0 = rng - p->trunc;
+            seen.clear();
+            for (int j = 0; j < nb; ++j) {
+                const float tj = t0 + float(j) * step;
+                if (!(tj > 0.0f)) continue;
+                const int64_t vx = ifloor((o0 + tj * d0) / vs);
+                const int64_t vy = ifloor((o1 + tj * d1) / vs);
+                const int64_t vz = ifloor((o2 + tj * d2) / vs);
+                const float c0 = (float(vx) + 0.5f) * vs, c1 = (float(vy) + 0.5f) * vs, c2 = (float(vz) + 0.5f) * vs;
+                const float sdf = rng - (((c0 - o0) * d0 + (c1 - o1) * d1) + (c2 - o2) * d2);
+                if (!(sdf >= neg_trunc)) continue;
+                const int64_t code = code_of(vx, vy, vz);
+                if (code < 0) break;              // overflow / range: handled below
+                if (std::find(seen.begin(), seen.end(), uint32_t(code)) != seen.end()) continue;
+                seen.push_back(uint32_t(code));
+                mine.push_back({uint32_t(code), std::min(std::max(sdf / p->trunc, -1.0f), 1.0f)});
+            }
+            const int64_t code = code_of(ifloor((o0 + rng * d0) / vs), ifloor((o1 + rng * d1) / vs),
+                                         ifloor((o2 + rng * d2) / vs));
+            if (code >= 0) mine.push_back({uint32_t(code), INFINITY});
         }
-        if (cidx < 0) return -1;
-        return int64_t(cidx) * BRICK_VOX + ((vx & 7) | ((vy & 7) << 3) | ((vz & 7) << 6));
-    };
-    for (int64_t r = 0; r < n_rays; ++r) {
-        if (!hit[r]) continue;
-        const float d0 = dirs[3 * r], d1 = dirs[3 * r + 1], d2 = dirs[3 * r + 2];
-        const float rng = ranges[r];
-        const float t0 = rng - p->trunc;
-        seen.clear();
-        for (int j = 0; j < nb; ++j) {
-            const float tj = t0 + float(j) * step;
-            if (!(tj > 0.0f)) continue;
-            const int64_t vx = ifloor((o0 + tj * d0) / vs);
-            const int64_t vy = ifloor((o1 + tj * d1) / vs);
-            const int64_t vz = ifloor((o2 + tj * d2) / vs);
-            const float c0 = (float(vx) + 0.5f) * vs, c1 = (float(vy) + 0.5f) * vs, c2 = (float(vz) + 0.5f) * vs;
-            const float sdf = rng - (((c0 - o0) * d0 + (c1 - o1) * d1) + (c2 - o2) * d2);
-            if (!(sdf >= neg_trunc)) continue;
-            const int64_t code = code_of(vx, vy, vz);
-            if (code < 0) break;                  // overflow / range: handled below
-            if (std::find(seen.begin(), seen.end(), uint32_t(code)) != seen.end()) continue;
-            seen.push_back(uint32_t(code));
-            const float obs = std::min(std::max(sdf / p->trunc, -1.0f), 1.0f);
-            uint32_t& cell = cells[code];
-            if (!cell) list(code);
+    }
+    for (int t = 0; t < nt; ++t) {
+        for (const BandEntry& e : ctx->band_entries[size_t(t)]) {
+            uint32_t& cell = cells[e.code];
+            if (!cell) list(e.code);
+            if (e.obs == INFINITY) {
+                cell |= C_HIT;
+                continue;
+            }
             if (!(cell & C_BAND)) {
                 const uint32_t a = uint32_t(ctx->band_code.size());
                 if (a > C_BAND_INDEX) return VX_ERR_ALLOC;
                 cell = (cell & C_HIT) | C_BAND | ((cell & C_COUNT) ? C_BAND_FREE : 0u) | a;
-                ctx->band_code.push_back(uint32_t(code));
+                ctx->band_code.push_back(e.code);
                 ctx->band_w.push_back(0.0f);
                 ctx->band_wt.push_back(0.0f);
             }
             const uint32_t a = cell & C_BAND_INDEX;
             ctx->band_w[a] += 1.0f;
-            ctx->band_wt[a] += obs;
-        }
-        const int64_t code = code_of(ifloor((o0 + rng * d0) / vs), ifloor((o1 + rng * d1) / vs),
-                                     ifloor((o2 + rng * d2) / vs));
-        if (code >= 0) {
-            if (!cells[code]) list(code);
-            cells[code] |= C_HIT;
+            ctx->band_wt[a] += e.obs;
         }
     }
     if (set.range_error.load()) return VX_ERR_RANGE;
