@@ -202,6 +202,16 @@ class Timer:
         return False
 
 
+def run_and_report(run, print_report, args) -> int:
+    """The `main` of every benchmark: run(args) -> payload, print it, write --json if given."""
+    payload = run(args)
+    print_report(payload)
+    if args.json:
+        path = write_json(args.json, payload)
+        print(f"wrote {path}")
+    return 0
+
+
 def flush_deferred_ms(mapper) -> float:
     """Run the octree-summary refresh that Mapper.integrate defers to the next query, and return
     its milliseconds: benchmarks time integrate() and report this cost next to it."""

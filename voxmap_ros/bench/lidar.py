@@ -361,9 +361,4 @@ def print_report(payload: dict, file=None) -> None:
 
 
 def main(args) -> int:
-    payload = run(args)
-    print_report(payload)
-    if args.json:
-        path = common.write_json(args.json, payload)
-        print(f"wrote {path}")
-    return 0
+    return common.run_and_report(run, print_report, args)
