@@ -6,12 +6,13 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench", required=True)
-    from . import accuracy, lidar, rgbd
+    from . import accuracy, lidar, node, rgbd
     rgbd.add_arguments(sub.add_parser("rgbd", help="RGB-D TSDF+colour fusion vs Open3D"))
     lidar.add_arguments(sub.add_parser("lidar", help="LiDAR occupancy+TSDF vs OctoMap"))
     accuracy.add_arguments(sub.add_parser("accuracy", help="mesh accuracy vs ground truth (sim scene): voxmap vs Open3D"))
+    node.add_arguments(sub.add_parser("node", help="the ROS node over DDS: throughput, drops and latency"))
 
 
 def main(args) -> int:
-    from . import accuracy, lidar, rgbd
-    return {"rgbd": rgbd.main, "lidar": lidar.main, "accuracy": accuracy.main}[args.bench](args)
+    from . import accuracy, lidar, node, rgbd
+    return {"rgbd": rgbd.main, "lidar": lidar.main, "accuracy": accuracy.main, "node": node.main}[args.bench](args)

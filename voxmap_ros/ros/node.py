@@ -3,10 +3,15 @@
 No map math here: everything goes through `Mapper`. Threading: sensor callbacks only decode
 messages into numpy and append to bounded queues; one worker thread owns map updates; timers take
 the map lock briefly to pull mesh / occupancy snapshots and publish outside the lock.
+
+Locks (never taken in the opposite order): `_mesh_lock` (the mesh chunker) -> `_lock` (the mapper)
+-> `_qlock` (the queues) -> `_count_lock` (the counters).
 """
 from __future__ import annotations
 
 import collections
+import functools
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -14,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+import rclpy.executors
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from nav_msgs.msg import OccupancyGrid, Odometry
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -34,11 +41,22 @@ from .params import declare_config, validate_changes
 
 MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                      history=HistoryPolicy.KEEP_LAST)
-MESH_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+# Mesh messages are incremental (changed chunks only), so a subscriber must see each of them: reliable,
+# with some history for a slow reader. A new subscriber is sent every chunk once (see _publish_mesh);
+# the transient-local history only has to bridge the moment until then, and is kept short because
+# a full re-send can be large and the writer keeps `depth` messages alive.
+MESH_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
 RELIABLE_SENSOR_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 WARN_THROTTLE_S = 5.0
 COLOR_WAIT_S = 0.2           # how long a depth image may wait for its colour partner (wall time)
+IDLE_WAIT_S = 0.02           # worker poll period while frames wait for their pose
+KINDS = ("rgbd", "lidar")
+# Counters always reported (zero until something happens), so a monitor can rely on the keys.
+BASE_COUNTERS = tuple(f"{what}_{k}" for what in ("received", "integrated", "dropped_queue", "dropped_no_pose",
+                                                 "dropped_non_monotonic") for k in KINDS) + (
+    "bad_depth", "bad_color", "bad_camera_info", "bad_cloud", "bad_pose", "bad_rgbd", "bad_lidar",
+    "clouds_subsampled", "rgbd_without_color", "mesh_messages", "errors")
 
 
 @dataclass
@@ -55,34 +73,61 @@ class Counters(collections.Counter):
     """Event counts reported in diagnostics (received, integrated, dropped_*, bad_*)."""
 
 
+def _guarded(what: str):
+    """Last line of defence for executor callbacks: an unexpected exception is counted and logged,
+    never raised into the executor (which would stop spinning, i.e. kill the node)."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except Exception as e:                  # noqa: BLE001 - that is the point
+                self._count("errors")
+                self._count(f"error_{what}")
+                self.get_logger().error(f"{what} failed: {e!r}", throttle_duration_sec=WARN_THROTTLE_S)
+                return None
+        return wrapper
+    return deco
+
+
 class VoxmapNode(Node):
     """The mapping node. See README "ROS 2 node" for topics, services and parameters."""
 
     def __init__(self, node_name: str = "voxmap", *, config: VoxmapConfig | None = None, **kwargs):
         super().__init__(node_name, **kwargs)
         self.cfg = declare_config(self, config)
-        self.counters = Counters()
+        self.counters = Counters({k: 0 for k in BASE_COUNTERS})
+        self._count_lock = threading.Lock()                 # guards the counters
         self._lock = threading.Lock()                     # guards the mapper
-        self._qlock = threading.Lock()                    # guards the queues
+        self._qlock = threading.Lock()                    # guards the queues and the in-flight count
+        self._mesh_lock = threading.Lock()                # guards the chunker (mesh timer vs. services)
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._queues = {"rgbd": collections.deque(), "lidar": collections.deque()}
+        self._queues = {k: collections.deque() for k in KINDS}
+        self._in_flight = 0                               # frames taken off a queue, not yet integrated
         self._colors: collections.deque = collections.deque(maxlen=30)
         self._K: tuple[np.ndarray, int, int] | None = None
-        self._last_stamp = {"rgbd": -1, "lidar": -1}
+        self._last_stamp = {k: -1 for k in KINDS}
         self._ms_recent: collections.deque = collections.deque(maxlen=200)
         self._latency_ms: collections.deque = collections.deque(maxlen=200)
         self._last_integrated_stamp_ns = 0
+        self._last_cloud_points = 0
+        self._dropped_at_last_diag = 0
+        self._bad_at_last_diag = 0
+        self._rng = np.random.default_rng(0)
 
         self.mapper = self._make_mapper()
         self.chunker = conv.MeshChunker(self.cfg.node.mesh_chunk_level)
         self._mesh_subs_seen = 0
+        self._mesh_raw = True                             # publish the mesh as serialized bytes
         self._setup_poses()
         self._setup_io()
-        self._timers: dict[str, object] = {}
+        # Not `_timers`: rclpy's Node keeps its own list under that name.
+        self._pub_timers: dict[str, object] = {}
         self._make_timers()
         self.add_on_set_parameters_callback(self._on_params)
-        self._worker = threading.Thread(target=self._work_loop, name="voxmap_worker", daemon=True)
+        self._worker = threading.Thread(target=self._work_loop, name=f"voxmap_worker[{self.get_name()}]",
+                                        daemon=True)
         self._worker.start()
         self.get_logger().info(
             f"voxmap ready: voxel {self.cfg.map.voxel_size_m} m, backend {self.mapper.backend}, "
@@ -93,14 +138,21 @@ class VoxmapNode(Node):
     def map_frame(self) -> str:
         return self.cfg.map.frame_id
 
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._count_lock:
+            self.counters[key] += n
+
     def _make_mapper(self) -> Mapper:
         path = self.cfg.node.load_map_path
         if path:
             try:
                 m = Mapper.load(path, device=self.cfg.map.device)
                 self.get_logger().info(f"loaded map {path}: {m.octree.num_bricks} bricks")
+                if m.config.map.voxel_size_m != self.cfg.map.voxel_size_m:
+                    self.get_logger().warning(f"the map file's voxel size {m.config.map.voxel_size_m} m is used, not "
+                                              f"map.voxel_size_m={self.cfg.map.voxel_size_m}")
                 return m
-            except ValueError as e:
+            except (ValueError, OSError, KeyError) as e:
                 self.get_logger().error(f"could not load map '{path}': {e}; starting empty")
         return Mapper(self.cfg)
 
@@ -126,19 +178,26 @@ class VoxmapNode(Node):
         if mode == "topic":
             msg_type = {"PoseStamped": PoseStamped, "TransformStamped": TransformStamped,
                         "Odometry": Odometry}[self.cfg.node.pose_topic_type]
-            self.create_subscription(msg_type, self.cfg.node.pose_topic, self._on_pose, 200)
+            self.create_subscription(msg_type, self.cfg.node.pose_topic, self._on_pose, 200,
+                                     callback_group=MutuallyExclusiveCallbackGroup())
 
     def _setup_io(self) -> None:
         n = self.cfg.node
         qos = qos_profile_sensor_data if n.sensor_qos == "sensor_data" else RELIABLE_SENSOR_QOS
-        group = ReentrantCallbackGroup()
+        # One mutually exclusive group per topic: topics decode in parallel, but the messages of one
+        # topic are handled one at a time, in order (a reentrant group let two executor threads
+        # take consecutive images and enqueue them swapped, dropping the older as non-monotonic).
         if n.depth_topic:
-            self.create_subscription(Image, n.depth_topic, self._on_depth, qos, callback_group=group)
-            self.create_subscription(CameraInfo, n.camera_info_topic, self._on_info, qos, callback_group=group)
+            self.create_subscription(Image, n.depth_topic, self._on_depth, qos,
+                                     callback_group=MutuallyExclusiveCallbackGroup())
+            self.create_subscription(CameraInfo, n.camera_info_topic, self._on_info, qos,
+                                     callback_group=MutuallyExclusiveCallbackGroup())
             if n.color_topic:
-                self.create_subscription(Image, n.color_topic, self._on_color, qos, callback_group=group)
+                self.create_subscription(Image, n.color_topic, self._on_color, qos,
+                                         callback_group=MutuallyExclusiveCallbackGroup())
         if n.cloud_topic:
-            self.create_subscription(PointCloud2, n.cloud_topic, self._on_cloud, qos, callback_group=group)
+            self.create_subscription(PointCloud2, n.cloud_topic, self._on_cloud, qos,
+                                     callback_group=MutuallyExclusiveCallbackGroup())
         self.pub_mesh = self.create_publisher(MarkerArray, "~/mesh", MESH_QOS)
         self.pub_grid = self.create_publisher(OccupancyGrid, "~/occupancy", MAP_QOS)
         self.pub_voxels = self.create_publisher(PointCloud2, "~/occupied_voxels", MAP_QOS)
@@ -147,139 +206,220 @@ class VoxmapNode(Node):
         self.create_service(Trigger, "~/save_map", self._on_save, callback_group=services)
         self.create_service(Trigger, "~/clear_map", self._on_clear, callback_group=services)
 
-    def _make_timers(self) -> None:
-        for t in self._timers.values():
-            self.destroy_timer(t)
-        self._timers = {}
-        group = MutuallyExclusiveCallbackGroup()
+    def _timer_specs(self):
         n = self.cfg.node
-        for name, rate, cb in (("mesh", n.mesh_rate_hz, self._publish_mesh),
-                               ("occupancy", n.occupancy_rate_hz, self._publish_occupancy),
-                               ("voxels", n.occupied_voxels_rate_hz, self._publish_voxels),
-                               ("diagnostics", n.diagnostics_rate_hz, self._publish_diagnostics),
-                               ("prune", n.prune_rate_hz, self._prune)):
-            if rate > 0:
-                # Wall-clock timers: publishing must go on when sim time pauses (bag paused).
-                self._timers[name] = self.create_timer(1.0 / rate, cb, callback_group=group,
-                                                       clock=rclpy.clock.Clock(clock_type=rclpy.clock.ClockType.STEADY_TIME))
+        return (("mesh", n.mesh_rate_hz, self._publish_mesh),
+                ("occupancy", n.occupancy_rate_hz, self._publish_occupancy),
+                ("voxels", n.occupied_voxels_rate_hz, self._publish_voxels),
+                ("diagnostics", n.diagnostics_rate_hz, self._publish_diagnostics),
+                ("prune", n.prune_rate_hz, self._prune))
+
+    def _make_timers(self) -> None:
+        """One timer per output, created once; a rate of 0 leaves it cancelled. Wall-clock
+        (steady) timers: publishing must go on when sim time pauses (bag paused)."""
+        group = MutuallyExclusiveCallbackGroup()
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        for name, rate, cb in self._timer_specs():
+            t = self.create_timer(1.0 / rate if rate > 0 else 1.0, cb, callback_group=group, clock=steady)
+            if rate <= 0:
+                t.cancel()
+            self._pub_timers[name] = t
+
+    def _apply_rates(self) -> None:
+        """Follow run-time rate changes: change the period in place (safe from any thread, also
+        from a parameter callback), cancel for 0, restart a cancelled one."""
+        for name, rate, _cb in self._timer_specs():
+            t = self._pub_timers[name]
+            if rate <= 0:
+                t.cancel()
+                continue
+            period_ns = int(round(1e9 / rate))
+            if t.timer_period_ns != period_ns:
+                t.timer_period_ns = period_ns
+            if t.is_canceled():
+                t.reset()
 
     # ------------------------------------------------------------------ callbacks: convert + enqueue
     def _bad(self, what: str, err: Exception | str) -> None:
-        self.counters[f"bad_{what}"] += 1
-        self.get_logger().warn(f"{what}: {err}", throttle_duration_sec=WARN_THROTTLE_S)
+        self._count(f"bad_{what}")
+        self.get_logger().warning(f"{what}: {err}", throttle_duration_sec=WARN_THROTTLE_S)
 
+    @_guarded("camera_info")
     def _on_info(self, msg: CameraInfo) -> None:
         try:
-            self._K = (conv.camera_info_to_K(msg), int(msg.width), int(msg.height))
+            K = conv.camera_info_to_K(msg)
+            if int(msg.width) <= 0 or int(msg.height) <= 0:
+                raise ValueError(f"CameraInfo size must be > 0, got {msg.width}x{msg.height}")
+            self._K = (K, int(msg.width), int(msg.height))
         except ValueError as e:
             self._bad("camera_info", e)
 
+    @_guarded("color")
     def _on_color(self, msg: Image) -> None:
         try:
             rgb = conv.image_msg_to_numpy(msg)
-            if rgb.ndim != 3:
+            if rgb.ndim != 3 or rgb.size == 0:
                 raise ValueError(f"colour image on '{self.cfg.node.color_topic}' decoded to shape {rgb.shape}, "
-                                 "expected (H, W, 3)")
+                                 "expected (H, W, 3), not empty")
             self._colors.append((conv.stamp_to_ns(msg.header.stamp), rgb))
         except ValueError as e:
             self._bad("color", e)
 
+    @_guarded("depth")
     def _on_depth(self, msg: Image) -> None:
-        self.counters["received_rgbd"] += 1
+        self._count("received_rgbd")
         try:
             depth = conv.image_msg_to_numpy(msg)
             if depth.ndim != 2 or depth.dtype not in (np.uint16, np.float32):
                 raise ValueError(f"depth encoding '{msg.encoding}' is not 16UC1/mono16 (mm) or 32FC1 (m)")
-            if self._K is None:
-                raise ValueError(f"no CameraInfo yet on '{self.cfg.node.camera_info_topic}'")
-            K, w, h = self._K
-            if (w, h) != (depth.shape[1], depth.shape[0]):
-                raise ValueError(f"depth image is {depth.shape[1]}x{depth.shape[0]} but CameraInfo says {w}x{h}")
+            if depth.size == 0:
+                raise ValueError(f"depth image is empty ({msg.width}x{msg.height})")
+            # Without a CameraInfo yet (its message of the same stamp may come right after the
+            # image) the frame waits in the queue; the worker attaches K (see _attach_intrinsics).
+            K = self._check_intrinsics(depth) if self._K is not None else None
             stamp = conv.stamp_to_ns(msg.header.stamp)
             self._enqueue(Pending("rgbd", stamp, msg.header.frame_id, {"depth": depth, "K": K}, time.monotonic()))
         except ValueError as e:
             self._bad("depth", e)
 
+    @_guarded("cloud")
     def _on_cloud(self, msg: PointCloud2) -> None:
-        self.counters["received_lidar"] += 1
+        self._count("received_lidar")
         try:
+            max_points = self.cfg.node.max_points
             pts = conv.pointcloud2_msg_to_xyz(msg)
-            if len(pts) > self.cfg.node.max_points:
-                self.counters["clouds_subsampled"] += 1
-                self.get_logger().warn(f"cloud of {len(pts)} points subsampled to node.max_points="
-                                       f"{self.cfg.node.max_points}", throttle_duration_sec=WARN_THROTTLE_S)
-                idx = np.random.default_rng(0).choice(len(pts), self.cfg.node.max_points, replace=False)
-                pts = pts[np.sort(idx)]
+            if len(pts) > max_points:
+                self._count("clouds_subsampled")
+                self.get_logger().warning(f"cloud of {len(pts)} points subsampled to node.max_points="
+                                          f"{max_points}", throttle_duration_sec=WARN_THROTTLE_S)
+                idx = self._rng.choice(len(pts), max_points, replace=False)
+                idx.sort()
+                pts = pts[idx]
             stamp = conv.stamp_to_ns(msg.header.stamp)
             self._enqueue(Pending("lidar", stamp, msg.header.frame_id, {"points": pts}, time.monotonic()))
         except ValueError as e:
             self._bad("cloud", e)
 
+    @_guarded("pose")
     def _on_pose(self, msg) -> None:
         try:
-            stamp, frame, _child, T = conv.pose_msg_to_matrix(msg)
+            stamp, frame, child, T = conv.pose_msg_to_matrix(msg)
             if frame and frame != self.map_frame:
                 raise ValueError(f"pose is in frame '{frame}', expected the map frame '{self.map_frame}'")
-            buf = self._poses.get(_child or "")
+            buf = self._poses.get(child or "")
             if buf is None:
-                buf = self._poses.setdefault(_child or "", PoseBuffer(max_age_s=self.cfg.node.pose_buffer_s))
+                buf = self._poses.setdefault(child or "", PoseBuffer(max_age_s=self.cfg.node.pose_buffer_s))
             buf.add(stamp, T)
             self._wake.set()
         except ValueError as e:
             self._bad("pose", e)
 
     def _enqueue(self, item: Pending) -> None:
-        if item.stamp_ns < self._last_stamp[item.kind]:
-            self.counters[f"dropped_non_monotonic_{item.kind}"] += 1
-            self.get_logger().warn(f"{item.kind} stamp {item.stamp_ns} is older than the previous one "
-                                   f"({self._last_stamp[item.kind]}); dropped", throttle_duration_sec=WARN_THROTTLE_S)
-            return
-        self._last_stamp[item.kind] = item.stamp_ns
         with self._qlock:
-            q = self._queues[item.kind]
-            q.append(item)
-            while len(q) > self.cfg.node.queue_size:
-                q.popleft()
-                self.counters[f"dropped_queue_{item.kind}"] += 1
+            last = self._last_stamp[item.kind]
+            if item.stamp_ns <= last:
+                newer = False
+            else:
+                newer = True
+                self._last_stamp[item.kind] = item.stamp_ns
+                q = self._queues[item.kind]
+                q.append(item)
+                dropped = 0
+                while len(q) > self.cfg.node.queue_size:
+                    q.popleft()
+                    dropped += 1
+        if not newer:
+            self._count(f"dropped_non_monotonic_{item.kind}")
+            self.get_logger().warning(f"{item.kind} stamp {item.stamp_ns} is not newer than the previous one "
+                                      f"({last}); dropped", throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        if dropped:
+            self._count(f"dropped_queue_{item.kind}", dropped)
         self._wake.set()
 
     # ------------------------------------------------------------------ worker
     def _work_loop(self) -> None:
         while not self._stop.is_set():
-            item = self._next_ready()
-            if item is None:
-                self._wake.wait(0.02)
-                self._wake.clear()
-                continue
-            self._integrate(item)
+            try:
+                self._wake.clear()                # a set() from now on ends the wait below at once
+                item = self._next_ready()
+                if item is None:
+                    self._wake.wait(IDLE_WAIT_S)
+                    continue
+                try:
+                    self._integrate(item)
+                finally:
+                    with self._qlock:
+                        self._in_flight -= 1
+            except Exception as e:                # noqa: BLE001 - the worker must survive anything
+                self._count("errors")
+                self._count("error_worker")
+                self.get_logger().error(f"worker: {e!r}", throttle_duration_sec=WARN_THROTTLE_S)
+                self._stop.wait(IDLE_WAIT_S)
+
+    def pending_frames(self) -> int:
+        """Frames queued or being integrated (0 = the worker is idle)."""
+        with self._qlock:
+            return sum(len(q) for q in self._queues.values()) + self._in_flight
 
     def _next_ready(self) -> Pending | None:
-        """Oldest queued item whose pose is available; drops items that waited too long."""
+        """Oldest queued item whose pose is available, taken off its queue (in-flight count + 1);
+        drops items that waited too long for their pose."""
         with self._qlock:
             heads = [q[0] for q in self._queues.values() if q]
         for item in sorted(heads, key=lambda x: x.stamp_ns):
             T, status = self._pose_for(item)
             waited = time.monotonic() - item.enqueued_s
             if T is None and (status == "too_old" or waited > self.cfg.node.pose_wait_s):
-                self._pop(item)
-                self.counters[f"dropped_no_pose_{item.kind}"] += 1
-                self.get_logger().warn(f"no pose for {item.kind} frame '{item.frame_id}' at {item.stamp_ns} ns "
-                                       f"({status}); dropped", throttle_duration_sec=WARN_THROTTLE_S)
+                if self._pop(item, in_flight=False):
+                    self._count(f"dropped_no_pose_{item.kind}")
+                    self.get_logger().warning(f"no pose for {item.kind} frame '{item.frame_id}' at {item.stamp_ns} ns "
+                                              f"({status}); dropped", throttle_duration_sec=WARN_THROTTLE_S)
                 continue
             if T is None:
                 continue
+            if item.kind == "rgbd" and not self._attach_intrinsics(item, waited):
+                continue
             if item.kind == "rgbd" and not self._attach_color(item, waited):
                 continue
-            self._pop(item)
+            if not self._pop(item, in_flight=True):     # pushed out of the queue meanwhile (counted there)
+                continue
             item.data["T"] = T
             return item
         return None
 
-    def _pop(self, item: Pending) -> None:
+    def _check_intrinsics(self, depth: np.ndarray) -> np.ndarray:
+        K, w, h = self._K
+        if (w, h) != (depth.shape[1], depth.shape[0]):
+            raise ValueError(f"depth image is {depth.shape[1]}x{depth.shape[0]} but CameraInfo says {w}x{h}")
+        return K
+
+    def _attach_intrinsics(self, item: Pending, waited_s: float) -> bool:
+        """K for a depth image that arrived before any CameraInfo. False = not ready: it keeps
+        waiting, or, after node.pose_wait_s or on a size mismatch, it is dropped (counted)."""
+        if item.data["K"] is not None:
+            return True
+        try:
+            if self._K is not None:
+                item.data["K"] = self._check_intrinsics(item.data["depth"])
+                return True
+            if waited_s <= self.cfg.node.pose_wait_s:
+                return False
+            raise ValueError(f"no CameraInfo on '{self.cfg.node.camera_info_topic}' within "
+                             f"node.pose_wait_s={self.cfg.node.pose_wait_s} s")
+        except ValueError as e:
+            if self._pop(item, in_flight=False):
+                self._bad("depth", e)
+            return False
+
+    def _pop(self, item: Pending, in_flight: bool) -> bool:
         with self._qlock:
             q = self._queues[item.kind]
             if q and q[0] is item:
                 q.popleft()
+                self._in_flight += int(in_flight)
+                return True
+        return False
 
     def _attach_color(self, item: Pending, waited_s: float) -> bool:
         """Pair the depth image with the nearest colour image; False = wait for it a little longer."""
@@ -287,7 +427,8 @@ class VoxmapNode(Node):
             return True
         tol = int(self.cfg.node.color_sync_tolerance_s * 1e9)
         best = None
-        for stamp, rgb in list(self._colors):
+        colors = list(self._colors)
+        for stamp, rgb in colors:
             d = abs(stamp - item.stamp_ns)
             if d <= tol and (best is None or d < best[0]):
                 best = (d, rgb)
@@ -297,13 +438,14 @@ class VoxmapNode(Node):
                 self._bad("color", f"colour image {rgb.shape[1]}x{rgb.shape[0]} does not match depth "
                                    f"{item.data['depth'].shape[1]}x{item.data['depth'].shape[0]}; fused without colour")
                 rgb = None
+                self._count("rgbd_without_color")
             item.data["rgb"] = rgb
             return True
-        newest = self._colors[-1][0] if self._colors else -1
+        newest = colors[-1][0] if colors else -1
         if newest < item.stamp_ns and waited_s < COLOR_WAIT_S:
             return False
         item.data["rgb"] = None
-        self.counters["rgbd_without_color"] += 1
+        self._count("rgbd_without_color")
         return True
 
     def _pose_for(self, item: Pending) -> tuple[np.ndarray | None, str]:
@@ -355,44 +497,72 @@ class VoxmapNode(Node):
             self._bad(item.kind, e)
             return
         except Exception as e:                    # never let one frame kill the worker
-            self.counters[f"error_{item.kind}"] += 1
+            self._count("errors")
+            self._count(f"error_{item.kind}")
             self.get_logger().error(f"integration of {item.kind} frame failed: {e!r}",
                                     throttle_duration_sec=WARN_THROTTLE_S)
             return
         self._ms_recent.append((time.perf_counter() - t0) * 1000.0)
-        self.counters[f"integrated_{item.kind}"] += 1
+        # Stamp -> map updated, on the node's clock (wall time, or bag time with use_sim_time).
+        self._latency_ms.append((self._stamp_now() - item.stamp_ns) / 1e6)
+        if item.kind == "lidar":
+            self._last_cloud_points = len(d["points"])
+        self._count(f"integrated_{item.kind}")
         self._last_integrated_stamp_ns = max(self._last_integrated_stamp_ns, item.stamp_ns)
 
     # ------------------------------------------------------------------ publishing
     def _stamp_now(self) -> int:
         return self.get_clock().now().nanoseconds
 
+    @_guarded("mesh")
     def _publish_mesh(self) -> None:
-        with self._lock:
-            update = self.mapper.update_mesh()
-            store = self.mapper.mesh_store()
-        stamp = self._stamp_now()
-        subs = self.pub_mesh.get_subscription_count()
-        if subs > self._mesh_subs_seen:             # a late subscriber gets every chunk once
-            self.chunker.update(store, update.remeshed_keys, update.removed_keys)
-            msg = self.chunker.full_markers(self.map_frame, stamp)
-        else:
-            msg = self.chunker.update(store, update.remeshed_keys, update.removed_keys, self.map_frame, stamp)
-        self._mesh_subs_seen = subs
-        if msg.markers:
-            self.pub_mesh.publish(msg)
-            self.counters["mesh_messages"] += 1
+        with self._mesh_lock:
+            with self._lock:
+                update = self.mapper.update_mesh()
+                store = self.mapper.mesh_store()
+                # Stamped with the newest frame the mesh contains: stamp -> mesh latency is then
+                # readable by any subscriber, and the map frame needs no TF at a later time.
+                stamp = self._last_integrated_stamp_ns or self._stamp_now()
+            subs = self.pub_mesh.get_subscription_count()
+            # Serialized output: the CDR bytes come straight from numpy (no Python object per
+            # triangle corner); publish(bytes) sends them as they are.
+            if subs > self._mesh_subs_seen:         # a late subscriber gets every chunk once
+                self.chunker.update_cdr(store, update.remeshed_keys, update.removed_keys, self.map_frame, stamp)
+                data = self.chunker.full_markers_cdr(self.map_frame, stamp)
+            else:
+                data = self.chunker.update_cdr(store, update.remeshed_keys, update.removed_keys,
+                                               self.map_frame, stamp)
+            self._mesh_subs_seen = subs
+            self._count("mesh_cycles")
+            if data is None:
+                return
+            if self._mesh_raw:
+                try:
+                    self.pub_mesh.publish(data)
+                except TypeError:                   # an rclpy whose publish() takes no serialized bytes
+                    self._mesh_raw = False
+            if not self._mesh_raw:
+                from rclpy.serialization import deserialize_message
+                self.pub_mesh.publish(deserialize_message(data, MarkerArray))
+            self._count("mesh_messages")
 
+    @_guarded("occupancy")
     def _publish_occupancy(self) -> None:
+        if self.pub_grid.get_subscription_count() == 0:      # nobody listens: skip the projection
+            return
         with self._lock:
             grid = self.mapper.occupancy_grid()
         self.pub_grid.publish(conv.grid_to_occupancy_grid(grid, self._stamp_now(), self.map_frame))
 
+    @_guarded("voxels")
     def _publish_voxels(self) -> None:
+        if self.pub_voxels.get_subscription_count() == 0:
+            return
         with self._lock:
             pts, cols = self.mapper.occupied_points(self.cfg.node.occupied_voxels_level)
         self.pub_voxels.publish(conv.xyz_rgb_to_pointcloud2(pts, cols, self._stamp_now(), self.map_frame))
 
+    @_guarded("prune")
     def _prune(self) -> None:
         with self._lock:
             self.mapper.prune()
@@ -402,27 +572,43 @@ class VoxmapNode(Node):
             s = self.mapper.summary()
         with self._qlock:
             depths = {k: len(q) for k, q in self._queues.items()}
+        with self._count_lock:
+            values = dict(self.counters)
         ms = np.asarray(self._ms_recent) if self._ms_recent else np.zeros(0)
-        values = dict(self.counters)
-        values.update({"queue_rgbd": depths["rgbd"], "queue_lidar": depths["lidar"],
+        lat = np.asarray(self._latency_ms) if self._latency_ms else np.zeros(0)
+        values.update({"dropped": sum(v for k, v in values.items() if k.startswith("dropped_")),
+                       "queue_rgbd": depths["rgbd"], "queue_lidar": depths["lidar"],
+                       "queue_size": self.cfg.node.queue_size,
                        "ms_per_frame_median": float(np.median(ms)) if ms.size else 0.0,
                        "ms_per_frame_p95": float(np.percentile(ms, 95)) if ms.size else 0.0,
+                       "latency_ms_median": float(np.median(lat)) if lat.size else 0.0,
+                       "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else 0.0,
+                       "last_cloud_points": self._last_cloud_points,
                        "voxels": s["voxels"], "bricks": s["bricks"], "map_bytes": s["map_bytes"],
                        "device": s["device"], "backend": s["backend"], "pose_source": self._pose_mode})
         return values
 
+    @_guarded("diagnostics")
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
-        dropped = sum(v for k, v in values.items() if k.startswith("dropped_"))
-        level = DiagnosticStatus.OK if dropped == 0 else DiagnosticStatus.WARN
-        text = "mapping" if dropped == 0 else f"{dropped} frames dropped"
+        dropped = values["dropped"]
+        bad = sum(v for k, v in values.items() if k.startswith("bad_")) + values.get("errors", 0)
+        # WARN while frames are being dropped or rejected (since the previous report), OK again after.
+        recent_dropped = dropped - self._dropped_at_last_diag
+        recent_bad = bad - self._bad_at_last_diag
+        self._dropped_at_last_diag, self._bad_at_last_diag = dropped, bad
+        level = DiagnosticStatus.OK if recent_dropped == 0 and recent_bad == 0 else DiagnosticStatus.WARN
+        text = "mapping"
+        if level != DiagnosticStatus.OK:
+            text = (f"{recent_dropped} frames dropped, {recent_bad} bad messages since the last report "
+                    f"({dropped} dropped, {bad} bad in all)")
         self.pub_diag.publish(conv.make_diagnostics(f"{self.get_name()}: map", "voxmap", level, text, values,
                                                     self._stamp_now()))
 
     # ------------------------------------------------------------------ services and parameters
     def _on_save(self, request, response):
-        out = Path(self.cfg.node.output_dir).expanduser()
         try:
+            out = Path(self.cfg.node.output_dir).expanduser()
             with self._lock:
                 paths = self.mapper.save_outputs(out)
             response.success = True
@@ -433,46 +619,46 @@ class VoxmapNode(Node):
         return response
 
     def _on_clear(self, request, response):
-        with self._lock:
-            self.mapper.clear()
-            update = self.mapper.update_mesh()
-            store = self.mapper.mesh_store()
-        msg = self.chunker.update(store, update.remeshed_keys, update.removed_keys, self.map_frame, self._stamp_now())
-        if msg.markers:
-            self.pub_mesh.publish(msg)
-        response.success = True
-        response.message = "map cleared"
+        try:
+            with self._lock:
+                self.mapper.clear()
+            # The mesh timer sends DELETE markers for the vanished chunks on its next tick (the
+            # cleared bricks are recorded by the mapper); publishing here would race with it.
+            response.success = True
+            response.message = "map cleared"
+        except Exception as e:
+            response.success = False
+            response.message = f"clear failed: {e}"
         return response
 
     def _on_params(self, params) -> SetParametersResult:
-        new, result = validate_changes(self.cfg, params)
+        try:
+            new, result = validate_changes(self.cfg, params)
+        except Exception as e:                    # noqa: BLE001 - answer the request, never raise
+            return SetParametersResult(successful=False, reason=f"invalid parameters: {e}")
         if new is None:
             return result
-        rates_changed = any(p.name.endswith("_rate_hz") for p in params)
         with self._lock:
             self.cfg = new
             self.mapper.config = new
             self.mapper.refresh_params()
-        if rates_changed:
-            # Timers are re-created after this callback returns (not from inside it), once.
-            holder = []
-
-            def rebuild():
-                self.destroy_timer(holder[0])
-                self._make_timers()
-            holder.append(self.create_timer(0.0, rebuild))
+        if any(p.name.endswith("_rate_hz") for p in params):
+            self._apply_rates()
         return result
 
     def destroy_node(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._worker.join(timeout=5.0)
+        if self._worker.is_alive() and self._worker is not threading.current_thread():
+            self._worker.join(timeout=10.0)
         super().destroy_node()
 
 
 def main(args=None) -> None:
+    from rclpy.exceptions import ParameterException
     rclpy.init(args=args)
     node = None
+    code = 0
     try:
         node = VoxmapNode()
         executor = rclpy.executors.MultiThreadedExecutor(num_threads=3)
@@ -480,8 +666,13 @@ def main(args=None) -> None:
         executor.spin()
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
+    except (ValueError, ParameterException) as e:     # bad start-up parameters: say which, exit non-zero
+        print(f"voxmap: invalid configuration: {e}", file=sys.stderr)
+        code = 2
     finally:
         if node is not None:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+    if code:
+        raise SystemExit(code)

@@ -33,13 +33,29 @@ def descriptor(name: str, f) -> ParameterDescriptor:
     return d
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def declare_config(node, base: VoxmapConfig | None = None) -> VoxmapConfig:
     """Declare every config field as a parameter (defaults from `base`) and return the config
     built from the values the node was started with. Raises ValueError on invalid start values."""
     base = base or VoxmapConfig()
     cfg = copy.deepcopy(base)
+    overrides = getattr(node, "_parameter_overrides", None) or {}
     for name, value, f in iter_fields(base):
-        declared = node.declare_parameter(name, value, descriptor(name, f)).value
+        ignore_override = False
+        override = overrides.get(name)
+        ov = override.value if override is not None else None
+        # `-p node.mesh_rate_hz:=2` or `mesh_rate_hz: 2` in a params file arrive as integers (and
+        # `[0, 0, 0, 0, 0, 0]` as an integer array); rclpy would reject them for a double (array)
+        # parameter, so take them, converted, as the default instead.
+        if f.metadata["type"] is float and _is_int(ov):
+            value, ignore_override = float(ov), True
+        elif (f.metadata["type"] is list and ov is not None and not isinstance(ov, (str, bytes))
+              and hasattr(ov, "__len__") and len(ov) and all(_is_int(v) for v in ov)):
+            value, ignore_override = [float(v) for v in ov], True
+        declared = node.declare_parameter(name, value, descriptor(name, f), ignore_override=ignore_override).value
         if f.metadata["type"] is float and isinstance(declared, int):
             declared = float(declared)
         if f.metadata["type"] is list:
@@ -55,11 +71,14 @@ def validate_changes(cfg: VoxmapConfig, params) -> tuple[VoxmapConfig | None, Se
     Returns (new_config or None, result). Unknown names (e.g. use_sim_time) are left to ROS.
     """
     new = copy.deepcopy(cfg)
-    names = {n for n, _, _ in iter_fields(cfg)}
+    fields = {n: f for n, _, f in iter_fields(cfg)}
     try:
         for p in params:
-            if p.name not in names:
+            if p.name not in fields:
                 continue
+            if not fields[p.name].metadata["runtime"]:
+                raise ValueError(f"{p.name} cannot change while the node runs (not a runtime parameter); "
+                                 f"restart the node with the new value")
             value = p.value
             if isinstance(value, int) and not isinstance(value, bool) and isinstance(new.get(p.name), float):
                 value = float(value)

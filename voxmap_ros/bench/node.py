@@ -1,0 +1,265 @@
+"""`voxmap bench node`: the mapping node end to end over DDS.
+
+The node runs as its own process (as on a robot); this process publishes recorded frames at a
+fixed rate with wall-clock stamps (CameraInfo, depth 16UC1 + colour rgb8, or PointCloud2, and a
+TransformStamped pose per frame on the pose topic) and listens to `~/mesh` and `/diagnostics`.
+
+Measured per run:
+- throughput: frames published / received / integrated / dropped (by reason) and the achieved
+  publish rate; "keeps up" = nothing dropped and every frame integrated;
+- latency stamp -> map updated: the node's own figure (integration end minus the frame stamp,
+  both wall clock), from its diagnostics;
+- latency stamp -> mesh published: receive time of each `~/mesh` message minus its header stamp
+  (the node stamps a mesh update with the newest frame it contains);
+- ms per frame (integration only) from the node's diagnostics.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import common
+
+NODE = "voxmap_bench"
+READY_TIMEOUT_S = 120.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="RGB-D dataset folder (depth/, color/, intrinsics.txt, poses.txt)")
+    p.add_argument("--lidar-data", help="LiDAR dataset folder (velodyne/, poses.txt); adds a LiDAR run")
+    p.add_argument("--rates-hz", default="15,30", help="RGB-D publish rates to run, comma-separated (default %(default)s)")
+    p.add_argument("--lidar-rate-hz", type=float, default=10.0, help="LiDAR publish rate (default %(default)s)")
+    p.add_argument("--frames", type=int, default=150, help="RGB-D frames per run (default %(default)s)")
+    p.add_argument("--scans", type=int, default=100, help="LiDAR scans per run (default %(default)s)")
+    p.add_argument("--voxel-size-m", type=float, default=0.02, help="RGB-D voxel size (default %(default)s)")
+    p.add_argument("--lidar-voxel-size-m", type=float, default=0.1, help="LiDAR voxel size (default %(default)s)")
+    p.add_argument("--queue-size", type=int, default=4, help="node.queue_size (default %(default)s)")
+    p.add_argument("--mesh-rate-hz", type=float, default=2.0, help="node.mesh_rate_hz (default %(default)s)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _node_command(params: dict) -> list[str]:
+    cmd = [sys.executable, "-c", "from voxmap_ros.ros.node import main; main()", "--ros-args",
+           "-r", f"__node:={NODE}"]
+    for k, v in params.items():
+        cmd += ["-p", f"{k}:={v}"]
+    return cmd
+
+
+class _Client:
+    """This process's rclpy side: publishers for the node's inputs, mesh + diagnostics listeners."""
+
+    def __init__(self, domain_id: int):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import TransformStamped
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from std_srvs.srv import Trigger
+        from visualization_msgs.msg import MarkerArray
+        self.rclpy = rclpy
+        self.ctx = rclpy.context.Context()
+        rclpy.init(context=self.ctx, domain_id=domain_id)
+        self.node = rclpy.create_node("voxmap_bench_client", context=self.ctx)
+        rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub = {"depth": self.node.create_publisher(Image, "/camera/depth/image_raw", rel),
+                    "color": self.node.create_publisher(Image, "/camera/color/image_raw", rel),
+                    "info": self.node.create_publisher(CameraInfo, "/camera/depth/camera_info", rel),
+                    "cloud": self.node.create_publisher(PointCloud2, "/lidar/points", rel),
+                    "pose": self.node.create_publisher(TransformStamped, "/pose", QoSProfile(depth=100))}
+        self.values: dict[str, str] = {}
+        self.mesh_latency_ms: list[float] = []
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(MarkerArray, f"/{NODE}/mesh", self._on_mesh, latched)
+        self.ready = self.node.create_client(Trigger, f"/{NODE}/clear_map")
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+
+    def _on_diag(self, msg) -> None:
+        for st in msg.status:
+            if st.hardware_id == "voxmap":
+                self.values = {kv.key: kv.value for kv in st.values}
+
+    def _on_mesh(self, msg) -> None:
+        now = time.time_ns()
+        stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in msg.markers if m.action == 0]
+        if stamps:
+            self.mesh_latency_ms.append((now - max(stamps)) / 1e6)
+
+    def spin_for(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self.executor.spin_once(timeout_sec=min(0.02, left))
+
+    def num(self, key: str) -> float:
+        try:
+            return float(self.values.get(key, 0))
+        except ValueError:
+            return 0.0
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.shutdown(context=self.ctx)
+
+
+def _rgbd_messages(frames, K):
+    from voxmap_ros.ros import conversions as conv
+    H, W = frames[0].depth.shape
+    out = []
+    for f in frames:
+        depth = f.depth if f.depth.dtype == np.uint16 else np.round(f.depth * 1000).astype(np.uint16)
+        out.append((conv.numpy_to_image_msg(depth, "16UC1", 0, "camera"),
+                    conv.numpy_to_image_msg(f.rgb, "rgb8", 0, "camera") if f.rgb is not None else None,
+                    conv.matrix_to_transform_stamped(np.asarray(f.T_W_S, np.float64), 0, "map", "camera")))
+    return out, conv.K_to_camera_info(np.asarray(K, np.float64), W, H, 0, "camera")
+
+
+def _lidar_messages(scans):
+    from voxmap_ros.ros import conversions as conv
+    return [(conv.xyz_rgb_to_pointcloud2(np.asarray(s.points, np.float32), None, 0, "lidar"),
+             conv.matrix_to_transform_stamped(np.asarray(s.T_W_S, np.float64), 0, "map", "lidar")) for s in scans]
+
+
+def _set_stamp(msg, ns: int) -> None:
+    msg.header.stamp.sec, msg.header.stamp.nanosec = ns // 10**9, ns % 10**9
+
+
+def _run_one(kind: str, rate_hz: float, messages, info, params: dict, quiet: bool) -> dict:
+    env = dict(os.environ)
+    domain = int(env.get("ROS_DOMAIN_ID") or (os.getpid() % 60 + 30))
+    env["ROS_DOMAIN_ID"] = str(domain)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    proc = subprocess.Popen(_node_command(params), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    client = None
+    try:
+        client = _Client(domain)
+        end = time.monotonic() + READY_TIMEOUT_S
+        while not client.ready.service_is_ready():
+            if proc.poll() is not None:
+                raise RuntimeError(f"node exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+            if time.monotonic() > end:
+                raise RuntimeError("node did not come up")
+            client.spin_for(0.1)
+        subs_end = time.monotonic() + 10
+        wanted = ["depth", "info"] if kind == "rgbd" else ["cloud"]
+        while time.monotonic() < subs_end and not all(client.pub[w].get_subscription_count() for w in wanted):
+            client.spin_for(0.05)
+        client.spin_for(0.5)
+        period = 1.0 / rate_hz
+        t0 = time.monotonic()
+        for i, msg in enumerate(messages):
+            due = t0 + i * period
+            while time.monotonic() < due:
+                client.spin_for(min(0.005, max(0.0, due - time.monotonic())))
+            ns = time.time_ns()
+            if kind == "rgbd":
+                depth, color, pose = msg
+                for m in (pose, info, depth) + ((color,) if color is not None else ()):
+                    _set_stamp(m, ns)
+                client.pub["pose"].publish(pose)
+                client.pub["info"].publish(info)
+                if color is not None:
+                    client.pub["color"].publish(color)
+                client.pub["depth"].publish(depth)
+            else:
+                cloud, pose = msg
+                _set_stamp(cloud, ns)
+                _set_stamp(pose, ns)
+                client.pub["pose"].publish(pose)
+                client.pub["cloud"].publish(cloud)
+        achieved = (len(messages) - 1) / max(1e-9, time.monotonic() - t0) if len(messages) > 1 else 0.0
+        # Drain: wait until every frame is accounted for (integrated or dropped) and queues are empty.
+        drain_end = time.monotonic() + 60
+        n = len(messages)
+        while time.monotonic() < drain_end:
+            client.spin_for(0.3)
+            done = client.num(f"integrated_{kind}") + sum(client.num(k) for k in client.values
+                                                           if k.startswith("dropped_") or k.startswith("bad_"))
+            if client.num(f"received_{kind}") >= n and client.num(f"queue_{kind}") == 0 and done >= n:
+                break
+        client.spin_for(1.5)                  # one more mesh and diagnostics period
+        v = client
+        dropped = {k: v.num(k) for k in v.values if k.startswith("dropped_") and v.num(k)}
+        lat = np.asarray(client.mesh_latency_ms)
+        res = {"kind": kind, "rate_hz": rate_hz, "achieved_publish_hz": achieved, "published": n,
+               "received": v.num(f"received_{kind}"), "integrated": v.num(f"integrated_{kind}"),
+               "dropped": dropped, "dropped_total": sum(dropped.values()),
+               "ms_per_frame_median": v.num("ms_per_frame_median"), "ms_per_frame_p95": v.num("ms_per_frame_p95"),
+               "latency_map_ms_median": v.num("latency_ms_median"), "latency_map_ms_p95": v.num("latency_ms_p95"),
+               "latency_mesh_ms_median": float(np.median(lat)) if lat.size else None,
+               "latency_mesh_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
+               "mesh_messages": int(lat.size), "voxels": v.num("voxels"), "map_bytes": v.num("map_bytes")}
+        res["keeps_up"] = bool(res["dropped_total"] == 0 and res["integrated"] >= n)
+        if not quiet:
+            print(f"  {kind} @ {rate_hz:g} Hz: integrated {res['integrated']:.0f}/{n}, dropped {res['dropped_total']:.0f}, "
+                  f"{res['ms_per_frame_median']:.1f} ms/frame", file=sys.stderr, flush=True)
+        return res
+    finally:
+        if client is not None:
+            client.close()
+        if proc.poll() is None:
+            proc.send_signal(2)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run(args) -> dict:
+    from .rgbd import load_frames
+    rates = [float(r) for r in str(args.rates_hz).split(",") if r.strip()]
+    if not rates or min(rates) <= 0:
+        raise ValueError(f"--rates-hz must be positive numbers, got {args.rates_hz!r}")
+    frames = load_frames(args.data, args.frames)
+    msgs, info = _rgbd_messages(frames, frames[0].K)
+    base = {"node.pose_source": "topic", "node.pose_topic": "/pose", "node.pose_topic_type": "TransformStamped",
+            "node.sensor_qos": "reliable", "node.queue_size": str(args.queue_size),
+            "node.mesh_rate_hz": str(args.mesh_rate_hz), "node.occupancy_rate_hz": "0.5",
+            "node.diagnostics_rate_hz": "2.0"}
+    runs = []
+    for r in rates:
+        params = dict(base, **{"map.voxel_size_m": str(args.voxel_size_m), "node.cloud_topic": "",
+                               "node.camera_info_topic": "/camera/depth/camera_info",
+                               "node.depth_topic": "/camera/depth/image_raw", "node.color_topic": "/camera/color/image_raw"})
+        runs.append(_run_one("rgbd", r, msgs, info, params, args.quiet))
+    if args.lidar_data:
+        from voxmap_ros.datasets.folder import LidarFolder
+        ds = LidarFolder(args.lidar_data)
+        scans = [ds[i] for i in range(min(args.scans, len(ds)))]
+        params = dict(base, **{"map.voxel_size_m": str(args.lidar_voxel_size_m), "lidar.max_range_m": "50.0",
+                               "node.depth_topic": "", "node.cloud_topic": "/lidar/points"})
+        runs.append(_run_one("lidar", args.lidar_rate_hz, _lidar_messages(scans), None, params, args.quiet))
+    return {"benchmark": "node", "command": common.command_line(), "machine": common.machine_info(),
+            "image_size": list(frames[0].depth.shape[::-1]), "runs": runs}
+
+
+def print_report(payload: dict, file=sys.stdout) -> None:
+    print("Node over DDS (separate process), frames published at a fixed rate with wall-clock stamps", file=file)
+    hdr = f"{'input':6s} {'rate Hz':>7s} {'sent Hz':>7s} {'integr.':>8s} {'dropped':>7s} {'ms/frame':>8s} " \
+          f"{'map lat ms':>10s} {'mesh lat ms':>11s}  keeps up"
+    print(hdr, file=file)
+    for r in payload["runs"]:
+        ml = "-" if r["latency_mesh_ms_median"] is None else f"{r['latency_mesh_ms_median']:.0f}"
+        print(f"{r['kind']:6s} {r['rate_hz']:7.1f} {r['achieved_publish_hz']:7.1f} "
+              f"{r['integrated']:4.0f}/{r['published']:<3d} {r['dropped_total']:7.0f} {r['ms_per_frame_median']:8.1f} "
+              f"{r['latency_map_ms_median']:10.1f} {ml:>11s}  {r['keeps_up']}", file=file)
+
+
+def main(args) -> int:
+    return common.run_and_report(run, print_report, args)
