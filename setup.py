@@ -16,6 +16,7 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
         (f"share/{PACKAGE}/kernels/cpu", glob("kernels/cpu/*.cpp") + glob("kernels/cpu/*.h")),
+        (f"share/{PACKAGE}/kernels/triton", glob("kernels/triton/*.py")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -103,6 +103,18 @@ def slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- 4x4 helpers
+def nearest_rigid(T) -> np.ndarray:
+    """(4, 4) float64 copy of T with its rotation block replaced by the nearest rotation (SVD):
+    for recorded poses that carry rounding (7-Scenes files: ~1e-4) before they become quaternions."""
+    M = np.array(T, dtype=np.float64)
+    u, _, vt = np.linalg.svd(M[:3, :3])
+    if np.linalg.det(u @ vt) < 0:
+        raise ValueError("rotation block is a reflection (det < 0); expected a proper rotation")
+    M[:3, :3] = u @ vt
+    M[3] = (0.0, 0.0, 0.0, 1.0)
+    return M
+
+
 def check_rigid(T, name: str = "T") -> np.ndarray:
     """Validate a rigid transform and return it as a (4, 4) float64 copy.
 

@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lidar-voxel-size-m", type=float, default=0.1, help="LiDAR voxel size (default %(default)s)")
     p.add_argument("--queue-size", type=int, default=4, help="node.queue_size (default %(default)s)")
     p.add_argument("--mesh-rate-hz", type=float, default=2.0, help="node.mesh_rate_hz (default %(default)s)")
+    p.add_argument("--sensor-qos", choices=("reliable", "sensor_data"), default="reliable",
+                   help="node.sensor_qos; this process publishes reliably either way (default %(default)s)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--quiet", action="store_true")
 
@@ -49,7 +51,7 @@ def _node_command(params: dict) -> list[str]:
     cmd = [sys.executable, "-c", "from voxmap_ros.ros.node import main; main()", "--ros-args",
            "-r", f"__node:={NODE}"]
     for k, v in params.items():
-        cmd += ["-p", f"{k}:={v}"]
+        cmd += ["-p", f"{k}:={v if v != '' else repr('')}"]       # values are YAML: '' = empty string
     return cmd
 
 
@@ -116,6 +118,7 @@ class _Client:
 
 
 def _rgbd_messages(frames, K):
+    from voxmap_ros.poses import nearest_rigid
     from voxmap_ros.ros import conversions as conv
     H, W = frames[0].depth.shape
     out = []
@@ -123,14 +126,15 @@ def _rgbd_messages(frames, K):
         depth = f.depth if f.depth.dtype == np.uint16 else np.round(f.depth * 1000).astype(np.uint16)
         out.append((conv.numpy_to_image_msg(depth, "16UC1", 0, "camera"),
                     conv.numpy_to_image_msg(f.rgb, "rgb8", 0, "camera") if f.rgb is not None else None,
-                    conv.matrix_to_transform_stamped(np.asarray(f.T_W_S, np.float64), 0, "map", "camera")))
+                    conv.matrix_to_transform_stamped(nearest_rigid(f.T_W_S), 0, "map", "camera")))
     return out, conv.K_to_camera_info(np.asarray(K, np.float64), W, H, 0, "camera")
 
 
 def _lidar_messages(scans):
+    from voxmap_ros.poses import nearest_rigid
     from voxmap_ros.ros import conversions as conv
     return [(conv.xyz_rgb_to_pointcloud2(np.asarray(s.points, np.float32), None, 0, "lidar"),
-             conv.matrix_to_transform_stamped(np.asarray(s.T_W_S, np.float64), 0, "map", "lidar")) for s in scans]
+             conv.matrix_to_transform_stamped(nearest_rigid(s.T_W_S), 0, "map", "lidar")) for s in scans]
 
 
 def _set_stamp(msg, ns: int) -> None:
@@ -229,7 +233,7 @@ def run(args) -> dict:
     frames = load_frames(args.data, args.frames)
     msgs, info = _rgbd_messages(frames, frames[0].K)
     base = {"node.pose_source": "topic", "node.pose_topic": "/pose", "node.pose_topic_type": "TransformStamped",
-            "node.sensor_qos": "reliable", "node.queue_size": str(args.queue_size),
+            "node.sensor_qos": args.sensor_qos, "node.queue_size": str(args.queue_size),
             "node.mesh_rate_hz": str(args.mesh_rate_hz), "node.occupancy_rate_hz": "0.5",
             "node.diagnostics_rate_hz": "2.0"}
     runs = []

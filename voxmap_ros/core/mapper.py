@@ -29,6 +29,15 @@ class MeshUpdate:
 
 
 @dataclass
+class MeshJob:
+    """Bricks to re-mesh, gathered by Mapper.prepare_mesh_update: their blocks (a copy), their
+    keys (M,) int64 and the keys (R,) int64 of bricks removed since the previous update."""
+    blocks: list
+    keys: torch.Tensor
+    removed: torch.Tensor
+
+
+@dataclass
 class MapperStats:
     frames_integrated: int = 0
     frames_rejected: int = 0
@@ -182,30 +191,36 @@ class Mapper:
     def update_mesh(self) -> MeshUpdate:
         """Re-mesh only the bricks changed since the previous call (and the neighbours whose
         cells read them). The accumulated result equals `extract_mesh()`."""
+        return self.finish_mesh_update(self.prepare_mesh_update())
+
+    def prepare_mesh_update(self) -> MeshJob:
+        """First half of update_mesh, the part that reads the map: which bricks to re-mesh, and
+        a copy of their padded blocks. Call it with the map to yourself (the node holds its map
+        lock); finish_mesh_update then runs without it."""
         o = self.octree
         dirty = o.brick_dirty.nonzero().squeeze(1)
         todo = mesh.affected_by(o, dirty)
         o.brick_dirty[dirty] = False
-        fresh = mesh.mesh_bricks(o, todo, self.config.tsdf.min_weight_mesh)
-        todo_keys = o.node_key[o.brick_node[todo].long()]
         removed = (torch.unique(torch.cat(self._removed_since_mesh)) if self._removed_since_mesh
                    else torch.zeros(0, dtype=torch.int64, device=self.device))
         self._removed_since_mesh = []
-        stale = torch.isin(self._mesh_store.tri_brick_keys, torch.cat([todo_keys, removed]))
         # Removing a brick also changes the cells of its -x/-y/-z neighbours.
         if removed.numel():
             from . import morton
             coords, _ = morton.decode(removed)
             nb = o.lookup_bricks((coords[:, None, :] - mesh._PAD_OFFSETS.to(coords.device)[None]).reshape(-1, 3))
             extra = torch.unique(nb[nb >= 0])
-            extra = extra[~torch.isin(extra, todo)]
-            if extra.numel():
-                fresh = mesh.BrickMesh.cat([fresh, mesh.mesh_bricks(o, extra, self.config.tsdf.min_weight_mesh)])
-                extra_keys = o.node_key[o.brick_node[extra].long()]
-                todo_keys = torch.cat([todo_keys, extra_keys])
-                stale |= torch.isin(self._mesh_store.tri_brick_keys, extra_keys)
+            todo = torch.cat([todo, extra[~torch.isin(extra, todo)]])
+        keys = o.node_key[o.brick_node[todo].long()]
+        return MeshJob(mesh.gather(o, todo, self.config.tsdf.min_weight_mesh), keys, removed)
+
+    def finish_mesh_update(self, job: MeshJob) -> MeshUpdate:
+        """Second half of update_mesh: marching cubes on the gathered blocks, merged into the mesh
+        store. Needs no access to the map, but mesh calls must not overlap (the node serialises them)."""
+        fresh = mesh.mesh_blocks(job.blocks, self.config.map.voxel_size_m, self.device)
+        stale = torch.isin(self._mesh_store.tri_brick_keys, torch.cat([job.keys, job.removed]))
         self._mesh_store = mesh.BrickMesh.cat([self._mesh_store.select(~stale), fresh])
-        return MeshUpdate(fresh, todo_keys, removed)
+        return MeshUpdate(fresh, job.keys, job.removed)
 
     def mesh_store(self) -> mesh.BrickMesh:
         """Triangles of the whole map as of the last `update_mesh` call."""

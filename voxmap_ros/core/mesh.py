@@ -88,20 +88,40 @@ class BrickMesh:
                         c.cpu().numpy().astype(np.uint8))
 
 
+@dataclass
+class Blocks:
+    """Padded blocks gathered from the map (see gather_blocks): a copy, so that marching cubes
+    can run on it while the map goes on changing."""
+    sdf: torch.Tensor
+    valid: torch.Tensor
+    colors: torch.Tensor
+    origins_vox: torch.Tensor
+
+
+def gather(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float, chunk: int = 4096) -> list[Blocks]:
+    """Blocks of bricks `slots` (B,) int64, in chunks of at most `chunk` bricks."""
+    return [Blocks(*gather_blocks(octree, slots[i:i + chunk], min_weight)) for i in range(0, slots.numel(), chunk)]
+
+
+def mesh_blocks(blocks: list[Blocks], voxel_size_m: float, device) -> BrickMesh:
+    """Marching cubes over gathered blocks -> BrickMesh (triangles tagged by brick key)."""
+    parts = []
+    for b in blocks:
+        verts, tris, vcol, vkeys, tri_block = marching_cubes_blocks(b.sdf, b.valid, b.colors, b.origins_vox,
+                                                                    voxel_size_m, return_triangle_blocks=True)
+        if tris.shape[0] == 0:
+            continue
+        owner = morton.encode(b.origins_vox[tri_block] >> 3, 0)
+        parts.append(BrickMesh(verts[tris].float(), vcol[tris], vkeys[tris], owner))
+    return BrickMesh.cat(parts) if parts else BrickMesh.empty(device)
+
+
 def mesh_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float,
                 chunk: int = 4096) -> BrickMesh:
     """Marching cubes over bricks `slots` (B,) int64 -> BrickMesh (triangles tagged by brick)."""
-    parts = []
-    vs = octree.voxel_size_m
-    for i in range(0, slots.numel(), chunk):
-        s = slots[i:i + chunk]
-        sdf, valid, colors, origins = gather_blocks(octree, s, min_weight)
-        verts, tris, vcol, vkeys, tri_block = marching_cubes_blocks(sdf, valid, colors, origins, vs,
-                                                                    return_triangle_blocks=True)
-        if tris.shape[0] == 0:
-            continue
-        owner = morton.encode(origins[tri_block] >> 3, 0)
-        parts.append(BrickMesh(verts[tris].float(), vcol[tris], vkeys[tris], owner))
+    parts = [mesh_blocks([b], octree.voxel_size_m, octree.device)
+             for b in (Blocks(*gather_blocks(octree, slots[i:i + chunk], min_weight))
+                       for i in range(0, slots.numel(), chunk))]
     return BrickMesh.cat(parts) if parts else BrickMesh.empty(octree.device)
 
 

@@ -517,12 +517,15 @@ class VoxmapNode(Node):
     @_guarded("mesh")
     def _publish_mesh(self) -> None:
         with self._mesh_lock:
+            # Only the gathering of the changed blocks holds the map lock; marching cubes runs on
+            # the copy while the worker goes on integrating.
             with self._lock:
-                update = self.mapper.update_mesh()
-                store = self.mapper.mesh_store()
+                job = self.mapper.prepare_mesh_update()
                 # Stamped with the newest frame the mesh contains: stamp -> mesh latency is then
                 # readable by any subscriber, and the map frame needs no TF at a later time.
                 stamp = self._last_integrated_stamp_ns or self._stamp_now()
+            update = self.mapper.finish_mesh_update(job)
+            store = self.mapper.mesh_store()
             subs = self.pub_mesh.get_subscription_count()
             # Serialized output: the CDR bytes come straight from numpy (no Python object per
             # triangle corner); publish(bytes) sends them as they are.
@@ -620,7 +623,7 @@ class VoxmapNode(Node):
 
     def _on_clear(self, request, response):
         try:
-            with self._lock:
+            with self._mesh_lock, self._lock:      # not in the middle of a mesh update
                 self.mapper.clear()
             # The mesh timer sends DELETE markers for the vanished chunks on its next tick (the
             # cleared bricks are recorded by the mapper); publishing here would race with it.
