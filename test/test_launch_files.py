@@ -151,9 +151,13 @@ def test_rviz_config_matches_the_node_defaults():
     by_class = {}
     for d in displays:
         by_class.setdefault(d["Class"].split("/")[-1], []).append(d)
-    assert {"MarkerArray", "Map", "PointCloud2", "TF"} <= set(by_class)
+    assert {"MarkerArray", "Map", "PointCloud2", "TF", "Image"} <= set(by_class)
     node = "/voxmap"          # node name in the launch files; outputs are private (~/...) topics
     node_src = (ROOT / "voxmap_ros" / "ros" / "node.py").read_text()
-    for cls, topic in (("MarkerArray", "mesh"), ("Map", "occupancy"), ("PointCloud2", "occupied_voxels")):
+    for cls, topic in (("MarkerArray", "mesh"), ("Map", "occupancy"), ("PointCloud2", "occupied_voxels"),
+                       ("Image", "render/color")):
         assert f'"~/{topic}"' in node_src, f"the node publishes ~/{topic}"
         assert by_class[cls][0]["Topic"]["Value"] == f"{node}/{topic}"
+    # The rendered view is published reliable, volatile: the display must not ask for more.
+    qos = by_class["Image"][0]["Topic"]
+    assert qos["Reliability Policy"] in ("Reliable", "Best Effort") and qos["Durability Policy"] == "Volatile"

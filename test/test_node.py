@@ -14,6 +14,7 @@ the node; a test that needs the wall in the map feeds it when the map is empty.
 from __future__ import annotations
 
 import array
+import contextlib
 import gc
 import hashlib
 import os
@@ -309,6 +310,44 @@ class Ros:
 
 
 # ============================================================================ fixture
+@contextlib.contextmanager
+def running_node(cfg, domain_id: int, ns: str, client_cls, node_publishers):
+    """A VoxmapNode and a test client (client_cls(ctx, ns, "voxmap")) in their own rclpy context,
+    spun by a MultiThreadedExecutor thread, discovery done both ways and the first CameraInfo in.
+    node_publishers(node) -> the node's publishers the client subscribes to. Tears all down."""
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=domain_id)
+    executor = spin = node = client = None
+    try:
+        node = VoxmapNode("voxmap", config=cfg, context=ctx, namespace=ns)
+        client = client_cls(ctx, ns, "voxmap")
+        executor = MultiThreadedExecutor(num_threads=4, context=ctx)
+        executor.add_node(node)
+        executor.add_node(client.node)
+        spin = threading.Thread(target=executor.spin, name="voxmap_test_spin", daemon=True)
+        spin.start()
+        # Discovery: every publisher of the client matched by the node, and back.
+        for pub in (client.pub_depth, client.pub_color, client.pub_info, client.pub_cloud, client.pub_pose):
+            wait_for(lambda p=pub: p.get_subscription_count() >= 1, WAIT_S, f"a subscriber on {pub.topic_name}")
+        for pub in node_publishers(node):
+            wait_for(lambda p=pub: p.get_subscription_count() >= 1, WAIT_S, f"a subscriber on {pub.topic_name}")
+        wait_for(lambda: client.info(client.next_stamp) or node._K is not None, WAIT_S, "the first CameraInfo",
+                 period=0.05)
+        yield node, client
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        if spin is not None:
+            spin.join(timeout=10.0)
+        if node is not None:
+            node.destroy_node()
+        if client is not None:
+            client.node.destroy_node()
+        gc.collect()
+        rclpy.shutdown(context=ctx)
+        assert spin is None or not spin.is_alive(), "executor thread still running"
+
+
 @pytest.fixture(scope="module")
 def ros(tmp_path_factory):
     old_range = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
@@ -339,48 +378,18 @@ def ros(tmp_path_factory):
     n.output_dir = str(out_dir)
     cfg.validate()
 
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=domain_id)
-    executor = spin = node = client = None
-    try:
-        node = VoxmapNode("voxmap", config=cfg, context=ctx, namespace=ns)
-        client = Client(ctx, ns, "voxmap")
-        executor = MultiThreadedExecutor(num_threads=4, context=ctx)
-        executor.add_node(node)
-        executor.add_node(client.node)
-        spin = threading.Thread(target=executor.spin, name="voxmap_test_spin", daemon=True)
-        spin.start()
-        # Discovery: every publisher of the client matched by the node, and back.
-        for pub in (client.pub_depth, client.pub_color, client.pub_info, client.pub_cloud, client.pub_pose):
-            wait_for(lambda p=pub: p.get_subscription_count() >= 1, WAIT_S, f"a subscriber on {pub.topic_name}")
-        for pub in (node.pub_mesh, node.pub_grid, node.pub_voxels, node.pub_diag):
-            wait_for(lambda p=pub: p.get_subscription_count() >= 1, WAIT_S, f"a subscriber on {pub.topic_name}")
-        # Depth images are rejected until the first CameraInfo is in (separate topics, no ordering).
-        wait_for(lambda: client.info(client.next_stamp) or node._K is not None, WAIT_S, "the first CameraInfo",
-                 period=0.05)
+    with running_node(cfg, domain_id, ns, Client, lambda node: (node.pub_mesh, node.pub_grid, node.pub_voxels,
+                                                                 node.pub_diag)) as (node, client):
         yield Ros(node, client, out_dir)
         print("\nnode counters at the end:", dict(node.counters))
-    finally:
-        if executor is not None:
-            executor.shutdown()
-        if spin is not None:
-            spin.join(timeout=10.0)
-        worker = node._worker if node is not None else None
-        if node is not None:
-            node.destroy_node()
-        if client is not None:
-            client.node.destroy_node()
-        gc.collect()
-        rclpy.shutdown(context=ctx)
-        torch.set_num_threads(torch_threads)
-        if old_range is None:
-            os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
-        else:
-            os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = old_range
-        assert spin is None or not spin.is_alive(), "executor thread still running"
-        assert worker is None or not worker.is_alive(), "worker thread still running"
-        wait_for(lambda: not (set(threading.enumerate()) - threads_before), 5.0,
-                 lambda: f"no threads left over, still running: {set(threading.enumerate()) - threads_before}")
+    torch.set_num_threads(torch_threads)
+    if old_range is None:
+        os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)
+    else:
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = old_range
+    assert not node._worker.is_alive(), "worker thread still running"
+    wait_for(lambda: not (set(threading.enumerate()) - threads_before), 5.0,
+             lambda: f"no threads left over, still running: {set(threading.enumerate()) - threads_before}")
 
 
 # ============================================================================ configuration

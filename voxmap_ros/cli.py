@@ -38,9 +38,18 @@ def cmd_replay(args) -> int:
     from .pipeline import ReplayOptions, run
     options = ReplayOptions(Path(args.out), args.max_frames, args.stride, not args.quiet,
                             depth_topic=args.depth_topic, color_topic=args.color_topic, info_topic=args.info_topic,
-                            cloud_topic=args.cloud_topic, map_frame=args.map_frame)
+                            cloud_topic=args.cloud_topic, map_frame=args.map_frame,
+                            render_every=args.render_every)
     summary = run(args.source, _config(args), options)
     _print_summary(summary)
+    r = summary.get("render")
+    if r is not None:
+        if r["rendered_frames"]:
+            err = r["depth_abs_error_median_m"]
+            print(f"  {'rendered views':22s} {r['rendered_frames']} in {r['dir']}, median |depth error| "
+                  + ("n/a" if err is None else f"{err * 1000:.1f} mm") + f", coverage {r['coverage']:.2f}")
+        else:
+            print(f"  {'rendered views':22s} none: {r['note']}")
     return 0
 
 
@@ -100,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int)
     p.add_argument("--stride", type=int, default=1, help="use every Nth frame")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--render-every", type=int, default=0, metavar="N",
+                   help="after every Nth RGB-D frame, render the map from its camera into OUT/render/ "
+                        "(depth + colour PNGs; input | rendered | depth error pictures for the first 3); "
+                        "0 = off; LiDAR-only sources: nothing to render")
     for role in ("depth", "color", "info", "cloud"):
         p.add_argument(f"--{role}-topic", help=f"rosbag2: the {role} topic (default: found by message type)")
     p.add_argument("--map-frame", help="rosbag2: world frame of the TF tree (default: the root of the sensor frames)")

@@ -6,6 +6,7 @@ front end can declare parameters with descriptions and ranges from the same sour
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,41 @@ class NodeConfig:
     load_map_path: str = _f("", "Map file (.npz) to load at start; '' = start empty")
 
 
+# The ROS optical frame looking along the map's +x axis, level (z forward, x right, y down).
+_OPTICAL_ALONG_X = [-math.pi / 2, 0.0, -math.pi / 2]
+
+
+@dataclass
+class RenderConfig:
+    """Views of the map drawn by the sparse-voxel rasterizer (voxmap_ros.render): the node's
+    ~/render/* topics, and `voxmap replay --render-every` (which uses near/far, min_alpha, lod_px
+    and backend; its views are the input frames' own cameras)."""
+    rate_hz: float = _f(0.0, "Rendered view publish rate (~/render/depth, ~/render/color, ~/render/camera_info), "
+                             "Hz; 0 = off", lo=0.0, hi=30.0, runtime=True)
+    viewpoint: str = _f("latest_camera", "Node: 'latest_camera' (pose and intrinsics of the latest integrated "
+                                         "RGB-D frame) or 'fixed' (fixed_pose, fixed_hfov_deg, width x height)",
+                        choices=("latest_camera", "fixed"), runtime=True)
+    fixed_pose: list = _f([0.0, 0.0, 1.5] + _OPTICAL_ALONG_X,
+                          "Fixed view: T_map_camera as [x, y, z, roll, pitch, yaw] (m, rad) of the optical frame "
+                          "(z forward, x right, y down); the default stands at 1.5 m looking along +x", runtime=True)
+    fixed_hfov_deg: float = _f(60.0, "Fixed view: horizontal field of view, degrees (square pixels, centred "
+                                     "principal point)", lo=1.0, hi=170.0, runtime=True)
+    fixed_frame_id: str = _f("voxmap_render_camera", "Fixed view: frame_id of the published images and CameraInfo",
+                             runtime=True)
+    width: int = _f(320, "Rendered image width, pixels (fixed view); a camera view is scaled down to fit "
+                         "width x height, never up", lo=8, hi=4096, runtime=True)
+    height: int = _f(240, "Rendered image height, pixels (see width)", lo=8, hi=4096, runtime=True)
+    near_m: float = _f(0.1, "Nearest depth drawn, metres", lo=0.001, hi=1000.0, runtime=True)
+    far_m: float = _f(10.0, "Farthest depth drawn, metres", lo=0.01, hi=10000.0, runtime=True)
+    min_alpha: float = _f(0.5, "Pixels of less opacity count as empty: NaN depth (0 in PNGs), black colour",
+                          lo=0.001, hi=1.0, runtime=True)
+    lod_px: float = _f(1.0, "Level of detail: cells smaller than this many pixels are drawn from coarser levels; "
+                            "0 = off", lo=0.0, hi=64.0, runtime=True)
+    backend: str = _f("auto", "Rasterizer backend: 'auto' (compiled CPU kernels / Triton on CUDA when available), "
+                              "'cpu', 'triton' or 'reference' (pure torch)",
+                      choices=("auto", "cpu", "triton", "reference"), runtime=True)
+
+
 @dataclass
 class VoxmapConfig:
     map: MapConfig = field(default_factory=MapConfig)
@@ -128,6 +164,7 @@ class VoxmapConfig:
     lidar: LidarConfig = field(default_factory=LidarConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
 
     # ---- conversions ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -174,7 +211,8 @@ class VoxmapConfig:
 
     def validate(self) -> None:
         for lo_key, hi_key in (("rgbd.min_range_m", "rgbd.max_range_m"), ("lidar.min_range_m", "lidar.max_range_m"),
-                               ("occupancy.clamp_min", "occupancy.clamp_max"), ("grid.z_min_m", "grid.z_max_m")):
+                               ("occupancy.clamp_min", "occupancy.clamp_max"), ("grid.z_min_m", "grid.z_max_m"),
+                               ("render.near_m", "render.far_m")):
             if self.get(lo_key) >= self.get(hi_key):
                 raise ValueError(f"{lo_key}={self.get(lo_key)} must be below {hi_key}={self.get(hi_key)}")
         if not (self.map.device == "cpu" or self.map.device.startswith("cuda")):

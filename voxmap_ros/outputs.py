@@ -1,9 +1,13 @@
-"""Files a mapping run leaves behind: mesh PLY, map file, map_server PGM+YAML, PNG previews."""
+"""Files a mapping run leaves behind: mesh PLY, map file, map_server PGM+YAML, PNG previews, and
+rendered views of the map (depth + colour from any pinhole camera, via voxmap_ros.render)."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .core import occupancy
 from .types import Grid2D, MeshData
@@ -97,3 +101,227 @@ def write_outputs(mapper, out_dir: str | Path, stem: str = "") -> dict:
         "mesh_png": mesh_preview(mesh, out / f"{stem}mesh.png"),
     }
     return {k: str(v) for k, v in paths.items()}
+
+
+# ============================================================================ rendered views
+# Rendering a view of the map takes two steps so that a front end can keep its map lock short:
+# `map_snapshot` copies the TSDF of the bricks the camera can see (call it with the map to
+# yourself; ~1 ms for a room), `render_snapshot` builds the renderable cells from the copy and rasterizes
+# them (no access to the map). `render_view` does both.
+DEPTH_PNG_SCALE = 1000.0           # rendered depth PNGs: uint16 millimetres, 0 = nothing drawn
+
+
+@dataclass
+class View:
+    """A pinhole camera: K (3, 3), T_W_C (4, 4) camera -> map with optical axes (z forward, x right,
+    y down), image width x height in pixels (pixel centres at integer coordinates)."""
+    K: np.ndarray
+    T_W_C: np.ndarray
+    width: int
+    height: int
+
+
+@dataclass
+class RenderedView:
+    """A rendered view: depth_m (H, W) float32 z-depth, NaN where nothing was drawn (opacity below
+    render.min_alpha); rgb (H, W, 3) uint8 surface colour, black there; alpha (H, W) float32
+    opacity; view the camera; cells drawn; backend that drew them; ms the time it took."""
+    depth_m: np.ndarray
+    rgb: np.ndarray
+    alpha: np.ndarray
+    view: View
+    cells: int = 0
+    backend: str = ""
+    ms: float = 0.0
+
+    @property
+    def valid(self) -> np.ndarray:
+        return np.isfinite(self.depth_m)
+
+
+@dataclass
+class MapSnapshot:
+    """The TSDF of some bricks, copied out of a map (see map_snapshot)."""
+    coords: torch.Tensor               # (B, 3) brick coordinates
+    attrs: dict                        # tsdf / weight / color rows (B, 512[, 3]) of those bricks
+    voxel_size_m: float
+    levels: int
+    trunc_m: float
+    min_weight: float
+
+
+def scaled_view(K, width: int, height: int, T_W_C, max_width: int, max_height: int) -> View:
+    """The camera (K, width x height) scaled down to fit max_width x max_height (aspect kept; never
+    scaled up). Pixel centres stay at integer coordinates: u' = s (u + 1/2) - 1/2."""
+    K = np.asarray(K, np.float64)
+    s = min(1.0, max_width / width, max_height / height)
+    if s >= 1.0:
+        return View(K.copy(), np.asarray(T_W_C, np.float64).copy(), int(width), int(height))
+    w, h = max(1, int(round(width * s))), max(1, int(round(height * s)))
+    sx, sy = w / width, h / height
+    K2 = K.copy()
+    K2[0, 0], K2[0, 1], K2[0, 2] = K[0, 0] * sx, K[0, 1] * sx, sx * (K[0, 2] + 0.5) - 0.5
+    K2[1, 1], K2[1, 2] = K[1, 1] * sy, sy * (K[1, 2] + 0.5) - 0.5
+    return View(K2, np.asarray(T_W_C, np.float64).copy(), w, h)
+
+
+def fixed_view(render_cfg) -> View:
+    """The fixed viewpoint of a RenderConfig: fixed_pose [x, y, z, roll, pitch, yaw] of the optical
+    frame in the map, fixed_hfov_deg, width x height, square pixels, centred principal point."""
+    from .poses import static_extrinsic
+    w, h = int(render_cfg.width), int(render_cfg.height)
+    f = (w / 2) / math.tan(math.radians(render_cfg.fixed_hfov_deg) / 2)
+    K = np.array([[f, 0.0, (w - 1) / 2], [0.0, f, (h - 1) / 2], [0.0, 0.0, 1.0]])
+    pose = list(render_cfg.fixed_pose)
+    return View(K, static_extrinsic(pose[:3], pose[3:]), w, h)
+
+
+def _view_bricks(octree, view: View, near_m: float, far_m: float) -> torch.Tensor:
+    """Slots of the bricks whose cells may show in the view, and of the +x/+y/+z neighbours whose
+    voxels those cells read. The sphere test is the rasterizer's (TsdfField.brick_levels: brick
+    cells span voxel centres, half a voxel up from the brick) with one voxel of margin."""
+    from .core import morton
+    from .core.octree import BRICK
+    slots = octree.alive_slots()
+    if slots.numel() == 0:
+        return slots
+    v = octree.voxel_size_m
+    dev = octree.device
+    T = torch.as_tensor(view.T_W_C, dtype=torch.float64, device=dev)
+    centre = (octree.brick_coord[slots].double() * BRICK + (BRICK / 2 + 0.5)) * v
+    c = (centre - T[:3, 3]) @ T[:3, :3]                      # world -> camera
+    r = math.sqrt(3) * BRICK * v / 2 + v
+    K = view.K
+    fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+    xl, xr = (-0.5 - cx) / fx, (view.width - 0.5 - cx) / fx
+    yt, yb = (-0.5 - cy) / fy, (view.height - 0.5 - cy) / fy
+    n = torch.tensor([[1.0, 0.0, -xl], [-1.0, 0.0, xr], [0.0, 1.0, -yt], [0.0, -1.0, yb]],
+                     dtype=torch.float64, device=dev)
+    n = n / n.norm(dim=1, keepdim=True)
+    inside = ((c @ n.T) > -r).all(1) & (c[:, 2] > near_m - r) & (c[:, 2] < far_m + r)
+    seen = slots[inside]
+    if seen.numel() == 0:
+        return seen
+    coords = octree.brick_coord[seen].long()
+    nb = octree.lookup_bricks((coords[:, None, :] + morton.CHILD_OFFSETS.to(dev)[None]).reshape(-1, 3))
+    return torch.unique(torch.cat([seen, nb[nb >= 0]]))
+
+
+def map_snapshot(mapper, view: View, near_m: float, far_m: float) -> MapSnapshot:
+    """Copy what rendering `view` needs out of a Mapper's map: the TSDF, weights and colours of the
+    bricks in the view's frustum (and their +x/+y/+z neighbours). Reads the map: call it with the
+    map to yourself (the node holds its map lock); render_snapshot then needs no map access."""
+    o = mapper.octree
+    slots = _view_bricks(o, view, near_m, far_m)
+    cfg = mapper.config
+    return MapSnapshot(coords=o.brick_coord[slots].clone(),
+                       attrs={k: o.attrs[k][slots].clone() for k in ("tsdf", "weight", "color")},
+                       voxel_size_m=float(o.voxel_size_m), levels=int(o.levels),
+                       trunc_m=float(cfg.tsdf.trunc_vox) * float(o.voxel_size_m),
+                       min_weight=float(cfg.tsdf.min_weight_mesh))
+
+
+def render_snapshot(snap: MapSnapshot, view: View, render_cfg) -> RenderedView:
+    """Rasterize a MapSnapshot from `view` (TsdfField cells, NeuS SDF -> density, default sharpness).
+    render_cfg: a RenderConfig (near_m, far_m, min_alpha, lod_px, backend)."""
+    import time
+
+    from .core.octree import SparseVoxelOctree
+    from .render import TsdfField, make_camera, render_map
+    from .render.voxels import DEFAULT_SHARPNESS_VOX
+    t0 = time.perf_counter()
+    w, h = int(view.width), int(view.height)
+    make_camera(view.K, view.T_W_C, w, h, render_cfg.near_m, render_cfg.far_m)     # ValueError on a bad camera
+    empty = RenderedView(np.full((h, w), np.nan, np.float32), np.zeros((h, w, 3), np.uint8),
+                         np.zeros((h, w), np.float32), view)
+    n = int(snap.coords.shape[0])
+    if n == 0:
+        empty.ms = (time.perf_counter() - t0) * 1000.0
+        return empty
+    dev = snap.coords.device
+    octree = SparseVoxelOctree(snap.voxel_size_m, snap.levels, dev, initial_bricks=max(16, n))
+    slots, _ = octree.allocate_bricks(snap.coords)
+    for k, t in snap.attrs.items():
+        octree.attrs[k][slots] = t
+    field = TsdfField(octree, snap.trunc_m, DEFAULT_SHARPNESS_VOX / snap.voxel_size_m, min_weight=snap.min_weight)
+    if field.num_cells == 0:
+        empty.ms = (time.perf_counter() - t0) * 1000.0
+        return empty
+    with torch.no_grad():
+        out = render_map(field, view.K, view.T_W_C, w, h, near_m=render_cfg.near_m, far_m=render_cfg.far_m,
+                         lod_px=render_cfg.lod_px, backend=render_cfg.backend)
+    alpha = out.alpha.detach().float().cpu().numpy()
+    ok = alpha >= render_cfg.min_alpha
+    depth = np.where(ok, out.depth.detach().float().cpu().numpy(), np.nan).astype(np.float32)
+    col = out.color.detach().float().cpu().numpy() / np.maximum(alpha, 1e-6)[..., None]   # un-premultiply
+    rgb = np.where(ok[..., None], np.clip(np.round(col * 255.0), 0, 255), 0).astype(np.uint8)
+    return RenderedView(depth, rgb, alpha, view, cells=field.num_cells, backend=out.backend,
+                        ms=(time.perf_counter() - t0) * 1000.0)
+
+
+def render_view(mapper, view: View, render_cfg) -> RenderedView:
+    """Render a Mapper's map from `view` (map_snapshot + render_snapshot)."""
+    return render_snapshot(map_snapshot(mapper, view, render_cfg.near_m, render_cfg.far_m), view, render_cfg)
+
+
+def depth_to_png_mm(depth_m: np.ndarray) -> np.ndarray:
+    """Depth in metres (NaN / <= 0 = none) -> uint16 millimetres, 0 = none (65535 never written)."""
+    d = np.asarray(depth_m, np.float64) * DEPTH_PNG_SCALE
+    ok = np.isfinite(d) & (d > 0) & (d <= 65534)
+    return np.where(ok, np.round(np.where(ok, d, 0)), 0).astype(np.uint16)
+
+
+def write_rendered(rv: RenderedView, out_dir: str | Path, stem: str) -> dict:
+    """Write `<stem>_depth.png` (uint16 mm, 0 = nothing drawn) and `<stem>_color.png` (RGB)."""
+    import cv2
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"depth": out / f"{stem}_depth.png", "color": out / f"{stem}_color.png"}
+    for key, img in (("depth", depth_to_png_mm(rv.depth_m)), ("color", rv.rgb[..., ::-1])):
+        if not cv2.imwrite(str(paths[key]), np.ascontiguousarray(img)):
+            raise OSError(f"could not write {paths[key]}")
+    return {k: str(v) for k, v in paths.items()}
+
+
+def depth_colormap(depth_m: np.ndarray, max_m: float | None = None) -> np.ndarray:
+    """Depth (NaN / <= 0 = none) -> (H, W, 3) uint8 RGB (turbo, near blue, far red; black = none)."""
+    import cv2
+    d = np.asarray(depth_m, np.float64)
+    ok = np.isfinite(d) & (d > 0)
+    top = max_m if max_m else (float(d[ok].max()) if ok.any() else 1.0)
+    u8 = np.clip(np.where(ok, d, 0) / max(top, 1e-9) * 255.0, 0, 255).astype(np.uint8)
+    rgb = cv2.applyColorMap(u8, cv2.COLORMAP_TURBO)[..., ::-1]
+    return np.where(ok[..., None], rgb, 0).astype(np.uint8)
+
+
+def compare_picture(input_rgb: np.ndarray | None, input_depth_m: np.ndarray, rv: RenderedView,
+                    path: str | Path, err_max_m: float) -> Path:
+    """Side by side: input colour (or input depth, colour-mapped, without colour) | rendered colour |
+    |rendered - input depth| (inferno, 0 .. err_max_m; grey where either depth is missing), each
+    panel under a caption."""
+    import cv2
+    d_in = np.asarray(input_depth_m, np.float64)
+    both = np.isfinite(d_in) & (d_in > 0) & rv.valid
+    err = np.abs(np.where(both, rv.depth_m, 0) - np.where(both, d_in, 0))
+    u8 = np.clip(err / err_max_m * 255.0, 0, 255).astype(np.uint8)
+    err_rgb = cv2.applyColorMap(u8, cv2.COLORMAP_INFERNO)[..., ::-1]
+    err_rgb = np.where(both[..., None], err_rgb, 96).astype(np.uint8)
+    if input_rgb is not None:
+        left, left_name = np.asarray(input_rgb, np.uint8), "input"
+    else:
+        left, left_name = depth_colormap(d_in), "input depth"
+    panels = [(left, left_name), (rv.rgb, "rendered"), (err_rgb, f"|depth err| 0-{err_max_m * 100:.0f} cm")]
+    h, w = rv.rgb.shape[:2]
+    bar = 18
+    scale = 0.4 if w < 400 else 0.6
+    cols = []
+    for img, caption in panels:
+        tile = np.full((h + bar, w, 3), 32, np.uint8)
+        tile[bar:] = img
+        cv2.putText(tile, caption, (4, bar - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        cols.append(tile)
+    sep = np.full((h + bar, 2, 3), 255, np.uint8)
+    pic = np.concatenate([cols[0], sep, cols[1], sep, cols[2]], 1)
+    if not cv2.imwrite(str(path), pic[..., ::-1]):
+        raise OSError(f"could not write {path}")
+    return Path(path)

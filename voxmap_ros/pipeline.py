@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .config import VoxmapConfig
 from .core.mapper import Mapper
 
@@ -29,6 +31,10 @@ class ReplayOptions:
     info_topic: str | None = None
     cloud_topic: str | None = None
     map_frame: str | None = None
+    # Rendered views (voxmap_ros.render): every Nth RGB-D frame, 0 = off; side-by-side pictures
+    # for the first `render_compare` of them.
+    render_every: int = 0
+    render_compare: int = 3
 
     def bag_options(self) -> dict:
         return {k: getattr(self, k) for k in ("depth_topic", "color_topic", "info_topic", "cloud_topic", "map_frame")
@@ -57,6 +63,8 @@ def open_source(source: str | Path, config: VoxmapConfig, bag_options: dict | No
 
 def run(source: str | Path, config: VoxmapConfig, options: ReplayOptions) -> dict:
     """Fuse every frame of `source`, write all outputs to options.out_dir, return the summary."""
+    if isinstance(options.render_every, bool) or not isinstance(options.render_every, int) or options.render_every < 0:
+        raise ValueError(f"--render-every must be an integer >= 0 (0 = off), got {options.render_every!r}")
     out = Path(options.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dataset = open_source(source, config, options.bag_options())
@@ -66,6 +74,7 @@ def run(source: str | Path, config: VoxmapConfig, options: ReplayOptions) -> dic
     if options.max_frames is not None:
         indices = indices[:options.max_frames]
     rejected = []
+    renders = RenderLog(out / "render", options.render_every, options.render_compare, config)
     t_start = time.perf_counter()
     for i in _progress(indices, options.progress, "integrating"):
         frame = dataset[i]
@@ -74,12 +83,78 @@ def run(source: str | Path, config: VoxmapConfig, options: ReplayOptions) -> dic
         except ValueError as e:                           # one bad frame must not end a long run
             rejected.append({"frame": int(i), "error": str(e)})
             log.warning("frame %d rejected: %s", i, e)
+            continue
+        renders.after_integrating(mapper, int(i), frame)
     wall_s = time.perf_counter() - t_start
     paths = mapper.save_outputs(out)
     summary = {"source": str(source), "frames": len(indices), **mapper.summary(),
                "wall_s": wall_s, "rejected": rejected, "outputs": paths}
+    if options.render_every:
+        summary["render"] = renders.summary()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+class RenderLog:
+    """`--render-every N`: after integrating every Nth RGB-D frame, render the map from that frame's
+    camera (pose, intrinsics, size) and write render/NNNNNN_depth.png (uint16 mm, 0 = nothing
+    drawn) and render/NNNNNN_color.png (NNNNNN = the frame's index in the source), plus
+    render/NNNNNN_compare.png (input | rendered | abs depth error) for the first `compare` of them.
+    Depth errors count the pixels where both the input (within rgbd.min/max_range_m) and the
+    rendering have a depth."""
+
+    def __init__(self, out_dir: Path, every: int, compare: int, config: VoxmapConfig):
+        self.out_dir, self.every, self.compare, self.config = out_dir, int(every), int(compare), config
+        self.rgbd_seen = 0
+        self.frames: list[int] = []
+        self.errors: list = []
+        self.valid_input = 0
+        self.ms: list[float] = []
+        self.pictures: list[str] = []
+
+    def after_integrating(self, mapper, index: int, frame) -> None:
+        if not self.every or frame.depth is None:
+            return
+        self.rgbd_seen += 1
+        if (self.rgbd_seen - 1) % self.every:
+            return
+        from .outputs import View, compare_picture, render_view, write_rendered
+        h, w = frame.depth.shape[:2]
+        rv = render_view(mapper, View(frame.K, frame.T_W_S, w, h), self.config.render)
+        stem = f"{index:06d}"
+        write_rendered(rv, self.out_dir, stem)
+        d = np.asarray(frame.depth)
+        if d.dtype == np.uint16:
+            scale = frame.depth_scale if frame.depth_scale is not None else self.config.rgbd.depth_scale
+            d = d.astype(np.float64) / scale
+        d = np.asarray(d, np.float64)
+        r = self.config.rgbd
+        d = np.where(np.isfinite(d) & (d >= r.min_range_m) & (d <= r.max_range_m) & (d > 0), d, np.nan)
+        both = np.isfinite(d) & rv.valid
+        self.errors.append(np.abs(rv.depth_m[both].astype(np.float64) - d[both]).astype(np.float32))
+        self.valid_input += int(np.isfinite(d).sum())
+        self.ms.append(rv.ms)
+        self.frames.append(index)
+        if len(self.pictures) < self.compare:
+            path = compare_picture(frame.rgb, d, rv, self.out_dir / f"{stem}_compare.png",
+                                   err_max_m=2.0 * mapper.octree.voxel_size_m)
+            self.pictures.append(str(path))
+
+    def summary(self) -> dict:
+        s = {"every": self.every, "dir": str(self.out_dir), "rendered_frames": len(self.frames),
+             "frames": self.frames, "compare_pictures": self.pictures}
+        if not self.frames:
+            s["note"] = "the source has no RGB-D frames: nothing rendered"
+            log.warning("--render-every %d: the source has no RGB-D frames (LiDAR only); nothing rendered",
+                        self.every)
+            return s
+        err = np.concatenate(self.errors) if self.errors else np.zeros(0, np.float32)
+        s.update({"depth_abs_error_median_m": float(np.median(err)) if err.size else None,
+                  "depth_abs_error_p90_m": float(np.percentile(err, 90)) if err.size else None,
+                  "depth_compared_pixels": int(err.size),
+                  "coverage": float(err.size / self.valid_input) if self.valid_input else 0.0,
+                  "ms_per_render_median": float(np.median(self.ms))})
+        return s
 
 
 def _progress(items, enabled: bool, desc: str):

@@ -83,8 +83,19 @@ class _Client:
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.node.create_subscription(MarkerArray, f"/{NODE}/mesh", self._on_mesh, latched)
         self.ready = self.node.create_client(Trigger, f"/{NODE}/clear_map")
+        # Subscriptions are served by a thread of their own, so that receiving big mesh messages
+        # never delays the publishing loop (which would publish in bursts).
         self.executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
+        import threading
+        self._spinner = threading.Thread(target=self._spin, name="bench_client_spin", daemon=True)
+        self._spinner.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:              # shutdown while spinning
+            pass
 
     def _on_diag(self, msg) -> None:
         for st in msg.status:
@@ -97,13 +108,10 @@ class _Client:
         if stamps:
             self.mesh_latency_ms.append((now - max(stamps)) / 1e6)
 
-    def spin_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            self.executor.spin_once(timeout_sec=min(0.02, left))
+    @staticmethod
+    def spin_for(seconds: float) -> None:
+        """Wait (the subscriptions are served by the spinner thread)."""
+        time.sleep(max(0.0, seconds))
 
     def num(self, key: str) -> float:
         try:
@@ -113,6 +121,7 @@ class _Client:
 
     def close(self) -> None:
         self.executor.shutdown()
+        self._spinner.join(timeout=5)
         self.node.destroy_node()
         self.rclpy.shutdown(context=self.ctx)
 
@@ -168,8 +177,7 @@ def _run_one(kind: str, rate_hz: float, messages, info, params: dict, quiet: boo
         t0 = time.monotonic()
         for i, msg in enumerate(messages):
             due = t0 + i * period
-            while time.monotonic() < due:
-                client.spin_for(min(0.005, max(0.0, due - time.monotonic())))
+            time.sleep(max(0.0, due - time.monotonic()))
             ns = time.time_ns()
             if kind == "rgbd":
                 depth, color, pose = msg

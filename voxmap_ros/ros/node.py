@@ -6,6 +6,11 @@ the map lock briefly to pull mesh / occupancy snapshots and publish outside the 
 
 Locks (never taken in the opposite order): `_mesh_lock` (the mesh chunker) -> `_lock` (the mapper)
 -> `_qlock` (the queues) -> `_count_lock` (the counters).
+
+The render timer (~/render/*, its own callback group so a slow render never delays the other
+timers) holds `_lock` only while it copies the TSDF of the bricks in the view's frustum
+(outputs.map_snapshot: ~1 ms for a room seen at 5 cm); building the renderable cells and
+rasterizing run on the copy.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from visualization_msgs.msg import MarkerArray
 
 from ..config import VoxmapConfig
 from ..core.mapper import Mapper
+from ..outputs import View, fixed_view, map_snapshot, render_snapshot, scaled_view
 from ..poses import PoseBuffer, static_extrinsic
 from ..types import Frame
 from . import conversions as conv
@@ -48,6 +54,8 @@ MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 MESH_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
 RELIABLE_SENSOR_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# Rendered views: the latest is what matters; reliable (works for reliable and best-effort readers).
+RENDER_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 WARN_THROTTLE_S = 5.0
 COLOR_WAIT_S = 0.2           # how long a depth image may wait for its colour partner (wall time)
 IDLE_WAIT_S = 0.02           # worker poll period while frames wait for their pose
@@ -56,7 +64,7 @@ KINDS = ("rgbd", "lidar")
 BASE_COUNTERS = tuple(f"{what}_{k}" for what in ("received", "integrated", "dropped_queue", "dropped_no_pose",
                                                  "dropped_non_monotonic") for k in KINDS) + (
     "bad_depth", "bad_color", "bad_camera_info", "bad_cloud", "bad_pose", "bad_rgbd", "bad_lidar",
-    "clouds_subsampled", "rgbd_without_color", "mesh_messages", "errors")
+    "clouds_subsampled", "rgbd_without_color", "mesh_messages", "renders", "errors")
 
 
 @dataclass
@@ -67,6 +75,17 @@ class Pending:
     frame_id: str
     data: dict
     enqueued_s: float
+
+
+@dataclass
+class CameraView:
+    """The camera of the latest integrated RGB-D frame (for render.viewpoint 'latest_camera')."""
+    K: np.ndarray
+    T_W_C: np.ndarray
+    width: int
+    height: int
+    frame_id: str
+    stamp_ns: int
 
 
 class Counters(collections.Counter):
@@ -111,6 +130,9 @@ class VoxmapNode(Node):
         self._ms_recent: collections.deque = collections.deque(maxlen=200)
         self._latency_ms: collections.deque = collections.deque(maxlen=200)
         self._last_integrated_stamp_ns = 0
+        self._camera: CameraView | None = None            # latest integrated RGB-D camera (under _lock)
+        self._render_ms: collections.deque = collections.deque(maxlen=50)
+        self._render_lock_ms: collections.deque = collections.deque(maxlen=50)
         self._last_cloud_points = 0
         self._dropped_at_last_diag = 0
         self._bad_at_last_diag = 0
@@ -202,6 +224,9 @@ class VoxmapNode(Node):
         self.pub_grid = self.create_publisher(OccupancyGrid, "~/occupancy", MAP_QOS)
         self.pub_voxels = self.create_publisher(PointCloud2, "~/occupied_voxels", MAP_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub_render_depth = self.create_publisher(Image, "~/render/depth", RENDER_QOS)
+        self.pub_render_color = self.create_publisher(Image, "~/render/color", RENDER_QOS)
+        self.pub_render_info = self.create_publisher(CameraInfo, "~/render/camera_info", RENDER_QOS)
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "~/save_map", self._on_save, callback_group=services)
         self.create_service(Trigger, "~/clear_map", self._on_clear, callback_group=services)
@@ -212,15 +237,18 @@ class VoxmapNode(Node):
                 ("occupancy", n.occupancy_rate_hz, self._publish_occupancy),
                 ("voxels", n.occupied_voxels_rate_hz, self._publish_voxels),
                 ("diagnostics", n.diagnostics_rate_hz, self._publish_diagnostics),
-                ("prune", n.prune_rate_hz, self._prune))
+                ("prune", n.prune_rate_hz, self._prune),
+                ("render", self.cfg.render.rate_hz, self._publish_render))
 
     def _make_timers(self) -> None:
         """One timer per output, created once; a rate of 0 leaves it cancelled. Wall-clock
         (steady) timers: publishing must go on when sim time pauses (bag paused)."""
         group = MutuallyExclusiveCallbackGroup()
+        own_group = {"render": MutuallyExclusiveCallbackGroup()}     # a render may take a while
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         for name, rate, cb in self._timer_specs():
-            t = self.create_timer(1.0 / rate if rate > 0 else 1.0, cb, callback_group=group, clock=steady)
+            t = self.create_timer(1.0 / rate if rate > 0 else 1.0, cb, callback_group=own_group.get(name, group),
+                                  clock=steady)
             if rate <= 0:
                 t.cancel()
             self._pub_timers[name] = t
@@ -493,6 +521,10 @@ class VoxmapNode(Node):
         try:
             with self._lock:
                 self.mapper.integrate(frame)
+                if item.kind == "rgbd":
+                    h, w = d["depth"].shape[:2]
+                    self._camera = CameraView(np.asarray(d["K"], np.float64), np.asarray(d["T"], np.float64),
+                                              w, h, item.frame_id, item.stamp_ns)
         except ValueError as e:
             self._bad(item.kind, e)
             return
@@ -565,6 +597,39 @@ class VoxmapNode(Node):
             pts, cols = self.mapper.occupied_points(self.cfg.node.occupied_voxels_level)
         self.pub_voxels.publish(conv.xyz_rgb_to_pointcloud2(pts, cols, self._stamp_now(), self.map_frame))
 
+    def _render_target(self, rc) -> tuple[View, str, int] | None:
+        """(view, frame_id, stamp) to render for render config `rc`; None = nothing yet (no RGB-D
+        frame integrated in 'latest_camera' mode). Call with the map lock held."""
+        if rc.viewpoint == "fixed":
+            return fixed_view(rc), rc.fixed_frame_id, self._last_integrated_stamp_ns or self._stamp_now()
+        cam = self._camera
+        if cam is None:
+            return None
+        return (scaled_view(cam.K, cam.width, cam.height, cam.T_W_C, rc.width, rc.height), cam.frame_id,
+                cam.stamp_ns)
+
+    @_guarded("render")
+    def _publish_render(self) -> None:
+        pubs = (self.pub_render_depth, self.pub_render_color, self.pub_render_info)
+        if all(p.get_subscription_count() == 0 for p in pubs):     # nobody listens: no work
+            return
+        t0 = time.perf_counter()
+        with self._lock:
+            rc = self.cfg.render
+            target = self._render_target(rc)
+            if target is None:
+                return                               # no camera pose yet: nothing to draw from
+            view, frame_id, stamp = target
+            snap = map_snapshot(self.mapper, view, rc.near_m, rc.far_m)
+        t_lock = time.perf_counter()
+        rv = render_snapshot(snap, view, rc)
+        self.pub_render_depth.publish(conv.numpy_to_image_msg(rv.depth_m, "32FC1", stamp, frame_id))
+        self.pub_render_color.publish(conv.numpy_to_image_msg(rv.rgb, "rgb8", stamp, frame_id))
+        self.pub_render_info.publish(conv.K_to_camera_info(view.K, view.width, view.height, stamp, frame_id))
+        self._render_lock_ms.append((t_lock - t0) * 1000.0)
+        self._render_ms.append((time.perf_counter() - t0) * 1000.0)
+        self._count("renders")
+
     @_guarded("prune")
     def _prune(self) -> None:
         with self._lock:
@@ -579,6 +644,8 @@ class VoxmapNode(Node):
             values = dict(self.counters)
         ms = np.asarray(self._ms_recent) if self._ms_recent else np.zeros(0)
         lat = np.asarray(self._latency_ms) if self._latency_ms else np.zeros(0)
+        rms = np.asarray(self._render_ms) if self._render_ms else np.zeros(0)
+        rlock = np.asarray(self._render_lock_ms) if self._render_lock_ms else np.zeros(0)
         values.update({"dropped": sum(v for k, v in values.items() if k.startswith("dropped_")),
                        "queue_rgbd": depths["rgbd"], "queue_lidar": depths["lidar"],
                        "queue_size": self.cfg.node.queue_size,
@@ -587,6 +654,8 @@ class VoxmapNode(Node):
                        "latency_ms_median": float(np.median(lat)) if lat.size else 0.0,
                        "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else 0.0,
                        "last_cloud_points": self._last_cloud_points,
+                       "render_ms": float(np.median(rms)) if rms.size else 0.0,
+                       "render_lock_ms": float(np.median(rlock)) if rlock.size else 0.0,
                        "voxels": s["voxels"], "bricks": s["bricks"], "map_bytes": s["map_bytes"],
                        "device": s["device"], "backend": s["backend"], "pose_source": self._pose_mode})
         return values
@@ -645,7 +714,7 @@ class VoxmapNode(Node):
             self.cfg = new
             self.mapper.config = new
             self.mapper.refresh_params()
-        if any(p.name.endswith("_rate_hz") for p in params):
+        if any(p.name.endswith("rate_hz") for p in params):
             self._apply_rates()
         return result
 
