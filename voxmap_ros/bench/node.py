@@ -1,8 +1,9 @@
 """`voxmap bench node`: the mapping node end to end over DDS.
 
 The node runs as its own process (as on a robot); this process publishes recorded frames at a
-fixed rate with wall-clock stamps (CameraInfo, depth 16UC1 + colour rgb8, or PointCloud2, and a
-TransformStamped pose per frame on the pose topic) and listens to `~/mesh` and `/diagnostics`.
+fixed rate, stamped with their scheduled capture times (CameraInfo, depth 16UC1 + colour rgb8, or
+PointCloud2), a third process streams the trajectory as TransformStamped at 100 Hz (like a robot's
+odometry), and this process listens to `~/mesh` and `/diagnostics`.
 
 Measured per run:
 - throughput: frames published / received / integrated / dropped (by reason) and the achieved
@@ -19,6 +20,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,7 +63,6 @@ class _Client:
     def __init__(self, domain_id: int):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import TransformStamped
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
         from std_srvs.srv import Trigger
@@ -75,7 +76,7 @@ class _Client:
                     "color": self.node.create_publisher(Image, "/camera/color/image_raw", rel),
                     "info": self.node.create_publisher(CameraInfo, "/camera/depth/camera_info", rel),
                     "cloud": self.node.create_publisher(PointCloud2, "/lidar/points", rel),
-                    "pose": self.node.create_publisher(TransformStamped, "/pose", QoSProfile(depth=100))}
+                    }
         self.values: dict[str, str] = {}
         self.mesh_latency_ms: list[float] = []
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
@@ -135,7 +136,7 @@ def _rgbd_messages(frames, K):
         depth = f.depth if f.depth.dtype == np.uint16 else np.round(f.depth * 1000).astype(np.uint16)
         out.append((conv.numpy_to_image_msg(depth, "16UC1", 0, "camera"),
                     conv.numpy_to_image_msg(f.rgb, "rgb8", 0, "camera") if f.rgb is not None else None,
-                    conv.matrix_to_transform_stamped(nearest_rigid(f.T_W_S), 0, "map", "camera")))
+                    nearest_rigid(f.T_W_S)))
     return out, conv.K_to_camera_info(np.asarray(K, np.float64), W, H, 0, "camera")
 
 
@@ -143,7 +144,44 @@ def _lidar_messages(scans):
     from voxmap_ros.poses import nearest_rigid
     from voxmap_ros.ros import conversions as conv
     return [(conv.xyz_rgb_to_pointcloud2(np.asarray(s.points, np.float32), None, 0, "lidar"),
-             conv.matrix_to_transform_stamped(nearest_rigid(s.T_W_S), 0, "map", "lidar")) for s in scans]
+             nearest_rigid(s.T_W_S)) for s in scans]
+
+
+POSE_RATE_HZ = 100.0          # the odometry-like pose stream of a robot
+START_DELAY_S = 4.0           # the pose process imports rclpy and discovers the node meanwhile
+
+
+def pose_stream_main(argv=None) -> None:
+    """A separate process publishing the trajectory as TransformStamped at POSE_RATE_HZ, stamped
+    with the wall clock, like a robot's odometry / TF publisher. argv: domain_id, poses .npy
+    ((N, 4, 4) T_map_sensor), child frame, t0_ns (stamp of pose 0), period_ns. Before t0 it sends
+    pose 0, after the last pose the last one (for one more second), in between interpolates.
+    (Publishing these small messages from the process that publishes the images made Fast DDS
+    deliver them up to seconds late here; a robot's poses come from another process anyway.)"""
+    import rclpy
+    from rclpy.qos import QoSProfile
+    from geometry_msgs.msg import TransformStamped  # noqa: F401  (message class loaded for rclpy)
+    from voxmap_ros.poses import PoseBuffer
+    from voxmap_ros.ros import conversions as conv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    domain, path, child, t0, period = int(argv[0]), argv[1], argv[2], int(argv[3]), int(argv[4])
+    poses = np.load(path)
+    buf = PoseBuffer(max_age_s=1e6, max_len=len(poses) + 1)
+    for i, T in enumerate(poses):
+        buf.add(t0 + i * period, T)
+    t_end = t0 + (len(poses) - 1) * period
+    rclpy.init(domain_id=domain)
+    node = rclpy.create_node("voxmap_bench_poses")
+    pub = node.create_publisher(TransformStamped, "/pose", QoSProfile(depth=100))
+    try:
+        while time.time_ns() < t_end + 10**9:
+            now = time.time_ns()
+            T = buf.lookup(min(max(now, t0), t_end))
+            pub.publish(conv.matrix_to_transform_stamped(T, now, "map", child))
+            time.sleep(1.0 / POSE_RATE_HZ)
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
 
 
 def _set_stamp(msg, ns: int) -> None:
@@ -158,7 +196,7 @@ def _run_one(kind: str, rate_hz: float, messages, info, params: dict, quiet: boo
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     proc = subprocess.Popen(_node_command(params), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    client = None
+    client = poses_proc = None
     try:
         client = _Client(domain)
         end = time.monotonic() + READY_TIMEOUT_S
@@ -173,26 +211,30 @@ def _run_one(kind: str, rate_hz: float, messages, info, params: dict, quiet: boo
         while time.monotonic() < subs_end and not all(client.pub[w].get_subscription_count() for w in wanted):
             client.spin_for(0.05)
         client.spin_for(0.5)
-        period = 1.0 / rate_hz
+        period_ns = int(round(1e9 / rate_hz))
+        child = "camera" if kind == "rgbd" else "lidar"
+        pose_file = Path(tempfile.mkdtemp(prefix="voxmap_bench_")) / "poses.npy"
+        np.save(pose_file, np.stack([m[-1] for m in messages]))
+        t0_ns = time.time_ns() + int(START_DELAY_S * 1e9)
+        poses_proc = subprocess.Popen(
+            [sys.executable, "-c", "from voxmap_ros.bench.node import pose_stream_main; pose_stream_main()",
+             str(domain), str(pose_file), child, str(t0_ns), str(period_ns)], env=env)
+        client.spin_for(max(0.0, (t0_ns - time.time_ns()) / 1e9))
         t0 = time.monotonic()
         for i, msg in enumerate(messages):
-            due = t0 + i * period
-            time.sleep(max(0.0, due - time.monotonic()))
-            ns = time.time_ns()
+            ns = t0_ns + i * period_ns                # stamp = the scheduled capture time
+            time.sleep(max(0.0, (ns - time.time_ns()) / 1e9))
             if kind == "rgbd":
-                depth, color, pose = msg
-                for m in (pose, info, depth) + ((color,) if color is not None else ()):
+                depth, color, _ = msg
+                for m in (info, depth) + ((color,) if color is not None else ()):
                     _set_stamp(m, ns)
-                client.pub["pose"].publish(pose)
                 client.pub["info"].publish(info)
                 if color is not None:
                     client.pub["color"].publish(color)
                 client.pub["depth"].publish(depth)
             else:
-                cloud, pose = msg
+                cloud, _ = msg
                 _set_stamp(cloud, ns)
-                _set_stamp(pose, ns)
-                client.pub["pose"].publish(pose)
                 client.pub["cloud"].publish(cloud)
         achieved = (len(messages) - 1) / max(1e-9, time.monotonic() - t0) if len(messages) > 1 else 0.0
         # Drain: wait until every frame is accounted for (integrated or dropped) and queues are empty.
@@ -222,6 +264,12 @@ def _run_one(kind: str, rate_hz: float, messages, info, params: dict, quiet: boo
                   f"{res['ms_per_frame_median']:.1f} ms/frame", file=sys.stderr, flush=True)
         return res
     finally:
+        if poses_proc is not None and poses_proc.poll() is None:
+            try:
+                poses_proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                poses_proc.kill()
+                poses_proc.wait()
         if client is not None:
             client.close()
         if proc.poll() is None:
