@@ -64,8 +64,13 @@ def mesh_preview(mesh: MeshData, path: str | Path, width: int = 960, height: int
     lo, hi = v.min(0), v.max(0)
     centre, extent = (lo + hi) / 2, float(np.linalg.norm(hi - lo))
     eye = centre + np.array([-0.6, -0.8, 0.9]) * extent
+    # Seen from above, a ceiling hides the room: leave out triangles wholly in the top fifth.
+    tris = mesh.triangles
+    if len(tris):
+        keep = v[tris][:, :, 2].min(1) < lo[2] + 0.8 * (hi[2] - lo[2])
+        tris = tris[keep] if keep.any() else tris
     scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(v), o3d.core.Tensor(mesh.triangles.astype(np.uint32)))
+    scene.add_triangles(o3d.core.Tensor(v), o3d.core.Tensor(tris.astype(np.uint32)))
     rays = o3d.t.geometry.RaycastingScene.create_rays_pinhole(
         fov_deg=50, center=centre.tolist(), eye=eye.tolist(), up=[0, 0, 1], width_px=width, height_px=height)
     ans = scene.cast_rays(rays)
@@ -76,11 +81,10 @@ def mesh_preview(mesh: MeshData, path: str | Path, width: int = 960, height: int
     d = rays.numpy()[..., 3:][hit]
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     shade = 0.25 + 0.75 * np.abs((n * d).sum(1))
-    tv = mesh.triangles[tri]
+    tv = tris[tri]
     c = mesh.colors.astype(np.float32)
+    c[~c.any(1)] = 200.0                              # vertices without colour (LiDAR only): plain grey
     col = (c[tv[:, 0]] * (1 - uv[:, :1] - uv[:, 1:]) + c[tv[:, 1]] * uv[:, :1] + c[tv[:, 2]] * uv[:, 1:])
-    if not col.any():
-        col[:] = 200.0                                # an uncoloured (LiDAR) mesh: plain grey
     img[hit] = np.clip(col * shade[:, None], 0, 255).astype(np.uint8)
     cv2.imwrite(str(path), img[..., ::-1])
     return Path(path)
