@@ -53,7 +53,15 @@ MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 # a full re-send can be large and the writer keeps `depth` messages alive.
 MESH_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
-RELIABLE_SENSOR_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+RELIABLE_SENSOR_QOS_MIN_DEPTH = 10
+
+
+def reliable_sensor_qos(queue_size: int) -> QoSProfile:
+    """Reliable sensor QoS whose reader history is at least twice the node's queue: a burst the
+    executor has not taken yet then lands in the node's queue, where drops are counted, instead of
+    being overwritten silently inside DDS."""
+    return QoSProfile(depth=max(RELIABLE_SENSOR_QOS_MIN_DEPTH, 2 * int(queue_size)),
+                      reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 # Rendered views: the latest is what matters; reliable (works for reliable and best-effort readers).
 RENDER_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 WARN_THROTTLE_S = 5.0
@@ -205,7 +213,7 @@ class VoxmapNode(Node):
 
     def _setup_io(self) -> None:
         n = self.cfg.node
-        qos = qos_profile_sensor_data if n.sensor_qos == "sensor_data" else RELIABLE_SENSOR_QOS
+        qos = qos_profile_sensor_data if n.sensor_qos == "sensor_data" else reliable_sensor_qos(n.queue_size)
         # One mutually exclusive group per topic: topics decode in parallel, but the messages of one
         # topic are handled one at a time, in order (a reentrant group let two executor threads
         # take consecutive images and enqueue them swapped, dropping the older as non-monotonic).
