@@ -143,7 +143,7 @@ class OctomapSystem(common.System):
         return {"leaf_nodes": int(tree.getNumLeafNodes()), "nodes": int(tree.size()),
                 "map_bytes": int(tree.memoryUsage()), "prob_hit": tree.getProbHit(), "prob_miss": tree.getProbMiss(),
                 "clamp_min": tree.getClampingThresMin(), "clamp_max": tree.getClampingThresMax(),
-                "occupancy_threshold": tree.getOccupancyThres(), "backend": "octomap-python (OpenMP)"}, None
+                "occupancy_threshold": tree.getOccupancyThres(), "backend": "octomap-python (1 thread)"}, None
 
 
 def octomap_occupied_cells(tree, res_m: float) -> np.ndarray:
