@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voxel-size-m", type=float, default=0.02, help="RGB-D voxel size (default %(default)s)")
     p.add_argument("--lidar-voxel-size-m", type=float, default=0.1, help="LiDAR voxel size (default %(default)s)")
     p.add_argument("--queue-size", type=int, default=4, help="node.queue_size (default %(default)s)")
-    p.add_argument("--mesh-rate-hz", type=float, default=2.0, help="node.mesh_rate_hz (default %(default)s)")
+    p.add_argument("--mesh-rate-hz", type=float, default=None,
+                   help="node.mesh_rate_hz (default: the node's own default)")
     p.add_argument("--sensor-qos", choices=("reliable", "sensor_data"), default="reliable",
                    help="node.sensor_qos; this process publishes reliably either way (default %(default)s)")
     p.add_argument("--json", help="write the results here")
@@ -148,14 +149,17 @@ def _lidar_messages(scans):
 
 
 POSE_RATE_HZ = 100.0          # the odometry-like pose stream of a robot
-START_DELAY_S = 4.0           # the pose process imports rclpy and discovers the node meanwhile
+LEAD_S = 1.0                  # poses flow this long before the first frame's stamp
+POSE_START_TIMEOUT_S = 120.0
 
 
 def pose_stream_main(argv=None) -> None:
     """A separate process publishing the trajectory as TransformStamped at POSE_RATE_HZ, stamped
     with the wall clock, like a robot's odometry / TF publisher. argv: domain_id, poses .npy
-    ((N, 4, 4) T_map_sensor), child frame, t0_ns (stamp of pose 0), period_ns. Before t0 it sends
-    pose 0, after the last pose the last one (for one more second), in between interpolates.
+    ((N, 4, 4) T_map_sensor), child frame, t0 file, period_ns. Once the node subscribes it picks
+    t0 (the stamp of pose 0) LEAD_S ahead and writes it to the t0 file for the frame publisher.
+    Before t0 it sends pose 0, after the last pose the last one (for one more second), in between
+    it interpolates.
     (Publishing these small messages from the process that publishes the images made Fast DDS
     deliver them up to seconds late here; a robot's poses come from another process anyway.)"""
     import rclpy
@@ -164,15 +168,22 @@ def pose_stream_main(argv=None) -> None:
     from voxmap_ros.poses import PoseBuffer
     from voxmap_ros.ros import conversions as conv
     argv = list(sys.argv[1:] if argv is None else argv)
-    domain, path, child, t0, period = int(argv[0]), argv[1], argv[2], int(argv[3]), int(argv[4])
+    domain, path, child, t0_file, period = int(argv[0]), argv[1], argv[2], Path(argv[3]), int(argv[4])
     poses = np.load(path)
+    rclpy.init(domain_id=domain)
+    node = rclpy.create_node("voxmap_bench_poses")
+    pub = node.create_publisher(TransformStamped, "/pose", QoSProfile(depth=100))
+    end = time.monotonic() + POSE_START_TIMEOUT_S
+    while pub.get_subscription_count() == 0 and time.monotonic() < end:
+        time.sleep(0.02)
+    t0 = time.time_ns() + int(LEAD_S * 1e9)
     buf = PoseBuffer(max_age_s=1e6, max_len=len(poses) + 1)
     for i, T in enumerate(poses):
         buf.add(t0 + i * period, T)
     t_end = t0 + (len(poses) - 1) * period
-    rclpy.init(domain_id=domain)
-    node = rclpy.create_node("voxmap_bench_poses")
-    pub = node.create_publisher(TransformStamped, "/pose", QoSProfile(depth=100))
+    tmp = t0_file.with_suffix(".tmp")
+    tmp.write_text(str(t0))
+    tmp.replace(t0_file)                       # atomic: the reader never sees half a number
     try:
         while time.time_ns() < t_end + 10**9:
             now = time.time_ns()
@@ -215,10 +226,16 @@ def _run_one(kind: str, rate_hz: float, messages, info, params: dict, quiet: boo
         child = "camera" if kind == "rgbd" else "lidar"
         pose_file = Path(tempfile.mkdtemp(prefix="voxmap_bench_")) / "poses.npy"
         np.save(pose_file, np.stack([m[-1] for m in messages]))
-        t0_ns = time.time_ns() + int(START_DELAY_S * 1e9)
+        t0_file = pose_file.with_name("t0")
         poses_proc = subprocess.Popen(
             [sys.executable, "-c", "from voxmap_ros.bench.node import pose_stream_main; pose_stream_main()",
-             str(domain), str(pose_file), child, str(t0_ns), str(period_ns)], env=env)
+             str(domain), str(pose_file), child, str(t0_file), str(period_ns)], env=env)
+        end = time.monotonic() + POSE_START_TIMEOUT_S + 10
+        while not t0_file.exists():
+            if poses_proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError("the pose stream process did not start")
+            time.sleep(0.02)
+        t0_ns = int(t0_file.read_text())
         client.spin_for(max(0.0, (t0_ns - time.time_ns()) / 1e9))
         t0 = time.monotonic()
         for i, msg in enumerate(messages):
@@ -290,8 +307,9 @@ def run(args) -> dict:
     msgs, info = _rgbd_messages(frames, frames[0].K)
     base = {"node.pose_source": "topic", "node.pose_topic": "/pose", "node.pose_topic_type": "TransformStamped",
             "node.sensor_qos": args.sensor_qos, "node.queue_size": str(args.queue_size),
-            "node.mesh_rate_hz": str(args.mesh_rate_hz), "node.occupancy_rate_hz": "0.5",
-            "node.diagnostics_rate_hz": "2.0"}
+            "node.occupancy_rate_hz": "0.5", "node.diagnostics_rate_hz": "2.0"}
+    if args.mesh_rate_hz is not None:
+        base["node.mesh_rate_hz"] = str(args.mesh_rate_hz)
     runs = []
     for r in rates:
         params = dict(base, **{"map.voxel_size_m": str(args.voxel_size_m), "node.cloud_topic": "",
