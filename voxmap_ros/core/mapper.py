@@ -212,7 +212,9 @@ class Mapper:
             extra = torch.unique(nb[nb >= 0])
             todo = torch.cat([todo, extra[~torch.isin(extra, todo)]])
         keys = o.node_key[o.brick_node[todo].long()]
-        return MeshJob(mesh.gather(o, todo, self.config.tsdf.min_weight_mesh), keys, removed)
+        # Every brick in `keys` loses its old triangles; only those that can have a surface are meshed.
+        surf = todo[mesh.may_have_surface(o, todo, self.config.tsdf.min_weight_mesh)]
+        return MeshJob(mesh.gather(o, surf, self.config.tsdf.min_weight_mesh), keys, removed)
 
     def finish_mesh_update(self, job: MeshJob) -> MeshUpdate:
         """Second half of update_mesh: marching cubes on the gathered blocks, merged into the mesh

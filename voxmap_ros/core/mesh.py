@@ -125,6 +125,22 @@ def mesh_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: floa
     return BrickMesh.cat(parts) if parts else BrickMesh.empty(octree.device)
 
 
+def may_have_surface(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float) -> torch.Tensor:
+    """(B,) bool for bricks `slots` (B,) int64: whether marching cubes over the brick's padded block
+    can produce a triangle. A cell needs all 8 corners valid (weight >= min_weight) and a sign
+    change, so the block must hold a valid voxel with TSDF < 0 (the brick or one of its +x/+y/+z
+    neighbours). Bricks of observed free space (most of a LiDAR map) are skipped this way."""
+    if slots.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool, device=octree.device)
+    coords = octree.brick_coord[slots].long()
+    nb = octree.lookup_bricks((coords[:, None, :] + _PAD_OFFSETS.to(coords.device)[None]).reshape(-1, 3))
+    uniq, inv = torch.unique(nb[nb >= 0], return_inverse=True)
+    neg = ((octree.attrs["tsdf"][uniq] < 0) & (octree.attrs["weight"][uniq].float() >= max(min_weight, 1e-6))).any(1)
+    has = torch.zeros(nb.numel(), dtype=torch.bool, device=octree.device)
+    has[(nb >= 0).nonzero().squeeze(1)] = neg[inv]
+    return has.view(-1, _PAD_OFFSETS.shape[0]).any(1)
+
+
 def affected_by(octree: SparseVoxelOctree, changed_slots: torch.Tensor) -> torch.Tensor:
     """Alive brick slots whose mesh depends on the changed bricks (N,) int64: them and their
     -x/-y/-z neighbours. (M,) int64."""
