@@ -254,14 +254,20 @@ def _run_one(kind: str, rate_hz: float, messages, info, params: dict, quiet: boo
                 _set_stamp(cloud, ns)
                 client.pub["cloud"].publish(cloud)
         achieved = (len(messages) - 1) / max(1e-9, time.monotonic() - t0) if len(messages) > 1 else 0.0
-        # Drain: wait until every frame is accounted for (integrated or dropped) and queues are empty.
+        # Drain: until every received frame is accounted for (integrated or dropped), the queue is
+        # empty and nothing more has arrived for a while (frames lost in DDS never arrive).
         drain_end = time.monotonic() + 60
         n = len(messages)
+        last_received, still_since = -1.0, time.monotonic()
         while time.monotonic() < drain_end:
             client.spin_for(0.3)
+            received = client.num(f"received_{kind}")
+            if received != last_received:
+                last_received, still_since = received, time.monotonic()
             done = client.num(f"integrated_{kind}") + sum(client.num(k) for k in client.values
                                                            if k.startswith("dropped_") or k.startswith("bad_"))
-            if client.num(f"received_{kind}") >= n and client.num(f"queue_{kind}") == 0 and done >= n:
+            settled = received >= n or time.monotonic() - still_since > 3.0
+            if settled and client.num(f"queue_{kind}") == 0 and done >= received:
                 break
         client.spin_for(1.5)                  # one more mesh and diagnostics period
         v = client
