@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from voxmap_ros.bench import node as bench_node  # noqa: E402
+from voxmap_ros.ros import bench_node  # noqa: E402
 from voxmap_ros.sim.dataset_writer import generate_dataset  # noqa: E402
 
 FRAMES, SCANS, RATE_HZ = 12, 6, 5.0

@@ -6,7 +6,8 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench", required=True)
-    from . import accuracy, lidar, node, render, rgbd
+    from . import accuracy, lidar, render, rgbd
+    from ..ros import bench_node as node          # the node benchmark talks DDS: it lives in ros/
     rgbd.add_arguments(sub.add_parser("rgbd", help="RGB-D TSDF+colour fusion vs Open3D"))
     lidar.add_arguments(sub.add_parser("lidar", help="LiDAR occupancy+TSDF vs OctoMap"))
     accuracy.add_arguments(sub.add_parser("accuracy", help="mesh accuracy vs ground truth (sim scene): voxmap vs Open3D"))
@@ -15,6 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from . import accuracy, lidar, node, render, rgbd
+    from . import accuracy, lidar, render, rgbd
+    from ..ros import bench_node as node          # the node benchmark talks DDS: it lives in ros/
     return {"rgbd": rgbd.main, "lidar": lidar.main, "accuracy": accuracy.main, "node": node.main,
             "render": render.main}[args.bench](args)

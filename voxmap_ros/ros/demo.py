@@ -48,11 +48,8 @@ def node_command(out_dir: Path, extra_params: dict | None = None) -> list[str]:
         "node.output_dir": str(out_dir),
     }
     params.update(extra_params or {})
-    cmd = [sys.executable, "-c", "from voxmap_ros.ros.node import main; main()",
-           "--ros-args", "-r", f"__node:={NODE_NAME}"]
-    for k, v in params.items():
-        cmd += ["-p", f"{k}:={v}"]
-    return cmd
+    from .node import process_command
+    return process_command(NODE_NAME, params)
 
 
 class _Watcher:

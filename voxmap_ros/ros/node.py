@@ -734,6 +734,16 @@ class VoxmapNode(Node):
         super().destroy_node()
 
 
+def process_command(node_name: str, params: dict) -> list[str]:
+    """argv that runs the node as its own process (what `voxmap_node` runs) with node name and
+    parameters {name: value}; values are YAML, '' becomes an empty string."""
+    cmd = [sys.executable, "-c", "from voxmap_ros.ros.node import main; main()",
+           "--ros-args", "-r", f"__node:={node_name}"]
+    for k, v in params.items():
+        cmd += ["-p", f"{k}:={v if v != '' else repr('')}"]
+    return cmd
+
+
 def main(args=None) -> None:
     from rclpy.exceptions import ParameterException
     rclpy.init(args=args)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import common
+from ..bench import common
 
 NODE = "voxmap_bench"
 READY_TIMEOUT_S = 120.0
@@ -51,11 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _node_command(params: dict) -> list[str]:
-    cmd = [sys.executable, "-c", "from voxmap_ros.ros.node import main; main()", "--ros-args",
-           "-r", f"__node:={NODE}"]
-    for k, v in params.items():
-        cmd += ["-p", f"{k}:={v if v != '' else repr('')}"]       # values are YAML: '' = empty string
-    return cmd
+    from .node import process_command
+    return process_command(NODE, params)
 
 
 class _Client:
@@ -228,7 +225,7 @@ def _run_one(kind: str, rate_hz: float, messages, info, params: dict, quiet: boo
         np.save(pose_file, np.stack([m[-1] for m in messages]))
         t0_file = pose_file.with_name("t0")
         poses_proc = subprocess.Popen(
-            [sys.executable, "-c", "from voxmap_ros.bench.node import pose_stream_main; pose_stream_main()",
+            [sys.executable, "-c", "from voxmap_ros.ros.bench_node import pose_stream_main; pose_stream_main()",
              str(domain), str(pose_file), child, str(t0_file), str(period_ns)], env=env)
         end = time.monotonic() + POSE_START_TIMEOUT_S + 10
         while not t0_file.exists():
@@ -305,7 +302,7 @@ def _run_one(kind: str, rate_hz: float, messages, info, params: dict, quiet: boo
 
 
 def run(args) -> dict:
-    from .rgbd import load_frames
+    from ..bench.rgbd import load_frames
     rates = [float(r) for r in str(args.rates_hz).split(",") if r.strip()]
     if not rates or min(rates) <= 0:
         raise ValueError(f"--rates-hz must be positive numbers, got {args.rates_hz!r}")
