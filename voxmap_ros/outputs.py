@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .core import occupancy
+from .core.octree import spheres_in_frustum
 from .types import Grid2D, MeshData
 
 
@@ -195,14 +196,7 @@ def _view_bricks(octree, view: View, near_m: float, far_m: float) -> torch.Tenso
     centre = (octree.brick_coord[slots].double() * BRICK + (BRICK / 2 + 0.5)) * v
     c = (centre - T[:3, 3]) @ T[:3, :3]                      # world -> camera
     r = math.sqrt(3) * BRICK * v / 2 + v
-    K = view.K
-    fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
-    xl, xr = (-0.5 - cx) / fx, (view.width - 0.5 - cx) / fx
-    yt, yb = (-0.5 - cy) / fy, (view.height - 0.5 - cy) / fy
-    n = torch.tensor([[1.0, 0.0, -xl], [-1.0, 0.0, xr], [0.0, 1.0, -yt], [0.0, -1.0, yb]],
-                     dtype=torch.float64, device=dev)
-    n = n / n.norm(dim=1, keepdim=True)
-    inside = ((c @ n.T) > -r).all(1) & (c[:, 2] > near_m - r) & (c[:, 2] < far_m + r)
+    inside = spheres_in_frustum(c, r, view.K, view.width, view.height, near_m, far_m)
     seen = slots[inside]
     if seen.numel() == 0:
         return seen

@@ -497,14 +497,7 @@ class SparseVoxelOctree:
         c_w = (self.brick_coord[slots].double() + 0.5) * self.brick_size_m
         c = (c_w - T[:3, 3]) @ T[:3, :3]                    # world -> camera: R^T (p - t)
         r = math.sqrt(3) * self.brick_size_m / 2
-        fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
-        xl, xr = (-0.5 - cx) / fx, (width - 0.5 - cx) / fx          # x/z of the left, right edges
-        yt, yb = (-0.5 - cy) / fy, (height - 0.5 - cy) / fy         # y/z of the top, bottom edges
-        # Inward normals of the four side planes (through the optical centre): n . p >= 0 inside.
-        n = torch.tensor([[1.0, 0.0, -xl], [-1.0, 0.0, xr], [0.0, 1.0, -yt], [0.0, -1.0, yb]],
-                         dtype=torch.float64, device=self.device)
-        n = n / n.norm(dim=1, keepdim=True)
-        ok = ((c @ n.T) > -r).all(1) & (c[:, 2] > near_m - r) & (c[:, 2] < far_m + r)
+        ok = spheres_in_frustum(c, r, K, width, height, near_m, far_m)
         return slots[ok]
 
     def voxel_centers(self, slots: torch.Tensor) -> torch.Tensor:
@@ -512,6 +505,23 @@ class SparseVoxelOctree:
         base = self.brick_coord[slots].long() * BRICK
         idx = base[:, None, :] + VOXEL_OFFSETS.to(self.device)[None]
         return ((idx.double() + 0.5) * self.voxel_size_m).float()
+
+
+def spheres_in_frustum(centres_cam: torch.Tensor, radius_m: float, K, width: int, height: int,
+                       near_m: float, far_m: float) -> torch.Tensor:
+    """(N,) bool: whether spheres of radius_m around centres_cam (N, 3) float64 (camera frame,
+    optical axes) meet the pinhole frustum of K (3, 3), width x height pixels (pixel edges at -0.5
+    and width - 0.5) and depth range [near_m, far_m]; tested against the six planes, so spheres near
+    a frustum edge may come along."""
+    fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+    xl, xr = (-0.5 - cx) / fx, (width - 0.5 - cx) / fx          # x/z of the left, right edges
+    yt, yb = (-0.5 - cy) / fy, (height - 0.5 - cy) / fy         # y/z of the top, bottom edges
+    # Inward normals of the four side planes (through the optical centre): n . p >= 0 inside.
+    n = torch.tensor([[1.0, 0.0, -xl], [-1.0, 0.0, xr], [0.0, 1.0, -yt], [0.0, -1.0, yb]],
+                     dtype=torch.float64, device=centres_cam.device)
+    n = n / n.norm(dim=1, keepdim=True)
+    c = centres_cam.double()
+    return ((c @ n.T) > -radius_m).all(1) & (c[:, 2] > near_m - radius_m) & (c[:, 2] < far_m + radius_m)
 
 
 def brick_summaries_torch(octree: SparseVoxelOctree, slots: torch.Tensor):

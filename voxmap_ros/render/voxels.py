@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core import morton
-from ..core.octree import BRICK, BRICK_VOXELS
+from ..core.octree import BRICK, BRICK_VOXELS, spheres_in_frustum
 
 CORNER_OFFSETS = morton.CHILD_OFFSETS            # (8, 3) int64, corner c = i + 2j + 4k
 MAX_LOD_LEVEL = 3                                # cells up to one brick (8 voxels) wide
@@ -315,18 +315,11 @@ class TsdfField:
         centre = self.origin_m.to(dev) + (self.brick_coord.double() * BRICK + BRICK / 2) * v
         c = camera.world_to_camera(centre)
         r = math.sqrt(3) * BRICK * v / 2
-        K = camera.K
-        fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
-        xl, xr = (-0.5 - cx) / fx, (camera.width - 0.5 - cx) / fx
-        yt, yb = (-0.5 - cy) / fy, (camera.height - 0.5 - cy) / fy
-        n = torch.tensor([[1.0, 0.0, -xl], [-1.0, 0.0, xr], [0.0, 1.0, -yt], [0.0, -1.0, yb]],
-                         dtype=torch.float64, device=dev)
-        n = n / n.norm(dim=1, keepdim=True)
-        visible = ((c @ n.T) > -r).all(1) & (c[:, 2] > camera.near_m - r) & (c[:, 2] < camera.far_m + r)
+        visible = spheres_in_frustum(c, r, camera.K, camera.width, camera.height, camera.near_m, camera.far_m)
         if lod_px <= 0 or self.max_level == 0:
             return torch.zeros_like(visible, dtype=torch.int64), visible
         z = (c[:, 2] - r).clamp_min(camera.near_m)                       # nearest depth of the brick
-        px0 = min(fx, fy) * v / z                                        # level-0 cell size in pixels
+        px0 = min(float(camera.K[0, 0]), float(camera.K[1, 1])) * v / z   # level-0 cell size in pixels
         lv = torch.ceil(torch.log2((lod_px / px0).clamp_min(1e-30))).clamp(0, self.max_level).long()
         return lv, visible
 
