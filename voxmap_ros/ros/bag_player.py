@@ -37,8 +37,8 @@ def _msg_class(type_name: str):
     return getattr(__import__(mod, fromlist=[cls]), cls)
 
 
-def play(bag: Path, *, rate: float = 1.0, tf_topic: str = "/pose", wait_subscribers_s: float = 5.0,
-         start_delay_s: float = 0.5, node_name: str = "voxmap_bag_player", progress=None) -> dict:
+def play(bag: Path, *, rate: float = 1.0, tf_topic: str = "/pose", wait_subscribers_s: float = 20.0,
+         start_delay_s: float = 1.0, node_name: str = "voxmap_bag_player", progress=None) -> dict:
     """Publish the bag once. Returns counts per topic. rclpy must be initialised."""
     from rosbags.highlevel import AnyReader
     node = rclpy.create_node(node_name)
@@ -54,7 +54,13 @@ def play(bag: Path, *, rate: float = 1.0, tf_topic: str = "/pose", wait_subscrib
                     tf_conns.append(c)
             tf_pub = node.create_publisher(TransformStamped, tf_topic, LATCHED) if tf_conns else None
             clock_pub = node.create_publisher(Clock, "/clock", 10)
-            _wait_for_subscribers(node, list(pubs.values()), wait_subscribers_s)
+            missing = _wait_for_subscribers(pubs, wait_subscribers_s)
+            if missing:
+                print(f"voxmap_bag_player: no subscriber after {wait_subscribers_s:g} s on {', '.join(missing)}; "
+                      "playing anyway", file=sys.stderr, flush=True)
+            # A publisher that sees its subscriber does not mean the subscriber has matched the
+            # publisher yet (discovery is asymmetric); the first messages could be lost without
+            # this pause.
             time.sleep(start_delay_s)
             t0_bag, t0_wall = None, time.monotonic()
             for conn, stamp_ns, raw in reader.messages():
@@ -70,7 +76,7 @@ def play(bag: Path, *, rate: float = 1.0, tf_topic: str = "/pose", wait_subscrib
                     for tr in tf_msg.transforms:
                         tf_pub.publish(_to_transform_stamped(tr))
                 else:
-                    pubs[conn.topic].publish(deserialize_message(raw, _msg_class(conn.msgtype)))
+                    _publish_raw(pubs[conn.topic], raw, conn.msgtype)
                 counts[conn.topic] = counts.get(conn.topic, 0) + 1
                 if progress is not None:
                     progress(counts)
@@ -92,9 +98,22 @@ def _to_transform_stamped(tr) -> TransformStamped:
     return out
 
 
-def _wait_for_subscribers(node, pubs, timeout_s: float) -> None:
+def _publish_raw(pub, raw: bytes, msgtype: str) -> None:
+    """Send the bag's CDR bytes as they are (no Python message object in between: the player then
+    costs little CPU next to the node it feeds); rclpy versions that take no bytes get a message."""
+    try:
+        pub.publish(bytes(raw))
+    except TypeError:
+        pub.publish(deserialize_message(bytes(raw), _msg_class(msgtype)))
+
+
+def _wait_for_subscribers(pubs: dict, timeout_s: float) -> list[str]:
+    """Wait until every publisher has a subscriber; returns the topics still without one."""
     end = time.monotonic() + timeout_s
-    while time.monotonic() < end and pubs and not all(p.get_subscription_count() > 0 for p in pubs):
+    while True:
+        missing = sorted(t for t, p in pubs.items() if p.get_subscription_count() == 0)
+        if not missing or time.monotonic() >= end:
+            return missing
         time.sleep(0.05)
 
 
@@ -103,7 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("bag", type=Path)
     ap.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
     ap.add_argument("--tf-topic", default="/pose", help="where /tf transforms are re-published (TransformStamped)")
-    ap.add_argument("--wait-subscribers-s", type=float, default=5.0)
+    ap.add_argument("--wait-subscribers-s", type=float, default=20.0,
+                    help="wait this long for every topic to have a subscriber, seconds (default %(default)s)")
     args, ros_args = ap.parse_known_args(argv)
     rclpy.init(args=ros_args)
     try:

@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="node.mesh_rate_hz (default: the node's own default)")
     p.add_argument("--sensor-qos", choices=("reliable", "sensor_data"), default="reliable",
                    help="node.sensor_qos; this process publishes reliably either way (default %(default)s)")
+    p.add_argument("--node-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra node parameter, e.g. node.executor=multi (repeatable)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--quiet", action="store_true")
 
@@ -277,7 +279,9 @@ def _run_one(kind: str, rate_hz: float, messages, info, params: dict, quiet: boo
                "latency_map_ms_median": v.num("latency_ms_median"), "latency_map_ms_p95": v.num("latency_ms_p95"),
                "latency_mesh_ms_median": float(np.median(lat)) if lat.size else None,
                "latency_mesh_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
-               "mesh_messages": int(lat.size), "voxels": v.num("voxels"), "map_bytes": v.num("map_bytes")}
+               "mesh_messages": int(lat.size),
+               "poses_received": v.num("received_pose"), "pose_lag_ms_median": v.num("pose_lag_ms_median"),
+               "voxels": v.num("voxels"), "map_bytes": v.num("map_bytes")}
         res["keeps_up"] = bool(res["dropped_total"] == 0 and res["integrated"] >= n)
         if not quiet:
             print(f"  {kind} @ {rate_hz:g} Hz: integrated {res['integrated']:.0f}/{n}, dropped {res['dropped_total']:.0f}, "
@@ -313,6 +317,11 @@ def run(args) -> dict:
             "node.occupancy_rate_hz": "0.5", "node.diagnostics_rate_hz": "2.0"}
     if args.mesh_rate_hz is not None:
         base["node.mesh_rate_hz"] = str(args.mesh_rate_hz)
+    for item in args.node_param:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--node-param wants NAME=VALUE, got {item!r}")
+        base[name.strip()] = value.strip()
     runs = []
     for r in rates:
         params = dict(base, **{"map.voxel_size_m": str(args.voxel_size_m), "node.cloud_topic": "",

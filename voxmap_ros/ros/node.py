@@ -7,15 +7,21 @@ the map lock briefly to pull mesh / occupancy snapshots and publish outside the 
 Locks (never taken in the opposite order): `_mesh_lock` (the mesh chunker) -> `_lock` (the mapper)
 -> `_qlock` (the queues) -> `_count_lock` (the counters).
 
-The render timer (~/render/*, its own callback group so a slow render never delays the other
-timers) holds `_lock` only while it copies the TSDF of the bricks in the view's frustum
-(outputs.map_snapshot: ~1 ms for a room seen at 5 cm); building the renderable cells and
-rasterizing run on the copy.
+Outputs run on a thread of their own ("outputs"): the rclpy timers only post the name of their
+job there (a job already waiting is not posted twice), so the executor's callbacks are all short.
+A long mesh update or render therefore never holds an executor thread, and the executor never
+spins on entities whose callback group is busy (measured before this: the main executor thread
+used most of a core during mesh updates, starving the sensor callbacks of a 2-core machine).
+
+The render job (~/render/*) holds `_lock` only while it copies the TSDF of the bricks in the
+view's frustum (outputs.map_snapshot: ~1 ms for a room seen at 5 cm); building the renderable
+cells and rasterizing run on the copy.
 """
 from __future__ import annotations
 
 import collections
 import functools
+import os
 import sys
 import threading
 import time
@@ -24,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+import torch
 import rclpy.executors
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, TransformStamped
@@ -72,7 +79,7 @@ KINDS = ("rgbd", "lidar")
 BASE_COUNTERS = tuple(f"{what}_{k}" for what in ("received", "integrated", "dropped_queue", "dropped_no_pose",
                                                  "dropped_non_monotonic") for k in KINDS) + (
     "bad_depth", "bad_color", "bad_camera_info", "bad_cloud", "bad_pose", "bad_rgbd", "bad_lidar",
-    "clouds_subsampled", "rgbd_without_color", "mesh_messages", "renders", "errors")
+    "clouds_subsampled", "rgbd_without_color", "received_pose", "mesh_messages", "renders", "errors")
 
 
 @dataclass
@@ -129,6 +136,8 @@ class VoxmapNode(Node):
         self._qlock = threading.Lock()                    # guards the queues and the in-flight count
         self._mesh_lock = threading.Lock()                # guards the chunker (mesh timer vs. services)
         self._wake = threading.Event()
+        self._jobs_cond = threading.Condition()             # guards _jobs (output jobs posted by the timers)
+        self._jobs: set[str] = set()
         self._stop = threading.Event()
         self._queues = {k: collections.deque() for k in KINDS}
         self._in_flight = 0                               # frames taken off a queue, not yet integrated
@@ -137,6 +146,8 @@ class VoxmapNode(Node):
         self._last_stamp = {k: -1 for k in KINDS}
         self._ms_recent: collections.deque = collections.deque(maxlen=200)
         self._latency_ms: collections.deque = collections.deque(maxlen=200)
+        self._pose_lag_ms: collections.deque = collections.deque(maxlen=200)
+        self._lock_wait_ms: collections.deque = collections.deque(maxlen=200)   # worker waiting for the map lock
         self._last_integrated_stamp_ns = 0
         self._camera: CameraView | None = None            # latest integrated RGB-D camera (under _lock)
         self._render_ms: collections.deque = collections.deque(maxlen=50)
@@ -159,6 +170,9 @@ class VoxmapNode(Node):
         self._worker = threading.Thread(target=self._work_loop, name=f"voxmap_worker[{self.get_name()}]",
                                         daemon=True)
         self._worker.start()
+        self._outputs = threading.Thread(target=self._output_loop, name=f"voxmap_outputs[{self.get_name()}]",
+                                         daemon=True)
+        self._outputs.start()
         self.get_logger().info(
             f"voxmap ready: voxel {self.cfg.map.voxel_size_m} m, backend {self.mapper.backend}, "
             f"poses from {self._pose_mode}, map frame '{self.map_frame}'")
@@ -250,13 +264,13 @@ class VoxmapNode(Node):
 
     def _make_timers(self) -> None:
         """One timer per output, created once; a rate of 0 leaves it cancelled. Wall-clock
-        (steady) timers: publishing must go on when sim time pauses (bag paused)."""
+        (steady) timers: publishing must go on when sim time pauses (bag paused). A timer only
+        posts its job to the output thread."""
         group = MutuallyExclusiveCallbackGroup()
-        own_group = {"render": MutuallyExclusiveCallbackGroup()}     # a render may take a while
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        for name, rate, cb in self._timer_specs():
-            t = self.create_timer(1.0 / rate if rate > 0 else 1.0, cb, callback_group=own_group.get(name, group),
-                                  clock=steady)
+        for name, rate, _cb in self._timer_specs():
+            t = self.create_timer(1.0 / rate if rate > 0 else 1.0, functools.partial(self._post_job, name),
+                                  callback_group=group, clock=steady)
             if rate <= 0:
                 t.cancel()
             self._pub_timers[name] = t
@@ -274,6 +288,24 @@ class VoxmapNode(Node):
                 t.timer_period_ns = period_ns
             if t.is_canceled():
                 t.reset()
+
+    def _post_job(self, name: str) -> None:
+        with self._jobs_cond:
+            self._jobs.add(name)
+            self._jobs_cond.notify()
+
+    def _output_loop(self) -> None:
+        """Runs the posted output jobs, in the order of _timer_specs (each job is guarded: an
+        exception is counted and logged, the loop goes on)."""
+        order = [(name, cb) for name, _rate, cb in self._timer_specs()]
+        while not self._stop.is_set():
+            with self._jobs_cond:
+                while not self._jobs and not self._stop.is_set():
+                    self._jobs_cond.wait(0.5)
+                due, self._jobs = set(self._jobs), set()
+            for name, cb in order:
+                if name in due and not self._stop.is_set():
+                    cb()
 
     # ------------------------------------------------------------------ callbacks: convert + enqueue
     def _bad(self, what: str, err: Exception | str) -> None:
@@ -346,6 +378,9 @@ class VoxmapNode(Node):
             if buf is None:
                 buf = self._poses.setdefault(child or "", PoseBuffer(max_age_s=self.cfg.node.pose_buffer_s))
             buf.add(stamp, T)
+            self._count("received_pose")
+            # Pose age on arrival (node clock): a pose stream that lags makes frames wait.
+            self._pose_lag_ms.append((self._stamp_now() - stamp) / 1e6)
             self._wake.set()
         except ValueError as e:
             self._bad("pose", e)
@@ -525,9 +560,11 @@ class VoxmapNode(Node):
                           frame_id=item.frame_id)
         else:
             frame = Frame(T_W_S=d["T"], points=d["points"], stamp_ns=item.stamp_ns, frame_id=item.frame_id)
-        t0 = time.perf_counter()
+        t_wait = time.perf_counter()
         try:
             with self._lock:
+                t0 = time.perf_counter()
+                self._lock_wait_ms.append((t0 - t_wait) * 1000.0)
                 self.mapper.integrate(frame)
                 if item.kind == "rgbd":
                     h, w = d["depth"].shape[:2]
@@ -652,6 +689,8 @@ class VoxmapNode(Node):
             values = dict(self.counters)
         ms = np.asarray(self._ms_recent) if self._ms_recent else np.zeros(0)
         lat = np.asarray(self._latency_ms) if self._latency_ms else np.zeros(0)
+        pose_lag = np.asarray(self._pose_lag_ms) if self._pose_lag_ms else np.zeros(0)
+        lock_wait = np.asarray(self._lock_wait_ms) if self._lock_wait_ms else np.zeros(0)
         rms = np.asarray(self._render_ms) if self._render_ms else np.zeros(0)
         rlock = np.asarray(self._render_lock_ms) if self._render_lock_ms else np.zeros(0)
         values.update({"dropped": sum(v for k, v in values.items() if k.startswith("dropped_")),
@@ -661,6 +700,8 @@ class VoxmapNode(Node):
                        "ms_per_frame_p95": float(np.percentile(ms, 95)) if ms.size else 0.0,
                        "latency_ms_median": float(np.median(lat)) if lat.size else 0.0,
                        "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else 0.0,
+                       "lock_wait_ms_p95": float(np.percentile(lock_wait, 95)) if lock_wait.size else 0.0,
+                       "pose_lag_ms_median": float(np.median(pose_lag)) if pose_lag.size else 0.0,
                        "last_cloud_points": self._last_cloud_points,
                        "render_ms": float(np.median(rms)) if rms.size else 0.0,
                        "render_lock_ms": float(np.median(rlock)) if rlock.size else 0.0,
@@ -729,8 +770,11 @@ class VoxmapNode(Node):
     def destroy_node(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._worker.is_alive() and self._worker is not threading.current_thread():
-            self._worker.join(timeout=10.0)
+        with self._jobs_cond:
+            self._jobs_cond.notify_all()
+        for th in (self._worker, self._outputs):
+            if th.is_alive() and th is not threading.current_thread():
+                th.join(timeout=10.0)
         super().destroy_node()
 
 
@@ -744,6 +788,27 @@ def process_command(node_name: str, params: dict) -> list[str]:
     return cmd
 
 
+def make_executor(kind: str):
+    """The executor that spins the node in its own process ('single' or 'multi', node.executor).
+    (rclpy's experimental EventsExecutor was tried: in rclpy 9.1 it spun a core at 100 % without
+    running the node's callbacks.)"""
+    if kind == "multi":
+        return rclpy.executors.MultiThreadedExecutor(num_threads=3)
+    return rclpy.executors.SingleThreadedExecutor()
+
+
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+def _apply_compute_threads(n: int) -> None:
+    """Process-wide settings of the node's own process (an in-process node leaves its host's alone):
+    the thread count of torch and the compiled kernels (they follow torch), and a short GIL switch
+    interval, because the worker releases the GIL for every tensor op and with the default 5 ms
+    it could wait that long to get it back from a thread running Python (the mesh serialiser)."""
+    torch.set_num_threads(int(n) if n > 0 else max(1, os.cpu_count() or 1))
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
 def main(args=None) -> None:
     from rclpy.exceptions import ParameterException
     rclpy.init(args=args)
@@ -751,7 +816,9 @@ def main(args=None) -> None:
     code = 0
     try:
         node = VoxmapNode()
-        executor = rclpy.executors.MultiThreadedExecutor(num_threads=3)
+        _apply_compute_threads(node.cfg.node.compute_threads)
+        node.get_logger().info(f"compute threads: {torch.get_num_threads()}")
+        executor = make_executor(node.cfg.node.executor)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
