@@ -29,7 +29,7 @@ def test_ros_demo_fuses_every_frame_and_leaves_no_process(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     diag = {k: float(v) for k, v in summary["diagnostics"].items() if v.replace(".", "", 1).isdigit()}
     for kind, n in (("rgbd", 20), ("lidar", 6)):
-        assert diag[f"received_{kind}"] == n, "the bag player delivered every message"
+        assert diag[f"received_{kind}"] == n, f"the bag player delivered every message; demo said:\n{printed}"
         # Every frame is accounted for; how many the node keeps up with is the benchmarks' business
         # (docs/BENCHMARKS.md), but a 20-frame bag at 30 Hz must be nearly all integrated.
         lost = sum(v for k, v in diag.items() if k.endswith(f"_{kind}") and k.startswith(("dropped_", "bad_")))

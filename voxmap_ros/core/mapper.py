@@ -213,8 +213,9 @@ class Mapper:
             todo = torch.cat([todo, extra[~torch.isin(extra, todo)]])
         keys = o.node_key[o.brick_node[todo].long()]
         # Every brick in `keys` loses its old triangles; only those that can have a surface are meshed.
-        surf = todo[mesh.may_have_surface(o, todo, self.config.tsdf.min_weight_mesh)]
-        return MeshJob(mesh.gather(o, surf, self.config.tsdf.min_weight_mesh), keys, removed)
+        surf = todo[mesh.may_have_surface(o, todo, self.config.tsdf.min_weight_mesh, self._mesh_backend())]
+        return MeshJob(mesh.gather(o, surf, self.config.tsdf.min_weight_mesh, backend=self._mesh_backend()), keys,
+                       removed)
 
     def finish_mesh_update(self, job: MeshJob) -> MeshUpdate:
         """Second half of update_mesh: marching cubes on the gathered blocks, merged into the mesh
@@ -230,7 +231,12 @@ class Mapper:
 
     def extract_mesh(self) -> MeshData:
         """Full-map mesh, welded, freshly computed from every brick."""
-        return mesh.mesh_bricks(self.octree, self.octree.alive_slots(), self.config.tsdf.min_weight_mesh).to_mesh()
+        return mesh.mesh_bricks(self.octree, self.octree.alive_slots(), self.config.tsdf.min_weight_mesh,
+                                backend=self._mesh_backend()).to_mesh()
+
+    def _mesh_backend(self) -> str:
+        """'cpp' (kernels/cpu/mesh.cpp) with the compiled backend on a CPU map, else 'torch'."""
+        return "cpp" if self._backend == "cpp" and self.device.type == "cpu" else "torch"
 
     def occupancy_grid(self) -> Grid2D:
         g = self.config.grid

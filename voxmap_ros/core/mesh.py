@@ -98,34 +98,72 @@ class Blocks:
     origins_vox: torch.Tensor
 
 
-def gather(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float, chunk: int = 4096) -> list[Blocks]:
-    """Blocks of bricks `slots` (B,) int64, in chunks of at most `chunk` bricks."""
+@dataclass
+class CompactBricks:
+    """The bricks a batch of padded blocks reads, copied as they are (for the compiled mesher,
+    native.mesh_bricks_cpp): tsdf / weight (U, 512) float16, color (U, 512, 3) uint8, nb (B, 8)
+    int64 rows of each meshed brick's neighbours (column dx + 2 dy + 4 dz, -1 = none), origins_vox
+    (B, 3) int64, min_weight. A plain copy of whole bricks costs less than building 9^3 blocks."""
+    tsdf: torch.Tensor
+    weight: torch.Tensor
+    color: torch.Tensor
+    nb: torch.Tensor
+    origins_vox: torch.Tensor
+    min_weight: float
+
+
+def gather_compact(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float) -> CompactBricks:
+    """CompactBricks of bricks `slots` (B,) int64 (CPU octree)."""
+    coords = octree.brick_coord[slots].long()
+    nb = octree.lookup_bricks((coords[:, None, :] + _PAD_OFFSETS.to(coords.device)[None]).reshape(-1, 3))
+    nb = nb.reshape(-1, _PAD_OFFSETS.shape[0])
+    have = nb >= 0
+    uniq, inv = torch.unique(nb[have], return_inverse=True)
+    rows = torch.full_like(nb, -1)
+    rows[have] = inv
+    a = octree.attrs
+    return CompactBricks(a["tsdf"][uniq], a["weight"][uniq], a["color"][uniq], rows, coords * BRICK, min_weight)
+
+
+def gather(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float, chunk: int = 4096,
+           backend: str = "torch") -> list[Blocks | CompactBricks]:
+    """Copies of what meshing bricks `slots` (B,) int64 reads, in chunks of at most `chunk` bricks:
+    padded Blocks for the torch mesher, CompactBricks for backend 'cpp'."""
+    if backend == "cpp":
+        return [gather_compact(octree, slots[i:i + chunk], min_weight) for i in range(0, slots.numel(), chunk)]
     return [Blocks(*gather_blocks(octree, slots[i:i + chunk], min_weight)) for i in range(0, slots.numel(), chunk)]
 
 
-def mesh_blocks(blocks: list[Blocks], voxel_size_m: float, device) -> BrickMesh:
+def mesh_blocks(blocks: list[Blocks | CompactBricks], voxel_size_m: float, device) -> BrickMesh:
     """Marching cubes over gathered blocks -> BrickMesh (triangles tagged by brick key)."""
     parts = []
     for b in blocks:
+        if isinstance(b, CompactBricks):
+            from . import native
+            verts, vcol, vkeys, tri_block = native.mesh_bricks_cpp(b.tsdf, b.weight, b.color, b.nb, b.origins_vox,
+                                                                   voxel_size_m, b.min_weight)
+            if verts.shape[0]:
+                parts.append(BrickMesh(verts, vcol, vkeys, morton.encode(b.origins_vox >> 3, 0)[tri_block]))
+            continue
         verts, tris, vcol, vkeys, tri_block = marching_cubes_blocks(b.sdf, b.valid, b.colors, b.origins_vox,
                                                                     voxel_size_m, return_triangle_blocks=True)
         if tris.shape[0] == 0:
             continue
-        owner = morton.encode(b.origins_vox[tri_block] >> 3, 0)
+        owner = morton.encode(b.origins_vox >> 3, 0)[tri_block]          # one key per brick, then per triangle
         parts.append(BrickMesh(verts[tris].float(), vcol[tris], vkeys[tris], owner))
     return BrickMesh.cat(parts) if parts else BrickMesh.empty(device)
 
 
 def mesh_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float,
-                chunk: int = 4096) -> BrickMesh:
+                chunk: int = 4096, backend: str = "torch") -> BrickMesh:
     """Marching cubes over bricks `slots` (B,) int64 -> BrickMesh (triangles tagged by brick)."""
     parts = [mesh_blocks([b], octree.voxel_size_m, octree.device)
-             for b in (Blocks(*gather_blocks(octree, slots[i:i + chunk], min_weight))
-                       for i in range(0, slots.numel(), chunk))]
+             for b in gather(octree, slots, min_weight, chunk, backend)]
     return BrickMesh.cat(parts) if parts else BrickMesh.empty(octree.device)
 
 
-def may_have_surface(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float) -> torch.Tensor:
+def may_have_surface(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float,
+                     backend: str = "torch") -> torch.Tensor:
     """(B,) bool for bricks `slots` (B,) int64: whether marching cubes over the brick's padded block
     can produce a triangle. A cell needs all 8 corners valid (weight >= min_weight) and a sign
     change, so the block must hold a valid voxel with TSDF < 0 (the brick or one of its +x/+y/+z
@@ -135,7 +173,12 @@ def may_have_surface(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight:
     coords = octree.brick_coord[slots].long()
     nb = octree.lookup_bricks((coords[:, None, :] + _PAD_OFFSETS.to(coords.device)[None]).reshape(-1, 3))
     uniq, inv = torch.unique(nb[nb >= 0], return_inverse=True)
-    neg = ((octree.attrs["tsdf"][uniq] < 0) & (octree.attrs["weight"][uniq].float() >= max(min_weight, 1e-6))).any(1)
+    if backend == "cpp":
+        from . import native
+        neg = native.bricks_negative_cpp(octree, uniq, min_weight)
+    else:
+        neg = ((octree.attrs["tsdf"][uniq] < 0) &
+               (octree.attrs["weight"][uniq].float() >= max(min_weight, 1e-6))).any(1)
     has = torch.zeros(nb.numel(), dtype=torch.bool, device=octree.device)
     has[(nb >= 0).nonzero().squeeze(1)] = neg[inv]
     return has.view(-1, _PAD_OFFSETS.shape[0]).any(1)

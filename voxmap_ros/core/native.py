@@ -16,6 +16,7 @@ The kernels work on CPU tensors only; the octree must live on the CPU.
 
 API: available(), unavailable_reason(), integrate_rgbd_cpp(), integrate_lidar_cpp(),
 brick_summaries_cpp() (the per-brick part of SparseVoxelOctree.update_summaries),
+mesh_bricks_cpp() (marching cubes over bricks, twin of core.marching_cubes via core.mesh),
 set_num_threads() (0 = follow torch), last_lidar_stats(), and `profile` (a dict to collect the
 wrappers' phase times, for benchmarks). Calls are serialised by a lock: one shared scratch context.
 """
@@ -161,6 +162,14 @@ class _LidarParams(ctypes.Structure):      # mirrors LidarParams in fusion.cpp
         ("n_band", ctypes.c_int), ("free_space", ctypes.c_int)]
 
 
+class _MeshTables(ctypes.Structure):      # mirrors MeshTables in mesh.cpp
+    _fields_ = [(n, ctypes.c_void_p) for n in ("tri_table", "tri_count", "edge_corners", "edge_axis", "edge_lower")]
+
+
+class _MeshArgs(ctypes.Structure):        # mirrors MeshArgs in mesh.cpp
+    _fields_ = [("iso", ctypes.c_float), ("min_weight", ctypes.c_float), ("voxel", ctypes.c_double)]
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     P, I64, I, V = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, None
     sig = {
@@ -178,6 +187,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vx_lidar_stats": ([P, P], V),
         "vx_brick_summaries": ([P, I64, P, P, P, P, P, P, I], V),
         "vx_hash_find": ([P, I64, P, P, I64, P, I], V),
+        "vx_bricks_negative": ([P, I64, P, P, P, P, I], V),
+        "vx_mesh_count": ([I64, P, P, P, P, P, P, I], I64),
+        "vx_mesh_fill": ([I64, P, P, P, P, P, P, P, P, P, P, P, P, I], V),
     }
     for name, (args, res) in sig.items():
         fn = getattr(lib, name)
@@ -432,4 +444,81 @@ def hash_find_cpp(table_keys: torch.Tensor, keys: torch.Tensor, home: torch.Tens
     if keys.numel():
         lib.vx_hash_find(table_keys.data_ptr(), table_keys.numel(), keys.data_ptr(), home.data_ptr(),
                          keys.numel(), out.data_ptr(), _nthreads())
+    return out
+
+
+_mesh_tables: dict = {}
+
+
+def _mesh_table_struct() -> _MeshTables:
+    """The marching-cubes tables of core.mc_table as int32 arrays (kept alive here), once."""
+    if not _mesh_tables:
+        from . import mc_table
+        arrays = {"tri_table": mc_table.TRI_TABLE, "tri_count": mc_table.TRI_COUNT,
+                  "edge_corners": mc_table.EDGE_CORNERS, "edge_axis": mc_table.EDGE_AXIS,
+                  "edge_lower": mc_table.EDGE_LOWER_OFFSET}
+        if tuple(mc_table.TRI_TABLE.shape) != (256, 5, 3):
+            raise RuntimeError(f"mesh.cpp expects a (256, 5, 3) triangle table, got {tuple(mc_table.TRI_TABLE.shape)}")
+        _mesh_tables["arrays"] = {k: v.to(torch.int32).contiguous() for k, v in arrays.items()}
+        _mesh_tables["struct"] = _MeshTables(**{k: v.data_ptr() for k, v in _mesh_tables["arrays"].items()})
+    return _mesh_tables["struct"]
+
+
+def mesh_bricks_cpp(tsdf: torch.Tensor, weight: torch.Tensor, color: torch.Tensor | None, nb: torch.Tensor,
+                    origins_vox: torch.Tensor, voxel_size_m: float, min_weight: float, iso: float = 0.0):
+    """Marching cubes over bricks, compiled twin of core.mesh.mesh_blocks on padded blocks.
+
+    tsdf, weight: (U, 512) float16 copies of U bricks ([z][y][x] inside a brick); color: (U, 512, 3)
+    uint8 or None; nb: (B, 8) int64 rows into those copies of each meshed brick's padded-block
+    neighbours, column dx + 2 dy + 4 dz (-1 = none; column 0 is the brick itself); origins_vox:
+    (B, 3) int64 global voxel index of each brick's voxel (0, 0, 0). All CPU. A sample counts when
+    its weight >= max(min_weight, 1e-6) and its TSDF is finite.
+    Returns the triangle soup (tri_vertices (T, 3, 3) float32 metres, tri_colors (T, 3, 3) uint8,
+    tri_edge_keys (T, 3) int64, tri_block (T,) int64 index into the B bricks), bitwise equal to
+    the reference's and in its order."""
+    U = tsdf.shape[0] if isinstance(tsdf, torch.Tensor) else -1
+    _check_tensor("tsdf", tsdf, (torch.float16,), (None, 512))
+    _check_tensor("weight", weight, (torch.float16,), (U, 512))
+    if color is not None:
+        _check_tensor("color", color, (torch.uint8,), (U, 512, 3))
+    _check_tensor("nb", nb, (torch.int64,), (None, 8))
+    B = nb.shape[0]
+    _check_tensor("origins_vox", origins_vox, (torch.int64,), (B, 3))
+    if B and (int(nb.max()) >= U or int(nb.min()) < -1):
+        raise ValueError(f"nb rows must lie in [-1, {U}), got [{int(nb.min())}, {int(nb.max())}]")
+    tsdf, weight, nb, origins_vox = (t.contiguous() for t in (tsdf, weight, nb, origins_vox))
+    color = color.contiguous() if color is not None else None
+    lib, _ = _lib()
+    tab = _mesh_table_struct()
+    args = _MeshArgs(iso=float(iso), min_weight=float(max(min_weight, 1e-6)), voxel=float(voxel_size_m))
+    nt = _nthreads()
+    counts = torch.empty(B, dtype=torch.int64)
+    total = lib.vx_mesh_count(B, nb.data_ptr(), tsdf.data_ptr(), weight.data_ptr(), ctypes.byref(tab),
+                              ctypes.byref(args), counts.data_ptr(), nt) if B else 0
+    verts = torch.empty((total, 3, 3), dtype=torch.float32)
+    cols = torch.empty((total, 3, 3), dtype=torch.uint8)
+    keys = torch.empty((total, 3), dtype=torch.int64)
+    tri_block = torch.empty(total, dtype=torch.int64)
+    if total:
+        offsets = (torch.cumsum(counts, 0) - counts).contiguous()
+        lib.vx_mesh_fill(B, nb.data_ptr(), tsdf.data_ptr(), weight.data_ptr(), _ptr(color), origins_vox.data_ptr(),
+                         ctypes.byref(tab), ctypes.byref(args), offsets.data_ptr(), verts.data_ptr(), cols.data_ptr(),
+                         keys.data_ptr(), tri_block.data_ptr(), nt)
+    return verts, cols, keys, tri_block
+
+
+def bricks_negative_cpp(octree, slots: torch.Tensor, min_weight: float, iso: float = 0.0) -> torch.Tensor:
+    """(N,) bool for alive brick slots (N,) int64 of a CPU octree: the brick holds a voxel with
+    TSDF < iso and weight >= max(min_weight, 1e-6) (core.mesh.may_have_surface's per-brick test)."""
+    _check_tensor("slots", slots, (torch.int64,), (None,))
+    _check_octree(octree)
+    if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= octree.brick_alive.shape[0]):
+        raise ValueError("slots out of range of the brick pool")
+    slots = slots.contiguous()
+    lib, _ = _lib()
+    out = torch.empty(slots.numel(), dtype=torch.bool)
+    args = _MeshArgs(iso=float(iso), min_weight=float(max(min_weight, 1e-6)), voxel=0.0)
+    a = octree.attrs
+    lib.vx_bricks_negative(slots.data_ptr(), slots.numel(), a["tsdf"].data_ptr(), a["weight"].data_ptr(),
+                           ctypes.byref(args), out.data_ptr(), _nthreads())
     return out
