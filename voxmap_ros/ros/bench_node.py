@@ -82,7 +82,9 @@ class _Client:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.node.create_subscription(MarkerArray, f"/{NODE}/mesh", self._on_mesh, latched)
+        # Raw (serialized) mesh messages: turning them into Python objects (a Point per triangle corner)
+        # would cost this process seconds per update, on the cores the node needs.
+        self.node.create_subscription(MarkerArray, f"/{NODE}/mesh", self._on_mesh, latched, raw=True)
         self.ready = self.node.create_client(Trigger, f"/{NODE}/clear_map")
         # Subscriptions are served by a thread of their own, so that receiving big mesh messages
         # never delays the publishing loop (which would publish in bursts).
@@ -103,11 +105,11 @@ class _Client:
             if st.hardware_id == "voxmap":
                 self.values = {kv.key: kv.value for kv in st.values}
 
-    def _on_mesh(self, msg) -> None:
+    def _on_mesh(self, raw: bytes) -> None:
         now = time.time_ns()
-        stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in msg.markers if m.action == 0]
-        if stamps:
-            self.mesh_latency_ms.append((now - max(stamps)) / 1e6)
+        stamp = mesh_stamp_ns(raw)
+        if stamp:
+            self.mesh_latency_ms.append((now - stamp) / 1e6)
 
     @staticmethod
     def spin_for(seconds: float) -> None:
@@ -125,6 +127,19 @@ class _Client:
         self._spinner.join(timeout=5)
         self.node.destroy_node()
         self.rclpy.shutdown(context=self.ctx)
+
+
+def mesh_stamp_ns(raw: bytes) -> int | None:
+    """Stamp of the first marker of a serialized MarkerArray (the node stamps every marker of an
+    update alike, with the newest frame it contains); None for an empty array. CDR: 4 bytes of
+    encapsulation, the uint32 marker count, then the first marker's header stamp (int32 sec,
+    uint32 nanosec), little-endian for encapsulation kind 1."""
+    import struct
+    if len(raw) < 16:
+        return None
+    little = raw[1] == 1
+    count, sec, nsec = struct.unpack(("<" if little else ">") + "IiI", raw[4:16])
+    return sec * 10**9 + nsec if count else None
 
 
 def _rgbd_messages(frames, K):
