@@ -45,3 +45,15 @@ def test_bench_node_rejects_bad_rates():
     bench_node.add_arguments(p)
     with pytest.raises(ValueError, match="rates"):
         bench_node.run(p.parse_args(["--data", "x", "--rates-hz", "0"]))
+
+
+def test_mesh_stamp_is_read_from_serialized_markers():
+    from rclpy.serialization import serialize_message
+    from visualization_msgs.msg import Marker, MarkerArray
+    first, second = Marker(), Marker()
+    first.header.stamp.sec, first.header.stamp.nanosec = 1700000000, 123456789
+    second.header.stamp.sec = 5
+    raw = serialize_message(MarkerArray(markers=[first, second]))
+    assert bench_node.mesh_stamp_ns(raw) == 1700000000 * 10**9 + 123456789
+    assert bench_node.mesh_stamp_ns(serialize_message(MarkerArray())) is None
+    assert bench_node.mesh_stamp_ns(b"\x00\x01") is None

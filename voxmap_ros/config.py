@@ -102,7 +102,8 @@ class NodeConfig:
     tf_timeout_s: float = _f(0.05, "How long one TF lookup may wait, seconds", lo=0.0, hi=5.0, runtime=True)
     pose_wait_s: float = _f(1.0, "How long a frame may wait for its pose before it is dropped, seconds",
                             lo=0.0, hi=60.0, runtime=True)
-    queue_size: int = _f(4, "Frames waiting for integration per sensor; the oldest is dropped beyond", lo=1, hi=1000)
+    queue_size: int = _f(8, "Frames waiting for integration per sensor; the oldest is dropped beyond (8 rides "
+                            "out a stall of half a second at 15 Hz)", lo=1, hi=1000)
     executor: str = _f("single", "rclpy executor of the node process: 'single' (SingleThreadedExecutor: the least "
                                  "CPU per message) or 'multi' (MultiThreadedExecutor, 3 threads). Callbacks only "
                                  "decode and enqueue; integration and outputs run on the node's own threads",

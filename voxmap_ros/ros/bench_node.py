@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scans", type=int, default=100, help="LiDAR scans per run (default %(default)s)")
     p.add_argument("--voxel-size-m", type=float, default=0.02, help="RGB-D voxel size (default %(default)s)")
     p.add_argument("--lidar-voxel-size-m", type=float, default=0.1, help="LiDAR voxel size (default %(default)s)")
-    p.add_argument("--queue-size", type=int, default=4, help="node.queue_size (default %(default)s)")
+    p.add_argument("--queue-size", type=int, default=None, help="node.queue_size (default: the node's own default)")
     p.add_argument("--mesh-rate-hz", type=float, default=None,
                    help="node.mesh_rate_hz (default: the node's own default)")
     p.add_argument("--sensor-qos", choices=("reliable", "sensor_data"), default="reliable",
@@ -78,6 +78,7 @@ class _Client:
                     "cloud": self.node.create_publisher(PointCloud2, "/lidar/points", rel),
                     }
         self.values: dict[str, str] = {}
+        self.worst_lock_hold: tuple[float, str] = (0.0, "")     # longest map-lock hold by an output job
         self.mesh_latency_ms: list[float] = []
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
@@ -104,6 +105,9 @@ class _Client:
         for st in msg.status:
             if st.hardware_id == "voxmap":
                 self.values = {kv.key: kv.value for kv in st.values}
+                hold = self.num("lock_hold_ms_max")
+                if hold > self.worst_lock_hold[0]:
+                    self.worst_lock_hold = (hold, self.values.get("lock_hold_job", ""))
 
     def _on_mesh(self, raw: bytes) -> None:
         now = time.time_ns()
@@ -295,6 +299,8 @@ def _run_one(kind: str, rate_hz: float, messages, info, params: dict, quiet: boo
                "latency_mesh_ms_median": float(np.median(lat)) if lat.size else None,
                "latency_mesh_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
                "mesh_messages": int(lat.size),
+               "lock_wait_ms_p95": v.num("lock_wait_ms_p95"),
+               "lock_hold_ms_max": v.worst_lock_hold[0], "lock_hold_job": v.worst_lock_hold[1],
                "poses_received": v.num("received_pose"), "pose_lag_ms_median": v.num("pose_lag_ms_median"),
                "voxels": v.num("voxels"), "map_bytes": v.num("map_bytes")}
         res["keeps_up"] = bool(res["dropped_total"] == 0 and res["integrated"] >= n)
@@ -328,10 +334,12 @@ def run(args) -> dict:
     frames = load_frames(args.data, args.frames)
     msgs, info = _rgbd_messages(frames, frames[0].K)
     base = {"node.pose_source": "topic", "node.pose_topic": "/pose", "node.pose_topic_type": "TransformStamped",
-            "node.sensor_qos": args.sensor_qos, "node.queue_size": str(args.queue_size),
+            "node.sensor_qos": args.sensor_qos,
             "node.occupancy_rate_hz": "0.5", "node.diagnostics_rate_hz": "2.0"}
     if args.mesh_rate_hz is not None:
         base["node.mesh_rate_hz"] = str(args.mesh_rate_hz)
+    if args.queue_size is not None:
+        base["node.queue_size"] = str(args.queue_size)
     for item in args.node_param:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():

@@ -20,6 +20,7 @@ cells and rasterizing run on the copy.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import os
 import sys
@@ -148,6 +149,7 @@ class VoxmapNode(Node):
         self._latency_ms: collections.deque = collections.deque(maxlen=200)
         self._pose_lag_ms: collections.deque = collections.deque(maxlen=200)
         self._lock_wait_ms: collections.deque = collections.deque(maxlen=200)   # worker waiting for the map lock
+        self._lock_hold_ms: dict[str, float] = {}        # output job -> longest map-lock hold since last report
         self._last_integrated_stamp_ns = 0
         self._camera: CameraView | None = None            # latest integrated RGB-D camera (under _lock)
         self._render_ms: collections.deque = collections.deque(maxlen=50)
@@ -288,6 +290,19 @@ class VoxmapNode(Node):
                 t.timer_period_ns = period_ns
             if t.is_canceled():
                 t.reset()
+
+    @contextlib.contextmanager
+    def _locked(self, job: str):
+        """The map lock for an output job; the longest hold per job since the last diagnostics
+        report is reported (a long hold stalls integration and makes the queues overflow)."""
+        with self._lock:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                ms = (time.perf_counter() - t0) * 1000.0
+                with self._count_lock:
+                    self._lock_hold_ms[job] = max(self._lock_hold_ms.get(job, 0.0), ms)
 
     def _post_job(self, name: str) -> None:
         with self._jobs_cond:
@@ -596,7 +611,7 @@ class VoxmapNode(Node):
         with self._mesh_lock:
             # Only the gathering of the changed blocks holds the map lock; marching cubes runs on
             # the copy while the worker goes on integrating.
-            with self._lock:
+            with self._locked("mesh"):
                 job = self.mapper.prepare_mesh_update()
                 # Stamped with the newest frame the mesh contains: stamp -> mesh latency is then
                 # readable by any subscriber, and the map frame needs no TF at a later time.
@@ -630,7 +645,7 @@ class VoxmapNode(Node):
     def _publish_occupancy(self) -> None:
         if self.pub_grid.get_subscription_count() == 0:      # nobody listens: skip the projection
             return
-        with self._lock:
+        with self._locked("occupancy"):
             grid = self.mapper.occupancy_grid()
         self.pub_grid.publish(conv.grid_to_occupancy_grid(grid, self._stamp_now(), self.map_frame))
 
@@ -638,7 +653,7 @@ class VoxmapNode(Node):
     def _publish_voxels(self) -> None:
         if self.pub_voxels.get_subscription_count() == 0:
             return
-        with self._lock:
+        with self._locked("voxels"):
             pts, cols = self.mapper.occupied_points(self.cfg.node.occupied_voxels_level)
         self.pub_voxels.publish(conv.xyz_rgb_to_pointcloud2(pts, cols, self._stamp_now(), self.map_frame))
 
@@ -659,7 +674,7 @@ class VoxmapNode(Node):
         if all(p.get_subscription_count() == 0 for p in pubs):     # nobody listens: no work
             return
         t0 = time.perf_counter()
-        with self._lock:
+        with self._locked("render"):
             rc = self.cfg.render
             target = self._render_target(rc)
             if target is None:
@@ -677,7 +692,7 @@ class VoxmapNode(Node):
 
     @_guarded("prune")
     def _prune(self) -> None:
-        with self._lock:
+        with self._locked("prune"):
             self.mapper.prune()
 
     def diagnostics_values(self) -> dict:
@@ -687,6 +702,8 @@ class VoxmapNode(Node):
             depths = {k: len(q) for k, q in self._queues.items()}
         with self._count_lock:
             values = dict(self.counters)
+            holds, self._lock_hold_ms = self._lock_hold_ms, {}
+        worst = max(holds.items(), key=lambda kv: kv[1]) if holds else ("", 0.0)
         ms = np.asarray(self._ms_recent) if self._ms_recent else np.zeros(0)
         lat = np.asarray(self._latency_ms) if self._latency_ms else np.zeros(0)
         pose_lag = np.asarray(self._pose_lag_ms) if self._pose_lag_ms else np.zeros(0)
@@ -700,6 +717,7 @@ class VoxmapNode(Node):
                        "ms_per_frame_p95": float(np.percentile(ms, 95)) if ms.size else 0.0,
                        "latency_ms_median": float(np.median(lat)) if lat.size else 0.0,
                        "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else 0.0,
+                       "lock_hold_ms_max": worst[1], "lock_hold_job": worst[0],
                        "lock_wait_ms_p95": float(np.percentile(lock_wait, 95)) if lock_wait.size else 0.0,
                        "pose_lag_ms_median": float(np.median(pose_lag)) if pose_lag.size else 0.0,
                        "last_cloud_points": self._last_cloud_points,
