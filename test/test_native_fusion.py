@@ -281,6 +281,22 @@ def test_brick_summaries_match_octree():
     assert torch.equal(ob, oc.node_observed[nodes])
 
 
+def test_bricks_free_matches_torch():
+    """The prune test (every voxel observed free) of the compiled twin equals the torch one, on a
+    LiDAR map that has both free and surface bricks, at thresholds on either side of the data."""
+    rng = np.random.default_rng(4)
+    p = fusion_params(0.1)
+    oc = SparseVoxelOctree(0.1)
+    for T in lidar_poses(3, rng):
+        native.integrate_lidar_cpp(oc, lidar_scan(T, rng), torch.from_numpy(T), p)
+    slots = oc.alive_slots()
+    for occ_max in (p.l_min + 1e-3, -0.3, 0.0):
+        want = oc.bricks_free_torch(slots, occ_max)
+        got = native.bricks_free_cpp(oc, slots, occ_max, 0.999)
+        assert torch.equal(got, want), occ_max
+    assert 0 < int(oc.bricks_free_torch(slots, 0.0).sum()) < slots.numel()
+
+
 def _run_python(code: str, **env) -> subprocess.CompletedProcess:
     e = dict(os.environ, PYTHONPATH=str(REPO), **env)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120)

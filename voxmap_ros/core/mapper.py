@@ -93,7 +93,7 @@ class Mapper:
     def _use_backend_summaries(self) -> None:
         if self._backend == "cpp":
             from . import native
-            self.octree.use_kernels(native.brick_summaries_cpp, native.hash_find_cpp)
+            self.octree.use_kernels(native.brick_summaries_cpp, native.hash_find_cpp, native.bricks_free_cpp)
         else:
             self.octree.use_kernels(None, None)
 

@@ -188,6 +188,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vx_brick_summaries": ([P, I64, P, P, P, P, P, P, I], V),
         "vx_hash_find": ([P, I64, P, P, I64, P, I], V),
         "vx_bricks_negative": ([P, I64, P, P, P, P, I], V),
+        "vx_bricks_free": ([P, I64, P, P, P, ctypes.c_float, ctypes.c_float, P, I], V),
         "vx_mesh_count": ([I64, P, P, P, P, P, P, I], I64),
         "vx_mesh_fill": ([I64, P, P, P, P, P, P, P, P, P, P, P, P, I], V),
     }
@@ -411,6 +412,21 @@ def last_lidar_stats() -> dict:
         lib.vx_lidar_stats(ctx, out)
     return dict(zip(("rays", "voxels_touched", "band_voxels", "bricks", "us_rays", "us_free", "us_band",
                      "us_alloc_apply"), list(out)))
+
+
+def bricks_free_cpp(octree, slots: torch.Tensor, occ_max: float, tsdf_min: float) -> torch.Tensor:
+    """Compiled twin of SparseVoxelOctree.bricks_free_torch: (N,) bool for alive slots (N,) int64."""
+    _check_tensor("slots", slots, (torch.int64,), (None,))
+    _check_octree(octree)
+    if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= octree.brick_alive.shape[0]):
+        raise ValueError("slots out of range of the brick pool")
+    slots = slots.contiguous()
+    lib, _ = _lib()
+    out = torch.empty(slots.numel(), dtype=torch.bool)
+    a = octree.attrs
+    lib.vx_bricks_free(slots.data_ptr(), slots.numel(), a["tsdf"].data_ptr(), a["weight"].data_ptr(),
+                       a["occ"].data_ptr(), float(occ_max), float(tsdf_min), out.data_ptr(), _nthreads())
+    return out
 
 
 def brick_summaries_cpp(octree, slots: torch.Tensor):

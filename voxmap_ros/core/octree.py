@@ -25,6 +25,7 @@ BRICK = 8                                   # voxels per brick edge
 BRICK_VOXELS = BRICK ** 3
 BRICK_SHIFT = 3                             # log2(BRICK)
 UNKNOWN_OCC = float("-inf")                 # summary value of a subtree with no observed voxel
+FREE_TSDF_MIN = 0.999                       # normalised TSDF at which a weighted voxel counts as free space
 
 # Voxel (x, y, z) offsets inside a brick in storage order: linear index = x + 8*y + 64*z.
 VOXEL_OFFSETS = torch.stack([torch.arange(BRICK_VOXELS) % BRICK, (torch.arange(BRICK_VOXELS) // BRICK) % BRICK,
@@ -76,6 +77,7 @@ class SparseVoxelOctree:
         self.device = torch.device(device)
         self.free_logodds = float(free_logodds)
         self.brick_summaries = None       # see use_kernels
+        self._bricks_free_kernel = None
         self._stale: list[torch.Tensor] = []     # slots whose summaries wait for flush_summaries
         self.table = HashTable(4 * initial_bricks, self.device)
         self.specs: dict[str, AttributeSpec] = {}
@@ -86,11 +88,27 @@ class SparseVoxelOctree:
         for spec in CORE_ATTRIBUTES:
             self.register_attribute(spec)
 
-    def use_kernels(self, brick_summaries=None, hash_find=None) -> None:
+    def use_kernels(self, brick_summaries=None, hash_find=None, bricks_free=None) -> None:
         """Use compiled twins for the bookkeeping: `brick_summaries` with the signature of
-        brick_summaries_torch, `hash_find` that of native.hash_find_cpp. None = pure torch."""
+        brick_summaries_torch, `hash_find` that of native.hash_find_cpp, `bricks_free` that of
+        bricks_free_torch (with the octree first). None = pure torch."""
         self.brick_summaries = brick_summaries
         self.table.use_find_kernel(hash_find)
+        self._bricks_free_kernel = bricks_free
+
+    def bricks_free_torch(self, slots: torch.Tensor, occ_max: float, tsdf_min: float = FREE_TSDF_MIN) -> torch.Tensor:
+        """(N,) bool for alive slots (N,) int64: the brick is wholly observed free space, every
+        voxel with occupancy log-odds <= occ_max and either no weight or TSDF >= tsdf_min."""
+        occ = self.attrs["occ"][slots].float()
+        tsdf = self.attrs["tsdf"][slots].float()
+        w = self.attrs["weight"][slots].float()
+        return (occ <= occ_max).all(1) & ((w == 0) | (tsdf >= tsdf_min)).all(1)
+
+    def bricks_free(self, slots: torch.Tensor, occ_max: float, tsdf_min: float = FREE_TSDF_MIN) -> torch.Tensor:
+        """bricks_free_torch, through the compiled twin when one is installed (use_kernels)."""
+        if self._bricks_free_kernel is not None and self.device.type == "cpu":
+            return self._bricks_free_kernel(self, slots, occ_max, tsdf_min)
+        return self.bricks_free_torch(slots, occ_max, tsdf_min)
 
     # ------------------------------------------------------------------ pools
     def _alloc_nodes(self, cap: int) -> None:
@@ -339,11 +357,7 @@ class SparseVoxelOctree:
         slots = self.alive_slots()
         if slots.numel() == 0:
             return 0
-        occ = self.attrs["occ"][slots].float()
-        tsdf = self.attrs["tsdf"][slots].float()
-        w = self.attrs["weight"][slots].float()
-        free = (occ <= free_below_logodds).all(1) & ((w == 0) | (tsdf >= 0.999)).all(1)
-        slots = slots[free]
+        slots = slots[self.bricks_free(slots, free_below_logodds)]
         if slots.numel() == 0:
             return 0
         keys = self.node_key[self.brick_node[slots].long()]
