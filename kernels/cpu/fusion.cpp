@@ -906,9 +906,14 @@ void vx_copy_lidar_slots(const VxContext* ctx, int64_t* out) {
 }
 
 // ----------------------------------------------------------------------------------------- summaries
-// Brick part of SparseVoxelOctree.update_summaries: for slots (N,) int64, per brick the max
-// occupancy over seen voxels (w > 0 or occ != 0; -inf if none), min |tsdf| over w > 0 (1 if none),
-// and whether any voxel was seen. Outputs (N,) float32, float32, uint8.
+// TSDF, weight and occupancy of brick slot s as float32.
+static inline void load_brick(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a, float* tw, float* ww,
+                       float* ow) {
+    half_to_float(tsdf_a + s * BRICK_VOX, tw, BRICK_VOX);
+    half_to_float(w_a + s * BRICK_VOX, ww, BRICK_VOX);
+    half_to_float(occ_a + s * BRICK_VOX, ow, BRICK_VOX);
+}
+
 // out[i] = brick slots[i] is wholly observed free space (SparseVoxelOctree.bricks_free_torch):
 // every voxel has occupancy <= occ_max and either no weight or TSDF >= tsdf_min.
 void vx_bricks_free(const int64_t* slots, int64_t n, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a,
@@ -918,10 +923,7 @@ void vx_bricks_free(const int64_t* slots, int64_t n, const half_t* tsdf_a, const
         alignas(64) float tw[BRICK_VOX], ww[BRICK_VOX], ow[BRICK_VOX];
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < n; ++i) {
-            const int64_t s = slots[i];
-            half_to_float(tsdf_a + s * BRICK_VOX, tw, BRICK_VOX);
-            half_to_float(w_a + s * BRICK_VOX, ww, BRICK_VOX);
-            half_to_float(occ_a + s * BRICK_VOX, ow, BRICK_VOX);
+            load_brick(slots[i], tsdf_a, w_a, occ_a, tw, ww, ow);
             int32_t ok = 1;
             for (int lin = 0; lin < BRICK_VOX; ++lin)                      // vectorized
                 ok &= int32_t(ow[lin] <= occ_max) & (int32_t(ww[lin] == 0.0f) | int32_t(tw[lin] >= tsdf_min));
@@ -930,6 +932,9 @@ void vx_bricks_free(const int64_t* slots, int64_t n, const half_t* tsdf_a, const
     }
 }
 
+// Brick part of SparseVoxelOctree.update_summaries: for slots (N,) int64, per brick the max
+// occupancy over seen voxels (w > 0 or occ != 0; -inf if none), min |tsdf| over w > 0 (1 if none),
+// and whether any voxel was seen. Outputs (N,) float32, float32, uint8.
 void vx_brick_summaries(const int64_t* slots, int64_t n, const half_t* tsdf_a, const half_t* w_a,
                         const half_t* occ_a, float* max_occ, float* min_abs_tsdf, uint8_t* observed,
                         int nthreads) {
@@ -938,10 +943,7 @@ void vx_brick_summaries(const int64_t* slots, int64_t n, const half_t* tsdf_a, c
         alignas(64) float tw[BRICK_VOX], ww[BRICK_VOX], ow[BRICK_VOX];
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < n; ++i) {
-            const int64_t s = slots[i];
-            half_to_float(tsdf_a + s * BRICK_VOX, tw, BRICK_VOX);
-            half_to_float(w_a + s * BRICK_VOX, ww, BRICK_VOX);
-            half_to_float(occ_a + s * BRICK_VOX, ow, BRICK_VOX);
+            load_brick(slots[i], tsdf_a, w_a, occ_a, tw, ww, ow);
             // Per-lane partial max / min / any (exact in any order), reduced at the end.
             alignas(64) float mo_l[16], mt_l[16];
             alignas(64) int32_t seen_l[16];

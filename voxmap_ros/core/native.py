@@ -414,13 +414,18 @@ def last_lidar_stats() -> dict:
                      "us_alloc_apply"), list(out)))
 
 
-def bricks_free_cpp(octree, slots: torch.Tensor, occ_max: float, tsdf_min: float) -> torch.Tensor:
-    """Compiled twin of SparseVoxelOctree.bricks_free_torch: (N,) bool for alive slots (N,) int64."""
+def _checked_slots(octree, slots: torch.Tensor) -> torch.Tensor:
+    """slots (N,) int64 of a CPU octree's brick pool, checked and contiguous."""
     _check_tensor("slots", slots, (torch.int64,), (None,))
     _check_octree(octree)
     if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= octree.brick_alive.shape[0]):
         raise ValueError("slots out of range of the brick pool")
-    slots = slots.contiguous()
+    return slots.contiguous()
+
+
+def bricks_free_cpp(octree, slots: torch.Tensor, occ_max: float, tsdf_min: float) -> torch.Tensor:
+    """Compiled twin of SparseVoxelOctree.bricks_free_torch: (N,) bool for alive slots (N,) int64."""
+    slots = _checked_slots(octree, slots)
     lib, _ = _lib()
     out = torch.empty(slots.numel(), dtype=torch.bool)
     a = octree.attrs
@@ -433,10 +438,7 @@ def brick_summaries_cpp(octree, slots: torch.Tensor):
     """The per-brick part of SparseVoxelOctree.update_summaries for alive slots (N,) int64:
     (max occupancy over seen voxels (N,) float32, -inf if none; min |TSDF| over weighted voxels
     (N,) float32, 1 if none; observed (N,) bool)."""
-    _check_tensor("slots", slots, (torch.int64,), (None,))
-    _check_octree(octree)
-    if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= octree.brick_alive.shape[0]):
-        raise ValueError("slots out of range of the brick pool")
+    slots = _checked_slots(octree, slots)
     lib, _ = _lib()
     n = slots.numel()
     mo = torch.empty(n, dtype=torch.float32)
@@ -526,11 +528,7 @@ def mesh_bricks_cpp(tsdf: torch.Tensor, weight: torch.Tensor, color: torch.Tenso
 def bricks_negative_cpp(octree, slots: torch.Tensor, min_weight: float, iso: float = 0.0) -> torch.Tensor:
     """(N,) bool for alive brick slots (N,) int64 of a CPU octree: the brick holds a voxel with
     TSDF < iso and weight >= max(min_weight, 1e-6) (core.mesh.may_have_surface's per-brick test)."""
-    _check_tensor("slots", slots, (torch.int64,), (None,))
-    _check_octree(octree)
-    if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= octree.brick_alive.shape[0]):
-        raise ValueError("slots out of range of the brick pool")
-    slots = slots.contiguous()
+    slots = _checked_slots(octree, slots)
     lib, _ = _lib()
     out = torch.empty(slots.numel(), dtype=torch.bool)
     args = _MeshArgs(iso=float(iso), min_weight=float(max(min_weight, 1e-6)), voxel=0.0)
