@@ -213,9 +213,10 @@ class Mapper:
             todo = torch.cat([todo, extra[~torch.isin(extra, todo)]])
         keys = o.node_key[o.brick_node[todo].long()]
         # Every brick in `keys` loses its old triangles; only those that can have a surface are meshed.
-        surf = todo[mesh.may_have_surface(o, todo, self.config.tsdf.min_weight_mesh, self._mesh_backend())]
-        return MeshJob(mesh.gather(o, surf, self.config.tsdf.min_weight_mesh, backend=self._mesh_backend()), keys,
-                       removed)
+        nb = mesh.block_neighbours(o, todo)
+        wmin, backend = self.config.tsdf.min_weight_mesh, self._mesh_backend()
+        has = mesh.may_have_surface(o, todo, wmin, backend, nb=nb)
+        return MeshJob(mesh.gather(o, todo[has], wmin, backend=backend, nb=nb[has]), keys, removed)
 
     def finish_mesh_update(self, job: MeshJob) -> MeshUpdate:
         """Second half of update_mesh: marching cubes on the gathered blocks, merged into the mesh

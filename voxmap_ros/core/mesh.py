@@ -112,11 +112,20 @@ class CompactBricks:
     min_weight: float
 
 
-def gather_compact(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float) -> CompactBricks:
-    """CompactBricks of bricks `slots` (B,) int64 (CPU octree)."""
+def block_neighbours(octree: SparseVoxelOctree, slots: torch.Tensor) -> torch.Tensor:
+    """(B, 8) int64 slots of the bricks the padded blocks of bricks `slots` (B,) int64 read,
+    column dx + 2 dy + 4 dz (column 0 = the brick itself), -1 where there is none."""
     coords = octree.brick_coord[slots].long()
     nb = octree.lookup_bricks((coords[:, None, :] + _PAD_OFFSETS.to(coords.device)[None]).reshape(-1, 3))
-    nb = nb.reshape(-1, _PAD_OFFSETS.shape[0])
+    return nb.reshape(-1, _PAD_OFFSETS.shape[0])
+
+
+def gather_compact(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float,
+                   nb: torch.Tensor | None = None) -> CompactBricks:
+    """CompactBricks of bricks `slots` (B,) int64 (CPU octree); nb: their block_neighbours when the
+    caller has them already."""
+    coords = octree.brick_coord[slots].long()
+    nb = block_neighbours(octree, slots) if nb is None else nb
     have = nb >= 0
     uniq, inv = torch.unique(nb[have], return_inverse=True)
     rows = torch.full_like(nb, -1)
@@ -126,11 +135,13 @@ def gather_compact(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: f
 
 
 def gather(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float, chunk: int = 4096,
-           backend: str = "torch") -> list[Blocks | CompactBricks]:
+           backend: str = "torch", nb: torch.Tensor | None = None) -> list[Blocks | CompactBricks]:
     """Copies of what meshing bricks `slots` (B,) int64 reads, in chunks of at most `chunk` bricks:
-    padded Blocks for the torch mesher, CompactBricks for backend 'cpp'."""
+    padded Blocks for the torch mesher, CompactBricks for backend 'cpp' (nb: (B, 8) block_neighbours
+    of `slots` if already known)."""
     if backend == "cpp":
-        return [gather_compact(octree, slots[i:i + chunk], min_weight) for i in range(0, slots.numel(), chunk)]
+        return [gather_compact(octree, slots[i:i + chunk], min_weight, None if nb is None else nb[i:i + chunk])
+                for i in range(0, slots.numel(), chunk)]
     return [Blocks(*gather_blocks(octree, slots[i:i + chunk], min_weight)) for i in range(0, slots.numel(), chunk)]
 
 
@@ -163,15 +174,15 @@ def mesh_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: floa
 
 
 def may_have_surface(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float,
-                     backend: str = "torch") -> torch.Tensor:
+                     backend: str = "torch", nb: torch.Tensor | None = None) -> torch.Tensor:
     """(B,) bool for bricks `slots` (B,) int64: whether marching cubes over the brick's padded block
     can produce a triangle. A cell needs all 8 corners valid (weight >= min_weight) and a sign
     change, so the block must hold a valid voxel with TSDF < 0 (the brick or one of its +x/+y/+z
-    neighbours). Bricks of observed free space (most of a LiDAR map) are skipped this way."""
+    neighbours). Bricks of observed free space (most of a LiDAR map) are skipped this way.
+    nb: the (B, 8) block_neighbours of `slots` if already known."""
     if slots.numel() == 0:
         return torch.zeros(0, dtype=torch.bool, device=octree.device)
-    coords = octree.brick_coord[slots].long()
-    nb = octree.lookup_bricks((coords[:, None, :] + _PAD_OFFSETS.to(coords.device)[None]).reshape(-1, 3))
+    nb = (block_neighbours(octree, slots) if nb is None else nb).reshape(-1)
     uniq, inv = torch.unique(nb[nb >= 0], return_inverse=True)
     if backend == "cpp":
         from . import native

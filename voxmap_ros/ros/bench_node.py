@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -138,7 +139,6 @@ def mesh_stamp_ns(raw: bytes) -> int | None:
     update alike, with the newest frame it contains); None for an empty array. CDR: 4 bytes of
     encapsulation, the uint32 marker count, then the first marker's header stamp (int32 sec,
     uint32 nanosec), little-endian for encapsulation kind 1."""
-    import struct
     if len(raw) < 16:
         return None
     little = raw[1] == 1

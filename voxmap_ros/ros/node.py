@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-import torch
 import rclpy.executors
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from nav_msgs.msg import OccupancyGrid, Odometry
@@ -818,7 +818,7 @@ def make_executor(kind: str):
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
-def _apply_compute_threads(n: int) -> None:
+def _configure_node_process(n: int) -> None:
     """Process-wide settings of the node's own process (an in-process node leaves its host's alone):
     the thread count of torch and the compiled kernels (they follow torch), and a short GIL switch
     interval, because the worker releases the GIL for every tensor op and with the default 5 ms
@@ -834,7 +834,7 @@ def main(args=None) -> None:
     code = 0
     try:
         node = VoxmapNode()
-        _apply_compute_threads(node.cfg.node.compute_threads)
+        _configure_node_process(node.cfg.node.compute_threads)
         node.get_logger().info(f"compute threads: {torch.get_num_threads()}")
         executor = make_executor(node.cfg.node.executor)
         executor.add_node(node)
