@@ -54,7 +54,11 @@ def play(bag: Path, *, rate: float = 1.0, tf_topic: str = "/pose", wait_subscrib
                     tf_conns.append(c)
             tf_pub = node.create_publisher(TransformStamped, tf_topic, LATCHED) if tf_conns else None
             clock_pub = node.create_publisher(Clock, "/clock", 10)
-            missing = _wait_for_subscribers(pubs, wait_subscribers_s)
+            # The re-published transforms matter as much as the sensor topics: a frame without its
+            # pose is dropped (seen: the player started before the node's pose subscription matched,
+            # and 16 of 20 frames were dropped for want of a pose).
+            needed = dict(pubs, **({tf_topic: tf_pub} if tf_pub is not None else {}))
+            missing = _wait_for_subscribers(needed, wait_subscribers_s)
             if missing:
                 print(f"voxmap_bag_player: no subscriber after {wait_subscribers_s:g} s on {', '.join(missing)}; "
                       "playing anyway", file=sys.stderr, flush=True)

@@ -647,7 +647,8 @@ class VoxmapNode(Node):
             return
         with self._locked("occupancy"):
             grid = self.mapper.occupancy_grid()
-        self.pub_grid.publish(conv.grid_to_occupancy_grid(grid, self._stamp_now(), self.map_frame))
+            stamp = self._stamp_now()              # the moment of the map the grid shows
+        self.pub_grid.publish(conv.grid_to_occupancy_grid(grid, stamp, self.map_frame))
 
     @_guarded("voxels")
     def _publish_voxels(self) -> None:
@@ -655,7 +656,8 @@ class VoxmapNode(Node):
             return
         with self._locked("voxels"):
             pts, cols = self.mapper.occupied_points(self.cfg.node.occupied_voxels_level)
-        self.pub_voxels.publish(conv.xyz_rgb_to_pointcloud2(pts, cols, self._stamp_now(), self.map_frame))
+            stamp = self._stamp_now()
+        self.pub_voxels.publish(conv.xyz_rgb_to_pointcloud2(pts, cols, stamp, self.map_frame))
 
     def _render_target(self, rc) -> tuple[View, str, int] | None:
         """(view, frame_id, stamp) to render for render config `rc`; None = nothing yet (no RGB-D
