@@ -131,7 +131,7 @@ def _centre_depth(depth: np.ndarray) -> float:
 # ============================================================================ tests (in order)
 def test_rate_zero_publishes_nothing(ros):
     node, c = ros.node, ros.client
-    assert node.cfg.render.rate_hz == 0.0 and node._pub_timers["render"].is_canceled()
+    assert node.cfg.render.rate_hz == 0.0 and node.job_period_s("render") is None
     assert node.get_parameter("render.rate_hz").value == 0.0
     assert not node.describe_parameter("render.rate_hz").read_only
     n = ros.count("integrated_lidar")                 # a map, from LiDAR only: no camera yet
@@ -152,8 +152,8 @@ def test_no_camera_yet_skips_quietly(ros):
     r = c.set_param("render.rate_hz", RATE_HZ)         # off -> on at run time
     assert r.successful, r.reason
     assert node.cfg.render.rate_hz == RATE_HZ
-    assert not node._pub_timers["render"].is_canceled()
-    assert node._pub_timers["render"].timer_period_ns == int(1e9 / RATE_HZ)
+    assert node.job_period_s("render") is not None
+    assert node.job_period_s("render") == 1.0 / RATE_HZ
     _diag_cycles(ros)
     assert c.render_count() == 0 and ros.count("renders") == 0
     assert ros.count("errors") == errors
@@ -245,7 +245,7 @@ def test_fixed_view(ros):
 def test_rate_back_to_zero_stops(ros):
     node, c = ros.node, ros.client
     assert c.set_param("render.rate_hz", 0.0).successful
-    assert node._pub_timers["render"].is_canceled()
+    assert node.job_period_s("render") is None
     time.sleep(0.3)                                                   # a render in flight may still land
     n = c.render_count()
     renders = ros.count("renders")

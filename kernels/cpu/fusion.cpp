@@ -974,24 +974,4 @@ void vx_brick_summaries(const int64_t* slots, int64_t n, const half_t* tsdf_a, c
     }
 }
 
-// Linear-probing lookup in one flat table (hashtable._Table): for each query key, starting at its
-// home slot, the slot holding it or -1 at the first EMPTY (-1) slot. Tombstones (-2) probe on.
-void vx_hash_find(const int64_t* table_keys, int64_t capacity, const int64_t* keys, const int64_t* home,
-                  int64_t n, int64_t* out, int nthreads) {
-    const int64_t mask = capacity - 1;
-#pragma omp parallel for schedule(static) num_threads(std::max(1, n > 8192 ? nthreads : 1))
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t k = keys[i];
-        int64_t s = home[i];
-        int64_t found = -1;
-        for (int64_t probe = 0; probe < capacity; ++probe) {
-            const int64_t t = table_keys[s];
-            if (t == k) { found = s; break; }
-            if (t == -1) break;
-            s = (s + 1) & mask;
-        }
-        out[i] = found;
-    }
-}
-
 }  // extern "C"

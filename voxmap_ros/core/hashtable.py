@@ -36,10 +36,12 @@ def hash_slots(keys: torch.Tensor, bits: int) -> torch.Tensor:
 class _Table:
     """One flat open-addressing table.
 
-    `find_kernel`, when set, is a compiled twin of the probing loop in `find` with the signature of
-    native.hash_find_cpp; it is used for CPU tensors only.
+    `find_kernel` / `insert_kernel`, when set, are compiled twins of `find` and of the probing of
+    `insert_absent` with the signatures of native.hash_find_cpp / hash_insert_absent_cpp; they
+    are used for CPU tensors only and give bitwise the same tables.
     """
     find_kernel = None
+    insert_kernel = None
 
     def __init__(self, capacity: int, device: torch.device):
         assert capacity & (capacity - 1) == 0, "capacity must be a power of two"
@@ -55,9 +57,9 @@ class _Table:
 
     def find(self, keys: torch.Tensor) -> torch.Tensor:
         """Slots holding `keys` (N,) int64, or -1 where absent. (N,) int64."""
-        slot = hash_slots(keys, self.bits)
         if self.find_kernel is not None and keys.device.type == "cpu":
-            return self.find_kernel(self.keys, keys.contiguous(), slot)
+            return self.find_kernel(self.keys, self.bits, keys)
+        slot = hash_slots(keys, self.bits)
         out = torch.full_like(keys, -1)
         pending = torch.arange(keys.numel(), device=keys.device)
         mask = self.capacity - 1
@@ -74,6 +76,10 @@ class _Table:
     def insert_absent(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Insert unique keys (N,) int64 known to be absent, with values (N,) int32."""
         if keys.numel() == 0:
+            return
+        if self.insert_kernel is not None and keys.device.type == "cpu":
+            self.tombstones -= self.insert_kernel(self.keys, self.values, self.bits, keys, values)
+            self.live += keys.numel()
             return
         slot = hash_slots(keys, self.bits)
         pending = torch.arange(keys.numel(), device=keys.device)
@@ -121,14 +127,15 @@ class HashTable:
         self._old: _Table | None = None
         self._cursor = 0
         self._slots_per_key = GROWTH_SLOTS_PER_KEY
-        self._find_kernel = None
+        self._kernels = (None, None)
 
-    def use_find_kernel(self, fn) -> None:
-        """Probe with a compiled twin of _Table.find (see native.hash_find_cpp), or None for torch."""
-        self._find_kernel = fn
+    def use_kernels(self, find=None, insert=None) -> None:
+        """Probe with compiled twins of _Table.find / insert_absent (native.hash_find_cpp /
+        hash_insert_absent_cpp), or None for torch."""
+        self._kernels = (find, insert)
         for t in (self._new, self._old):
             if t is not None:
-                t.find_kernel = fn
+                t.find_kernel, t.insert_kernel = find, insert
 
     # ---- queries ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -228,9 +235,9 @@ class HashTable:
             t.values[s[ok]] = values[ok].to(torch.int32)
 
     def clear(self) -> None:
-        kernel = self._find_kernel
+        kernels = self._kernels
         self.__init__(1 << 14, self.device)
-        self.use_find_kernel(kernel)
+        self.use_kernels(*kernels)
 
     # ---- growth -------------------------------------------------------------------------
     def _reserve(self, n_new: int) -> None:
@@ -253,7 +260,7 @@ class HashTable:
         budget = max(1, int(MAX_LOAD * capacity) - (old.live + n_new))
         self._slots_per_key = max(GROWTH_SLOTS_PER_KEY, -(-old.capacity // budget))
         self._old, self._new, self._cursor = old, _Table(capacity, self.device), 0
-        self._new.find_kernel = self._find_kernel
+        self._new.find_kernel, self._new.insert_kernel = self._kernels
 
     def _migrate(self, n_slots: int) -> None:
         """Move live entries from the next `n_slots` (at least a fixed minimum) old slots to the new table."""

@@ -6,7 +6,9 @@ Layout of a key (bit 63 is always 0, so keys sort as signed int64):
 x, y, z are node coordinates at that level: a level-L node spans 2^L bricks per axis and its
 coordinates are floor(brick_coord / 2^L). Sorting keys of one level gives Morton (Z-) order.
 
-All functions take and return torch tensors on any device; they never loop in Python.
+All functions take and return torch tensors on any device; they never loop in Python. encode and
+decode use compiled twins for CPU tensors once `use_cpu_kernels` installed them (bitwise equal,
+one call instead of ~40 tensor ops; see kernels/cpu/keys.cpp for why that matters).
 """
 from __future__ import annotations
 
@@ -24,6 +26,18 @@ CHILD_OFFSETS = torch.tensor([[i & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range
 # Offsets of the 26 neighbours of a node, shape (26, 3).
 NEIGHBOUR_OFFSETS = torch.tensor([[dx, dy, dz] for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
                                   if (dx, dy, dz) != (0, 0, 0)], dtype=torch.int64)
+
+
+_cpu_kernels: dict = {}
+
+
+def use_cpu_kernels(encode_fn=None, decode_fn=None, ancestors_fn=None) -> None:
+    """Install compiled twins of encode / decode / ancestors (signatures of
+    native.morton_encode_cpp / morton_decode_cpp / morton_ancestors_cpp) for CPU tensors; None =
+    pure torch. Process-wide: the results are equal."""
+    _cpu_kernels.clear()
+    if encode_fn is not None and decode_fn is not None and ancestors_fn is not None:
+        _cpu_kernels.update(encode=encode_fn, decode=decode_fn, ancestors=ancestors_fn)
 
 
 def _spread3(v: torch.Tensor) -> torch.Tensor:
@@ -65,6 +79,8 @@ def encode(coords: torch.Tensor, level: int | torch.Tensor = 0) -> torch.Tensor:
     coords: (N, 3) int32/int64 node coordinates at `level`, any device (range not checked here:
     call check_coords on untrusted input). level: int or (N,) int64. Returns (N,) int64.
     """
+    if _cpu_kernels and coords.device.type == "cpu":
+        return _cpu_kernels["encode"](coords, level)
     c = coords.to(torch.int64) + COORD_BIAS
     m = _spread3(c[:, 0]) | (_spread3(c[:, 1]) << 1) | (_spread3(c[:, 2]) << 2)
     lv = level if isinstance(level, torch.Tensor) else torch.full_like(m, int(level))
@@ -73,6 +89,8 @@ def encode(coords: torch.Tensor, level: int | torch.Tensor = 0) -> torch.Tensor:
 
 def decode(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpack keys (N,) int64 into (coords (N, 3) int64, level (N,) int64), same device."""
+    if _cpu_kernels and keys.device.type == "cpu":
+        return _cpu_kernels["decode"](keys)
     m = keys & _MORTON_MASK
     coords = torch.stack([_compact3(m), _compact3(m >> 1), _compact3(m >> 2)], dim=1) - COORD_BIAS
     return coords, keys >> LEVEL_SHIFT
@@ -135,3 +153,14 @@ def ancestor(keys: torch.Tensor, levels_up: int) -> torch.Tensor:
     for _ in range(levels_up):
         m = _parent_word(m)
     return m | ((keys >> LEVEL_SHIFT) + levels_up) << LEVEL_SHIFT
+
+
+def ancestors(keys: torch.Tensor, levels_up: int) -> torch.Tensor:
+    """Keys (N,) int64 -> (N, levels_up + 1) int64: column j holds the ancestor j levels up
+    (column 0 the keys themselves)."""
+    if _cpu_kernels and keys.device.type == "cpu":
+        return _cpu_kernels["ancestors"](keys, levels_up)
+    chain = [keys]
+    for _ in range(int(levels_up)):
+        chain.append(parent(chain[-1]))
+    return torch.stack(chain, dim=1)

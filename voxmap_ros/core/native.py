@@ -16,6 +16,9 @@ The kernels work on CPU tensors only; the octree must live on the CPU.
 
 API: available(), unavailable_reason(), integrate_rgbd_cpp(), integrate_lidar_cpp(),
 brick_summaries_cpp() (the per-brick part of SparseVoxelOctree.update_summaries),
+hash_find_cpp() / hash_insert_absent_cpp() and morton_encode_cpp() / morton_decode_cpp() /
+morton_ancestors_cpp() (key
+bookkeeping, kernels/cpu/keys.cpp),
 mesh_bricks_cpp() (marching cubes over bricks, twin of core.marching_cubes via core.mesh),
 set_num_threads() (0 = follow torch), last_lidar_stats(), and `profile` (a dict to collect the
 wrappers' phase times, for benchmarks). Calls are serialised by a lock: one shared scratch context.
@@ -186,7 +189,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vx_copy_lidar_slots": ([P, P], V),
         "vx_lidar_stats": ([P, P], V),
         "vx_brick_summaries": ([P, I64, P, P, P, P, P, P, I], V),
-        "vx_hash_find": ([P, I64, P, P, I64, P, I], V),
+        "vx_hash_find": ([P, I, P, I64, P], V),
+        "vx_hash_insert_absent": ([P, P, I, P, P, I64, P, P], I64),
+        "vx_morton_encode": ([P, I64, P, I64, P], V),
+        "vx_morton_decode": ([P, I64, P, P], V),
+        "vx_morton_ancestors": ([P, I64, I64, P], V),
         "vx_bricks_negative": ([P, I64, P, P, P, P, I], V),
         "vx_bricks_free": ([P, I64, P, P, P, ctypes.c_float, ctypes.c_float, P, I], V),
         "vx_mesh_count": ([I64, P, P, P, P, P, P, I], I64),
@@ -450,18 +457,87 @@ def brick_summaries_cpp(octree, slots: torch.Tensor):
     return mo, mt, ob
 
 
-def hash_find_cpp(table_keys: torch.Tensor, keys: torch.Tensor, home: torch.Tensor) -> torch.Tensor:
-    """Compiled twin of the probing loop of hashtable._Table.find. table_keys (C,) int64 (C a power
-    of two), keys (N,) int64 and their home slots (N,) int64, all CPU and contiguous. Returns the
-    slot of each key (N,) int64, -1 where absent."""
-    _check_tensor("table_keys", table_keys, (torch.int64,), (None,))
+def hash_find_cpp(table_keys: torch.Tensor, bits: int, keys: torch.Tensor) -> torch.Tensor:
+    """Compiled twin of hashtable._Table.find. table_keys (2^bits,) int64, keys (N,) int64 >= 0,
+    both CPU. Returns the slot of each key (N,) int64, -1 where absent."""
+    keys = keys.contiguous() if isinstance(keys, torch.Tensor) else keys
+    _check_tensor("table_keys", table_keys, (torch.int64,), (1 << int(bits),))
     _check_tensor("keys", keys, (torch.int64,), (None,))
-    _check_tensor("home", home, (torch.int64,), (keys.shape[0],))
     lib, _ = _lib()
     out = torch.empty_like(keys)
     if keys.numel():
-        lib.vx_hash_find(table_keys.data_ptr(), table_keys.numel(), keys.data_ptr(), home.data_ptr(),
-                         keys.numel(), out.data_ptr(), _nthreads())
+        lib.vx_hash_find(table_keys.data_ptr(), int(bits), keys.data_ptr(), keys.numel(), out.data_ptr())
+    return out
+
+
+def hash_insert_absent_cpp(table_keys: torch.Tensor, table_values: torch.Tensor, bits: int, keys: torch.Tensor,
+                           values: torch.Tensor) -> int:
+    """Compiled twin of hashtable._Table.insert_absent's probing (same resulting table, bitwise):
+    writes unique absent keys (N,) int64 >= 0 with values (N,) int32 into table_keys (2^bits,)
+    int64 / table_values (2^bits,) int32 in place (CPU, contiguous). Returns tombstones reused."""
+    cap = 1 << int(bits)
+    if isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor):
+        keys, values = keys.contiguous(), values.contiguous()
+    _check_tensor("table_keys", table_keys, (torch.int64,), (cap,))
+    _check_tensor("table_values", table_values, (torch.int32,), (cap,))
+    _check_tensor("keys", keys, (torch.int64,), (None,))
+    _check_tensor("values", values, (torch.int32,), (keys.shape[0],))
+    n = keys.numel()
+    if n == 0:
+        return 0
+    scratch = torch.empty(2 * n, dtype=torch.int64)
+    lib, _ = _lib()
+    reused = lib.vx_hash_insert_absent(table_keys.data_ptr(), table_values.data_ptr(), int(bits), keys.data_ptr(),
+                                       values.data_ptr(), n, scratch.data_ptr(), scratch.data_ptr() + 8 * n)
+    if reused < 0:
+        raise RuntimeError("hash table full: no free slot for an insert (the caller keeps the load <= 0.5)")
+    return int(reused)
+
+
+def morton_encode_cpp(coords: torch.Tensor, level) -> torch.Tensor:
+    """Compiled twin of morton.encode for CPU tensors: coords (N, 3) int32/int64, level an int or
+    (N,) int64 -> keys (N,) int64."""
+    c = coords.to(torch.int64).contiguous() if isinstance(coords, torch.Tensor) else coords
+    _check_tensor("coords", c, (torch.int64,), (None, 3))
+    n = c.shape[0]
+    lv = None
+    if isinstance(level, torch.Tensor):
+        lv = level.to(torch.int64).contiguous()
+        _check_tensor("level", lv, (torch.int64,), (n,))
+    out = torch.empty(n, dtype=torch.int64)
+    if n:
+        lib, _ = _lib()
+        lib.vx_morton_encode(c.data_ptr(), n, lv.data_ptr() if lv is not None else None,
+                             0 if lv is not None else int(level), out.data_ptr())
+    return out
+
+
+def morton_decode_cpp(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compiled twin of morton.decode for CPU tensors: keys (N,) int64 -> (coords (N, 3) int64,
+    level (N,) int64)."""
+    k = keys.contiguous() if isinstance(keys, torch.Tensor) else keys
+    _check_tensor("keys", k, (torch.int64,), (None,))
+    n = k.shape[0]
+    coords = torch.empty((n, 3), dtype=torch.int64)
+    levels = torch.empty(n, dtype=torch.int64)
+    if n:
+        lib, _ = _lib()
+        lib.vx_morton_decode(k.data_ptr(), n, coords.data_ptr(), levels.data_ptr())
+    return coords, levels
+
+
+def morton_ancestors_cpp(keys: torch.Tensor, levels_up: int) -> torch.Tensor:
+    """Compiled twin of morton.ancestors for CPU tensors: keys (N,) int64 -> (N, levels_up + 1)
+    int64, column j the ancestor j levels up."""
+    k = keys.contiguous() if isinstance(keys, torch.Tensor) else keys
+    _check_tensor("keys", k, (torch.int64,), (None,))
+    L = int(levels_up)
+    if L < 0:
+        raise ValueError(f"levels_up must be >= 0, got {levels_up}")
+    out = torch.empty((k.shape[0], L + 1), dtype=torch.int64)
+    if k.shape[0]:
+        lib, _ = _lib()
+        lib.vx_morton_ancestors(k.data_ptr(), k.shape[0], L, out.data_ptr())
     return out
 
 

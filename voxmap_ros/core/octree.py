@@ -88,12 +88,13 @@ class SparseVoxelOctree:
         for spec in CORE_ATTRIBUTES:
             self.register_attribute(spec)
 
-    def use_kernels(self, brick_summaries=None, hash_find=None, bricks_free=None) -> None:
+    def use_kernels(self, brick_summaries=None, hash_find=None, bricks_free=None, hash_insert=None) -> None:
         """Use compiled twins for the bookkeeping: `brick_summaries` with the signature of
-        brick_summaries_torch, `hash_find` that of native.hash_find_cpp, `bricks_free` that of
-        bricks_free_torch (with the octree first). None = pure torch."""
+        brick_summaries_torch, `hash_find` / `hash_insert` those of native.hash_find_cpp /
+        hash_insert_absent_cpp, `bricks_free` that of bricks_free_torch (with the octree first).
+        None = pure torch."""
         self.brick_summaries = brick_summaries
-        self.table.use_find_kernel(hash_find)
+        self.table.use_kernels(hash_find, hash_insert)
         self._bricks_free_kernel = bricks_free
 
     def bricks_free_torch(self, slots: torch.Tensor, occ_max: float, tsdf_min: float = FREE_TSDF_MIN) -> torch.Tensor:
@@ -398,12 +399,20 @@ class SparseVoxelOctree:
     def _expand_pruned(self, brick_keys: torch.Tensor) -> torch.Tensor:
         """For newly allocated bricks (N,) int64 keys: clear the free bits on their path that cover
         them, pushing them down so siblings stay free. Returns (N,) bool: inside a pruned region."""
-        inside = torch.zeros(brick_keys.numel(), dtype=torch.bool, device=self.device)
+        n, L = brick_keys.numel(), self.levels
+        inside = torch.zeros(n, dtype=torch.bool, device=self.device)
         if not bool(self.node_free_mask.any()):       # nothing pruned anywhere: the common case
             return inside
-        for up in range(self.levels, 0, -1):
-            anc = morton.ancestor(brick_keys, up)               # node that may carry the free bit
-            child = morton.ancestor(brick_keys, up - 1)
+        # One look at every ancestor at once; only when some path crosses a free bit do the levels
+        # have to be walked one by one (clearing a bit creates the nodes the level below reads).
+        chain = morton.ancestors(brick_keys, L)                 # (N, L + 1), column j: j levels up
+        ids = self.table.lookup(chain[:, 1:].reshape(-1)).view(n, L).long()
+        ok = ids >= 0
+        below = morton.child_index(chain[:, :-1])
+        if not bool(((self.node_free_mask[ids[ok]].long() >> below[ok]) & 1).any()):
+            return inside
+        for up in range(L, 0, -1):
+            anc, child = chain[:, up], chain[:, up - 1]        # the node that may carry the free bit
             ids = self.table.lookup(anc).long()
             ok = ids >= 0
             bit = torch.zeros_like(inside)

@@ -7,11 +7,11 @@ the map lock briefly to pull mesh / occupancy snapshots and publish outside the 
 Locks (never taken in the opposite order): `_mesh_lock` (the mesh chunker) -> `_lock` (the mapper)
 -> `_qlock` (the queues) -> `_count_lock` (the counters).
 
-Outputs run on a thread of their own ("outputs"): the rclpy timers only post the name of their
-job there (a job already waiting is not posted twice), so the executor's callbacks are all short.
-A long mesh update or render therefore never holds an executor thread, and the executor never
-spins on entities whose callback group is busy (measured before this: the main executor thread
-used most of a core during mesh updates, starving the sensor callbacks of a 2-core machine).
+Outputs run on a thread of their own ("outputs") that keeps their schedule (schedule.JobSchedule,
+no rclpy timers), so the executor only runs the short sensor, pose and service callbacks. A long
+mesh update or render therefore never holds an executor thread (measured before this: the main
+executor thread used most of a core during mesh updates, starving the sensor callbacks of a
+2-core machine), and the executor walks fewer entities per wait.
 
 The render job (~/render/*) holds `_lock` only while it copies the TSDF of the bricks in the
 view's frustum (outputs.map_snapshot: ~1 ms for a room seen at 5 cm); building the renderable
@@ -38,7 +38,7 @@ from geometry_msgs.msg import PoseStamped, TransformStamped
 from nav_msgs.msg import OccupancyGrid, Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.clock import Clock, ClockType
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -52,6 +52,7 @@ from ..poses import PoseBuffer, static_extrinsic
 from ..types import Frame
 from . import conversions as conv
 from .params import declare_config, validate_changes
+from .schedule import JobSchedule
 
 MAP_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                      history=HistoryPolicy.KEEP_LAST)
@@ -79,7 +80,7 @@ KINDS = ("rgbd", "lidar")
 # Counters always reported (zero until something happens), so a monitor can rely on the keys.
 BASE_COUNTERS = tuple(f"{what}_{k}" for what in ("received", "integrated", "dropped_queue", "dropped_no_pose",
                                                  "dropped_non_monotonic") for k in KINDS) + (
-    "bad_depth", "bad_color", "bad_camera_info", "bad_cloud", "bad_pose", "bad_rgbd", "bad_lidar",
+    "bad_depth", "bad_color", "bad_camera_info", "bad_cloud", "bad_pose", "bad_rgbd", "bad_lidar", "bad_qos",
     "clouds_subsampled", "rgbd_without_color", "received_pose", "mesh_messages", "renders", "errors")
 
 
@@ -165,9 +166,7 @@ class VoxmapNode(Node):
         self._mesh_raw = True                             # publish the mesh as serialized bytes
         self._setup_poses()
         self._setup_io()
-        # Not `_timers`: rclpy's Node keeps its own list under that name.
-        self._pub_timers: dict[str, object] = {}
-        self._make_timers()
+        self._schedule = JobSchedule(self._rates(), time.monotonic())
         self.add_on_set_parameters_callback(self._on_params)
         self._worker = threading.Thread(target=self._work_loop, name=f"voxmap_worker[{self.get_name()}]",
                                         daemon=True)
@@ -224,8 +223,25 @@ class VoxmapNode(Node):
         if mode == "topic":
             msg_type = {"PoseStamped": PoseStamped, "TransformStamped": TransformStamped,
                         "Odometry": Odometry}[self.cfg.node.pose_topic_type]
-            self.create_subscription(msg_type, self.cfg.node.pose_topic, self._on_pose, 200,
-                                     callback_group=MutuallyExclusiveCallbackGroup())
+            self._subscribe(msg_type, self.cfg.node.pose_topic, self._on_pose, 200)
+
+    def _subscribe(self, msg_type, topic: str, callback, qos) -> None:
+        """A subscription in a mutually exclusive group of its own, whose only middleware event is
+        'incompatible QoS' (warned and counted). rclpy's default event handlers (two per
+        subscription and per publisher) are waitables the Python executor enters, polls and exits
+        on every wait: with 26 of them they took a large share of the executor thread."""
+        def on_incompatible(event, topic=topic):
+            self._bad("qos", f"a publisher on '{topic}' offers QoS incompatible with this subscription "
+                             f"(last policy kind {event.last_policy_kind}); no messages from it")
+        self.create_subscription(msg_type, topic, callback, qos, callback_group=MutuallyExclusiveCallbackGroup(),
+                                 event_callbacks=SubscriptionEventCallbacks(incompatible_qos=on_incompatible,
+                                                                            use_default_callbacks=False))
+
+    def _publisher(self, msg_type, topic: str, qos):
+        """A publisher without middleware event handlers (see _subscribe): the node's map topics
+        are reliable and transient-local, which every reader QoS can match."""
+        return self.create_publisher(msg_type, topic, qos,
+                                     event_callbacks=PublisherEventCallbacks(use_default_callbacks=False))
 
     def _setup_io(self) -> None:
         n = self.cfg.node
@@ -234,23 +250,19 @@ class VoxmapNode(Node):
         # topic are handled one at a time, in order (a reentrant group let two executor threads
         # take consecutive images and enqueue them swapped, dropping the older as non-monotonic).
         if n.depth_topic:
-            self.create_subscription(Image, n.depth_topic, self._on_depth, qos,
-                                     callback_group=MutuallyExclusiveCallbackGroup())
-            self.create_subscription(CameraInfo, n.camera_info_topic, self._on_info, qos,
-                                     callback_group=MutuallyExclusiveCallbackGroup())
+            self._subscribe(Image, n.depth_topic, self._on_depth, qos)
+            self._subscribe(CameraInfo, n.camera_info_topic, self._on_info, qos)
             if n.color_topic:
-                self.create_subscription(Image, n.color_topic, self._on_color, qos,
-                                         callback_group=MutuallyExclusiveCallbackGroup())
+                self._subscribe(Image, n.color_topic, self._on_color, qos)
         if n.cloud_topic:
-            self.create_subscription(PointCloud2, n.cloud_topic, self._on_cloud, qos,
-                                     callback_group=MutuallyExclusiveCallbackGroup())
-        self.pub_mesh = self.create_publisher(MarkerArray, "~/mesh", MESH_QOS)
-        self.pub_grid = self.create_publisher(OccupancyGrid, "~/occupancy", MAP_QOS)
-        self.pub_voxels = self.create_publisher(PointCloud2, "~/occupied_voxels", MAP_QOS)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.pub_render_depth = self.create_publisher(Image, "~/render/depth", RENDER_QOS)
-        self.pub_render_color = self.create_publisher(Image, "~/render/color", RENDER_QOS)
-        self.pub_render_info = self.create_publisher(CameraInfo, "~/render/camera_info", RENDER_QOS)
+            self._subscribe(PointCloud2, n.cloud_topic, self._on_cloud, qos)
+        self.pub_mesh = self._publisher(MarkerArray, "~/mesh", MESH_QOS)
+        self.pub_grid = self._publisher(OccupancyGrid, "~/occupancy", MAP_QOS)
+        self.pub_voxels = self._publisher(PointCloud2, "~/occupied_voxels", MAP_QOS)
+        self.pub_diag = self._publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub_render_depth = self._publisher(Image, "~/render/depth", RENDER_QOS)
+        self.pub_render_color = self._publisher(Image, "~/render/color", RENDER_QOS)
+        self.pub_render_info = self._publisher(CameraInfo, "~/render/camera_info", RENDER_QOS)
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "~/save_map", self._on_save, callback_group=services)
         self.create_service(Trigger, "~/clear_map", self._on_clear, callback_group=services)
@@ -264,32 +276,20 @@ class VoxmapNode(Node):
                 ("prune", n.prune_rate_hz, self._prune),
                 ("render", self.cfg.render.rate_hz, self._publish_render))
 
-    def _make_timers(self) -> None:
-        """One timer per output, created once; a rate of 0 leaves it cancelled. Wall-clock
-        (steady) timers: publishing must go on when sim time pauses (bag paused). A timer only
-        posts its job to the output thread."""
-        group = MutuallyExclusiveCallbackGroup()
-        steady = Clock(clock_type=ClockType.STEADY_TIME)
-        for name, rate, _cb in self._timer_specs():
-            t = self.create_timer(1.0 / rate if rate > 0 else 1.0, functools.partial(self._post_job, name),
-                                  callback_group=group, clock=steady)
-            if rate <= 0:
-                t.cancel()
-            self._pub_timers[name] = t
+    def _rates(self) -> dict[str, float]:
+        return {name: rate for name, rate, _cb in self._timer_specs()}
+
+    def job_period_s(self, name: str) -> float | None:
+        """Period in seconds of output job `name` ('mesh', 'occupancy', ...); None = off."""
+        with self._jobs_cond:
+            return self._schedule.period_s(name)
 
     def _apply_rates(self) -> None:
-        """Follow run-time rate changes: change the period in place (safe from any thread, also
-        from a parameter callback), cancel for 0, restart a cancelled one."""
-        for name, rate, _cb in self._timer_specs():
-            t = self._pub_timers[name]
-            if rate <= 0:
-                t.cancel()
-                continue
-            period_ns = int(round(1e9 / rate))
-            if t.timer_period_ns != period_ns:
-                t.timer_period_ns = period_ns
-            if t.is_canceled():
-                t.reset()
+        """Follow run-time rate changes (safe from any thread, also from a parameter callback):
+        the output thread picks the new periods up at once."""
+        with self._jobs_cond:
+            self._schedule.set_rates(self._rates(), time.monotonic())
+            self._jobs_cond.notify()
 
     @contextlib.contextmanager
     def _locked(self, job: str):
@@ -305,19 +305,25 @@ class VoxmapNode(Node):
                     self._lock_hold_ms[job] = max(self._lock_hold_ms.get(job, 0.0), ms)
 
     def _post_job(self, name: str) -> None:
+        """Run output job `name` as soon as the output thread is free (besides its schedule)."""
         with self._jobs_cond:
             self._jobs.add(name)
             self._jobs_cond.notify()
 
     def _output_loop(self) -> None:
-        """Runs the posted output jobs, in the order of _timer_specs (each job is guarded: an
-        exception is counted and logged, the loop goes on)."""
+        """Runs the output jobs when their schedule or a _post_job says so, in the order of
+        _timer_specs (each job is guarded: an exception is counted and logged, the loop goes on)."""
         order = [(name, cb) for name, _rate, cb in self._timer_specs()]
         while not self._stop.is_set():
             with self._jobs_cond:
-                while not self._jobs and not self._stop.is_set():
-                    self._jobs_cond.wait(0.5)
-                due, self._jobs = set(self._jobs), set()
+                while not self._stop.is_set():
+                    now = time.monotonic()
+                    due = self._schedule.take_due(now) | self._jobs
+                    self._jobs = set()
+                    if due:
+                        break
+                    wait = self._schedule.seconds_to_next(now)
+                    self._jobs_cond.wait(0.5 if wait is None else min(wait, 0.5))
             for name, cb in order:
                 if name in due and not self._stop.is_set():
                     cb()
