@@ -94,6 +94,10 @@ class NodeConfig:
     pose_topic: str = _f("pose", "Pose of the body in the map frame, for pose_source 'topic'")
     pose_topic_type: str = _f("PoseStamped", "Message type of pose_topic",
                               choices=("PoseStamped", "TransformStamped", "Odometry"))
+    pose_durability: str = _f("volatile", "Durability requested for pose_topic: 'volatile' (matches any publisher) "
+                              "or 'transient_local' (only latched publishers, such as voxmap's bag player; a late "
+                              "match still gets the poses published before it)",
+                              choices=("volatile", "transient_local"))
     pose_buffer_s: float = _f(10.0, "How long pose-topic samples are kept for interpolation, seconds", lo=0.1, hi=600.0)
     camera_extrinsic: list = _f([0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
                                 "T_body_camera as [x, y, z, roll, pitch, yaw] (m, rad), pose_source 'topic'")

@@ -254,9 +254,13 @@ class Mapper:
     def _occ_threshold(self) -> float:
         return integrate.logodds(min(max(self.config.occupancy.occupied_threshold, 1e-6), 1 - 1e-6))
 
-    def summary(self) -> dict:
+    def summary(self, nodes: bool = True) -> dict:
+        """Counts and sizes of the map. nodes=False leaves out the node count, which needs the
+        pending summary refresh first (the expensive part; a monitor polling at 1 Hz skips it)."""
         s = self.stats.summary()
-        s.update({"voxels": self.octree.num_voxels, "bricks": self.octree.num_bricks, "nodes": self.octree.num_nodes,
+        if nodes:
+            s["nodes"] = self.octree.num_nodes      # first: the refresh may grow the node pool
+        s.update({"voxels": self.octree.num_voxels, "bricks": self.octree.num_bricks,
                   "map_bytes": self.octree.nbytes, "device": str(self.device), "backend": self._backend,
                   "voxel_size_m": self.config.map.voxel_size_m})
         return s

@@ -44,6 +44,12 @@ def node_command(out_dir: Path, extra_params: dict | None = None) -> list[str]:
         "map.voxel_size_m": str(DEMO_VOXEL_M),
         "grid.z_min_m": "0.2", "grid.z_max_m": "1.8",
         "node.pose_source": "topic", "node.pose_topic": "/pose", "node.pose_topic_type": "TransformStamped",
+        # The player latches its poses: a pose subscription that matches late (discovery under
+        # load took longer than the player's start delay: 22 of 26 poses were lost) still gets them.
+        "node.pose_durability": "transient_local",
+        # A reliable message lost on the way is re-sent after the writer's next heartbeat (seconds
+        # later): frames wait that long for their pose instead of being dropped.
+        "node.pose_wait_s": "8.0",
         "node.sensor_qos": "reliable", "node.queue_size": "16",
         "node.output_dir": str(out_dir),
     }

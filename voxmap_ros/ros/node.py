@@ -5,7 +5,8 @@ messages into numpy and append to bounded queues; one worker thread owns map upd
 the map lock briefly to pull mesh / occupancy snapshots and publish outside the lock.
 
 Locks (never taken in the opposite order): `_mesh_lock` (the mesh chunker) -> `_lock` (the mapper)
--> `_qlock` (the queues) -> `_count_lock` (the counters).
+-> `_qlock` (the queues and the worker's call list) -> `_count_lock` (the counters). The mesh job's
+map read runs on the worker itself, between two frames (`_on_worker`).
 
 Outputs run on a thread of their own ("outputs") that keeps their schedule (schedule.JobSchedule,
 no rclpy timers), so the executor only runs the short sensor, pose and service callbacks. A long
@@ -26,7 +27,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,16 @@ class CameraView:
     stamp_ns: int
 
 
+@dataclass
+class _WorkerCall:
+    """A map read that an output job hands to the worker thread (see VoxmapNode._on_worker)."""
+    job: str
+    fn: object
+    done: threading.Event = field(default_factory=threading.Event)
+    result: object = None
+    error: Exception | None = None
+
+
 class Counters(collections.Counter):
     """Event counts reported in diagnostics (received, integrated, dropped_*, bad_*)."""
 
@@ -143,6 +154,7 @@ class VoxmapNode(Node):
         self._stop = threading.Event()
         self._queues = {k: collections.deque() for k in KINDS}
         self._in_flight = 0                               # frames taken off a queue, not yet integrated
+        self._worker_calls: list[_WorkerCall] = []         # map reads waiting for the worker (under _qlock)
         self._colors: collections.deque = collections.deque(maxlen=30)
         self._K: tuple[np.ndarray, int, int] | None = None
         self._last_stamp = {k: -1 for k in KINDS}
@@ -223,7 +235,11 @@ class VoxmapNode(Node):
         if mode == "topic":
             msg_type = {"PoseStamped": PoseStamped, "TransformStamped": TransformStamped,
                         "Odometry": Odometry}[self.cfg.node.pose_topic_type]
-            self._subscribe(msg_type, self.cfg.node.pose_topic, self._on_pose, 200)
+            durability = (DurabilityPolicy.TRANSIENT_LOCAL if self.cfg.node.pose_durability == "transient_local"
+                          else DurabilityPolicy.VOLATILE)
+            self._subscribe(msg_type, self.cfg.node.pose_topic, self._on_pose,
+                            QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE, durability=durability,
+                                       history=HistoryPolicy.KEEP_LAST))
 
     def _subscribe(self, msg_type, topic: str, callback, qos) -> None:
         """A subscription in a mutually exclusive group of its own, whose only middleware event is
@@ -430,10 +446,43 @@ class VoxmapNode(Node):
         self._wake.set()
 
     # ------------------------------------------------------------------ worker
+    def _on_worker(self, job: str, fn):
+        """Run fn() on the worker thread between two frames, with the map lock held (counted as
+        `job`'s hold), and return its result (exceptions are re-raised here). An output job that
+        reads the map this way never makes the worker wait for the lock: on a loaded 2-core
+        machine a reader holding the lock from another thread ran 3-10x slower than alone (it
+        competes for the GIL), and the worker stalled for that long."""
+        if threading.current_thread() is self._worker or not self._worker.is_alive():
+            with self._locked(job):
+                return fn()
+        call = _WorkerCall(job, fn)
+        with self._qlock:
+            self._worker_calls.append(call)
+        self._wake.set()
+        while not call.done.wait(0.5):
+            if self._stop.is_set() or not self._worker.is_alive():
+                raise RuntimeError(f"{job}: the worker stopped before running it")
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _run_worker_calls(self) -> None:
+        with self._qlock:
+            calls, self._worker_calls = self._worker_calls, []
+        for call in calls:
+            try:
+                with self._locked(call.job):
+                    call.result = call.fn()
+            except Exception as e:                # noqa: BLE001 - handed to the caller
+                call.error = e
+            finally:
+                call.done.set()
+
     def _work_loop(self) -> None:
         while not self._stop.is_set():
             try:
                 self._wake.clear()                # a set() from now on ends the wait below at once
+                self._run_worker_calls()
                 item = self._next_ready()
                 if item is None:
                     self._wake.wait(IDLE_WAIT_S)
@@ -615,13 +664,12 @@ class VoxmapNode(Node):
     @_guarded("mesh")
     def _publish_mesh(self) -> None:
         with self._mesh_lock:
-            # Only the gathering of the changed blocks holds the map lock; marching cubes runs on
-            # the copy while the worker goes on integrating.
-            with self._locked("mesh"):
-                job = self.mapper.prepare_mesh_update()
-                # Stamped with the newest frame the mesh contains: stamp -> mesh latency is then
-                # readable by any subscriber, and the map frame needs no TF at a later time.
-                stamp = self._last_integrated_stamp_ns or self._stamp_now()
+            # Only the gathering of the changed blocks reads the map (on the worker, between two
+            # frames); marching cubes runs here on the copy while the worker goes on integrating.
+            # Stamped with the newest frame the mesh contains: stamp -> mesh latency is then
+            # readable by any subscriber, and the map frame needs no TF at a later time.
+            job, stamp = self._on_worker("mesh", lambda: (self.mapper.prepare_mesh_update(),
+                                                          self._last_integrated_stamp_ns or self._stamp_now()))
             update = self.mapper.finish_mesh_update(job)
             store = self.mapper.mesh_store()
             subs = self.pub_mesh.get_subscription_count()
@@ -704,8 +752,8 @@ class VoxmapNode(Node):
             self.mapper.prune()
 
     def diagnostics_values(self) -> dict:
-        with self._lock:
-            s = self.mapper.summary()
+        with self._locked("diagnostics"):
+            s = self.mapper.summary(nodes=False)     # node count would refresh the summaries first
         with self._qlock:
             depths = {k: len(q) for k, q in self._queues.items()}
         with self._count_lock:
