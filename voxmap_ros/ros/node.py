@@ -149,8 +149,7 @@ class VoxmapNode(Node):
         self._qlock = threading.Lock()                    # guards the queues and the in-flight count
         self._mesh_lock = threading.Lock()                # guards the chunker (mesh timer vs. services)
         self._wake = threading.Event()
-        self._jobs_cond = threading.Condition()             # guards _jobs (output jobs posted by the timers)
-        self._jobs: set[str] = set()
+        self._jobs_cond = threading.Condition()           # guards _schedule; notified on rate changes and stop
         self._stop = threading.Event()
         self._queues = {k: collections.deque() for k in KINDS}
         self._in_flight = 0                               # frames taken off a queue, not yet integrated
@@ -320,22 +319,15 @@ class VoxmapNode(Node):
                 with self._count_lock:
                     self._lock_hold_ms[job] = max(self._lock_hold_ms.get(job, 0.0), ms)
 
-    def _post_job(self, name: str) -> None:
-        """Run output job `name` as soon as the output thread is free (besides its schedule)."""
-        with self._jobs_cond:
-            self._jobs.add(name)
-            self._jobs_cond.notify()
-
     def _output_loop(self) -> None:
-        """Runs the output jobs when their schedule or a _post_job says so, in the order of
-        _timer_specs (each job is guarded: an exception is counted and logged, the loop goes on)."""
+        """Runs the output jobs when their schedule says so, in the order of _timer_specs (each
+        job is guarded: an exception is counted and logged, the loop goes on)."""
         order = [(name, cb) for name, _rate, cb in self._timer_specs()]
         while not self._stop.is_set():
             with self._jobs_cond:
                 while not self._stop.is_set():
                     now = time.monotonic()
-                    due = self._schedule.take_due(now) | self._jobs
-                    self._jobs = set()
+                    due = self._schedule.take_due(now)
                     if due:
                         break
                     wait = self._schedule.seconds_to_next(now)
