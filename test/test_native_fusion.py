@@ -199,9 +199,9 @@ def kernel_threads():
     native.set_num_threads(0)
 
 
-@pytest.mark.parametrize("free_space,threads", [(True, 1), (True, 2), (False, 0)])
+@pytest.mark.parametrize("free_space,threads", [(True, 1), (True, 2), (True, 3), (False, 0)])
 def test_lidar_matches_torch(free_space, threads, kernel_threads):
-    kernel_threads(threads)             # 1: plain counters, 2: atomic ones and private near counts
+    kernel_threads(threads)             # 1: one bucket; 2, 3: a bucket per owner thread, private near counts
     rng = np.random.default_rng(2)
     p = fusion_params(0.1, lidar_free_space=free_space)
     a = SparseVoxelOctree(0.1, initial_bricks=16)

@@ -243,10 +243,12 @@ struct VxContext {
     int64_t n_touched = 0;                // voxels updated by the last vx_lidar_apply
     double t_start = 0;
     double t_phase[4] = {0, 0, 0, 0};     // wall-clock marks of the last trace (rays, free, band) and apply
+    double t_walk = 0;                    // end of the last free-space walk (before its counting)
     std::vector<uint32_t> band_code;      // brick index * 512 + voxel, per unique band voxel
     std::vector<float> band_w, band_wt;
     std::vector<int64_t> lidar_slots;
-    std::vector<std::vector<uint32_t>> thread_codes;   // free-space voxel codes listed per thread
+    std::vector<std::vector<uint32_t>> thread_codes;   // free-space voxel codes, [lister * nt + owner]
+    std::vector<size_t> thread_used;                   // codes written to each of those buckets
     std::vector<std::vector<BandEntry>> band_entries;  // band samples and hits listed per thread
 };
 
@@ -630,7 +632,8 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
         BrickSet& set = ctx->set;
         uint32_t* cells = set.cells.data();
         uint64_t* masks = set.masks.data();
-        if (ctx->thread_codes.size() < size_t(nt)) ctx->thread_codes.resize(size_t(nt));
+        if (ctx->thread_codes.size() < size_t(nt) * nt) ctx->thread_codes.resize(size_t(nt) * nt);
+        ctx->thread_used.assign(size_t(nt) * nt, 0);
 #pragma omp parallel num_threads(nt)
         {
             // Per ray: boundary-crossing times per axis, merged, and the voxel of every piece.
@@ -640,12 +643,17 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
             // block per thread (no atomics, no shared cache lines) and add them up at the end.
             std::vector<uint32_t> near_counts(size_t(NEAR_BRICKS) * BRICK_VOX, 0u);
             uint32_t* near = near_counts.data();
-            // The other voxels are listed per thread and counted afterwards by their owner thread
-            // (brick index mod threads): plain increments, no atomics, no shared cache lines.
+            // The other voxels are listed per thread, in one bucket per owner thread (brick index
+            // mod threads), and counted afterwards by their owner: plain increments, no atomics, no
+            // shared cache lines, and each owner reads only its own buckets. The walk writes through a
+            // raw cursor into the current bucket (room for a whole ray is made before the ray).
             const int tid = omp_get_thread_num();
-            std::vector<uint32_t>& codes = ctx->thread_codes[size_t(tid)];
-            codes.clear();
-#pragma omp for schedule(dynamic, ray_chunk)
+            std::vector<uint32_t>* buckets = &ctx->thread_codes[size_t(tid) * nt];
+            size_t* used = &ctx->thread_used[size_t(tid) * nt];
+            int cur = 0;                                   // bucket of the previous mark's brick
+            if (buckets[0].empty()) buckets[0].resize(4096);
+            uint32_t* w = buckets[0].data();
+#pragma omp for schedule(dynamic, ray_chunk) nowait
             for (int64_t ri = 0; ri < n_rays; ++ri) {
                 if (!p->free_space || set.overflow.load(std::memory_order_relaxed)) continue;
                 const int64_t r = int64_t(order[size_t(ri)] & 0xFFFFFFFFu);
@@ -671,6 +679,11 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
                     t[n[a]] = INFINITY;                                     // merge sentinel
                 }
                 const int64_t m = n[0] + n[1] + n[2];
+                used[cur] = size_t(w - buckets[cur].data());
+                for (int b = 0; b < nt; ++b)
+                    if (buckets[b].size() < used[b] + size_t(m) + 1)
+                        buckets[b].resize(std::max(2 * buckets[b].size(), used[b] + size_t(m) + 4096));
+                w = buckets[cur].data() + used[cur];
                 const float *p0 = ta[0].data(), *p1 = ta[1].data(), *p2 = ta[2].data();
                 int64_t px = i0[0], py = i0[1], pz = i0[2];
                 for (int64_t j = 0;; ++j) {
@@ -683,9 +696,14 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
                         if (cx != pbx || cy != pby || cz != pbz) {
                             pidx = set.insert(cx, cy, cz);
                             pbx = cx; pby = cy; pbz = cz;
+                            if (pidx >= 0 && pidx % nt != cur) {
+                                used[cur] = size_t(w - buckets[cur].data());
+                                cur = pidx % nt;
+                                w = buckets[cur].data() + used[cur];
+                            }
                         }
                         // One count per (ray, voxel): every step enters a new voxel. Counted below.
-                        if (pidx >= 0) codes.push_back(uint32_t(pidx) * BRICK_VOX + lin);
+                        if (pidx >= 0) *w++ = uint32_t(pidx) * BRICK_VOX + lin;
                     }
                     if (j == m) break;
                     // 3-way merge step. (Branchy beats branch-free here: the select chain's
@@ -696,10 +714,16 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
                     else { ++p2; pz += sgn[2]; }
                 }
             }
-            // (implicit barrier) count the listed voxels of the bricks this thread owns.
+            used[cur] = size_t(w - buckets[cur].data());
+#pragma omp barrier
+            // Count the listed voxels of the bricks this thread owns.
+#pragma omp master
+            ctx->t_walk = omp_get_wtime();
             for (int src = 0; src < nt; ++src) {
-                for (const uint32_t code : ctx->thread_codes[size_t(src)]) {
-                    if (int((code >> 9) % uint32_t(nt)) != tid) continue;
+                const uint32_t* list = ctx->thread_codes[size_t(src) * nt + tid].data();
+                const size_t n_list = ctx->thread_used[size_t(src) * nt + tid];
+                for (size_t q = 0; q < n_list; ++q) {
+                    const uint32_t code = list[q];
                     if (cells[code]++ == 0) masks[code >> 6] |= uint64_t(1) << (code & 63);
                 }
             }
@@ -889,12 +913,14 @@ int64_t vx_lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, const Li
 
 // Sizes of the last LiDAR trace: out[0] rays kept, [1] voxels touched, [2] band voxels, [3] bricks;
 // then microseconds spent in: [4] rays, [5] free-space pass, [6] band/hit pass, [7] apply (from the
-// end of the trace, so it includes the caller's allocation).
+// end of the trace, so it includes the caller's allocation); [8] the free-space pass's walk alone
+// (the rest of [5] is its counting).
 void vx_lidar_stats(const VxContext* ctx, int64_t* out) {
     out[4] = int64_t((ctx->t_phase[0] - ctx->t_start) * 1e6);
     out[5] = int64_t((ctx->t_phase[1] - ctx->t_phase[0]) * 1e6);
     out[6] = int64_t((ctx->t_phase[2] - ctx->t_phase[1]) * 1e6);
     out[7] = int64_t((ctx->t_phase[3] - ctx->t_phase[2]) * 1e6);
+    out[8] = int64_t((ctx->t_walk - ctx->t_phase[0]) * 1e6);
     out[0] = int64_t(ctx->ranges.size());
     out[1] = ctx->n_touched;
     out[2] = int64_t(ctx->band_code.size());
