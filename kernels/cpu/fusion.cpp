@@ -686,32 +686,61 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
                 w = buckets[cur].data() + used[cur];
                 const float *p0 = ta[0].data(), *p1 = ta[1].data(), *p2 = ta[2].data();
                 int64_t px = i0[0], py = i0[1], pz = i0[2];
-                for (int64_t j = 0;; ++j) {
-                    const int32_t cx = int32_t(px >> 3), cy = int32_t(py >> 3), cz = int32_t(pz >> 3);
-                    const uint32_t lin = uint32_t((px & 7) | ((py & 7) << 3) | ((pz & 7) << 6));
-                    const uint64_t nx = uint64_t(cx - nb0[0]), ny = uint64_t(cy - nb0[1]), nz = uint64_t(cz - nb0[2]);
-                    if ((nx < 3) & (ny < 3) & (nz < 3)) {
-                        ++near[((nz * 3 + ny) * 3 + nx) * BRICK_VOX + lin];
-                    } else {
-                        if (cx != pbx || cy != pby || cz != pbz) {
-                            pidx = set.insert(cx, cy, cz);
-                            pbx = cx; pby = cy; pbz = cz;
-                            if (pidx >= 0 && pidx % nt != cur) {
-                                used[cur] = size_t(w - buckets[cur].data());
-                                cur = pidx % nt;
-                                w = buckets[cur].data() + used[cur];
-                            }
-                        }
-                        // One count per (ray, voxel): every step enters a new voxel. Counted below.
-                        if (pidx >= 0) *w++ = uint32_t(pidx) * BRICK_VOX + lin;
-                    }
-                    if (j == m) break;
-                    // 3-way merge step. (Branchy beats branch-free here: the select chain's
-                    // latency costs more than the mispredicts.)
+                int64_t j = 0;
+                // 3-way merge step: the next crossing in order of t (ties: x, then y, then z). It
+                // returns the axis stepped. (Branchy beats branch-free here: the select chain's
+                // latency costs more than the mispredicts.)
+                auto step_axis = [&]() -> int {
                     const float a0 = *p0, a1 = *p1, a2 = *p2;
-                    if (a0 <= a1 && a0 <= a2) { ++p0; px += sgn[0]; }
-                    else if (a1 <= a2) { ++p1; py += sgn[1]; }
-                    else { ++p2; pz += sgn[2]; }
+                    if (a0 <= a1 && a0 <= a2) { ++p0; px += sgn[0]; return 0; }
+                    if (a1 <= a2) { ++p1; py += sgn[1]; return 1; }
+                    ++p2; pz += sgn[2]; return 2;
+                };
+                // Part 1, inside the 3x3x3 near-sensor bricks. The block is convex, so a ray that
+                // leaves it never comes back: part 2 needs no near test.
+                bool done = false;
+                for (;; ++j) {
+                    const uint64_t nx = uint64_t((px >> 3) - nb0[0]), ny = uint64_t((py >> 3) - nb0[1]),
+                                   nz = uint64_t((pz >> 3) - nb0[2]);
+                    if (!((nx < 3) & (ny < 3) & (nz < 3))) break;
+                    ++near[((nz * 3 + ny) * 3 + nx) * BRICK_VOX + uint32_t((px & 7) | ((py & 7) << 3) | ((pz & 7) << 6))];
+                    if (j == m) { done = true; break; }
+                    step_axis();
+                }
+                if (done) continue;
+                // Part 2: one code per (ray, voxel), every step entering a new voxel (counted
+                // below). The voxel's place in its brick and the brick follow the stepped axis;
+                // the brick is looked up only when that axis wraps around a brick border.
+                int32_t cx = int32_t(px >> 3), cy = int32_t(py >> 3), cz = int32_t(pz >> 3);
+                uint32_t lin = uint32_t((px & 7) | ((py & 7) << 3) | ((pz & 7) << 6));
+                const int64_t wrap[3] = {sgn[0] > 0 ? 0 : 7, sgn[1] > 0 ? 0 : 7, sgn[2] > 0 ? 0 : 7};
+                bool moved = cx != pbx || cy != pby || cz != pbz;
+                for (;; ++j) {
+                    if (moved) {
+                        pidx = set.insert(cx, cy, cz);
+                        pbx = cx; pby = cy; pbz = cz;
+                        moved = false;
+                        if (pidx >= 0 && pidx % nt != cur) {
+                            used[cur] = size_t(w - buckets[cur].data());
+                            cur = pidx % nt;
+                            w = buckets[cur].data() + used[cur];
+                        }
+                    }
+                    if (pidx >= 0) *w++ = uint32_t(pidx) * BRICK_VOX + lin;
+                    if (j == m) break;
+                    switch (step_axis()) {
+                        case 0:
+                            lin = (lin & ~7u) | uint32_t(px & 7);
+                            if ((px & 7) == wrap[0]) { cx += int32_t(sgn[0]); moved = true; }
+                            break;
+                        case 1:
+                            lin = (lin & ~(7u << 3)) | uint32_t((py & 7) << 3);
+                            if ((py & 7) == wrap[1]) { cy += int32_t(sgn[1]); moved = true; }
+                            break;
+                        default:
+                            lin = (lin & ~(7u << 6)) | uint32_t((pz & 7) << 6);
+                            if ((pz & 7) == wrap[2]) { cz += int32_t(sgn[2]); moved = true; }
+                    }
                 }
             }
             used[cur] = size_t(w - buckets[cur].data());
