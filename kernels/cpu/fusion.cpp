@@ -752,6 +752,7 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
                 const uint32_t* list = ctx->thread_codes[size_t(src) * nt + tid].data();
                 const size_t n_list = ctx->thread_used[size_t(src) * nt + tid];
                 for (size_t q = 0; q < n_list; ++q) {
+                    if (q + 16 < n_list) __builtin_prefetch(cells + list[q + 16], 1);
                     const uint32_t code = list[q];
                     if (cells[code]++ == 0) masks[code >> 6] |= uint64_t(1) << (code & 63);
                 }
