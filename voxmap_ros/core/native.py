@@ -357,7 +357,7 @@ def integrate_rgbd_cpp(octree, depth_m: torch.Tensor, rgb: torch.Tensor | None, 
                              depth_m.data_ptr(), H, W, T12, ctypes.byref(prm), nt)
         clock.tick("rgbd_clearing")
         if m:
-            slots, _ = octree.allocate_bricks(band)
+            slots, _ = octree.allocate_bricks(band, distinct=True)      # the kernel's brick set
             slots = slots.contiguous()
         else:
             slots = torch.empty(0, dtype=torch.int64)
@@ -395,7 +395,7 @@ def integrate_lidar_cpp(octree, points: torch.Tensor, T_W_L: torch.Tensor, p) ->
         coords = torch.empty((m, 3), dtype=torch.int64)
         lib.vx_copy_bricks(ctx, coords.data_ptr())
         clock.tick("lidar_trace")
-        slots, _ = octree.allocate_bricks(coords)
+        slots, _ = octree.allocate_bricks(coords, distinct=True)    # the kernel's brick set
         slots = slots.contiguous()
         clock.tick("lidar_allocate")
         _check_octree(octree)

@@ -177,7 +177,7 @@ class SparseVoxelOctree:
 
     def _reset_voxels(self, slots: torch.Tensor) -> None:
         for name, spec in self.specs.items():
-            self.attrs[name][slots] = spec.fill
+            self.attrs[name].index_fill_(0, slots, spec.fill)      # faster than an index_put
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -222,20 +222,29 @@ class SparseVoxelOctree:
         out[ok] = self.node_brick[nodes[ok].long()].long()
         return out
 
-    def allocate_bricks(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Find or create bricks at coordinates (N, 3) int (duplicates allowed).
+    def allocate_bricks(self, coords: torch.Tensor, distinct: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Find or create bricks at coordinates (N, 3) int (duplicates allowed, unless `distinct`
+        promises that no coordinate repeats, which skips the de-duplication).
 
         Returns (slots (N,) int64, is_new (N,) bool). New bricks start with every attribute at its
         fill value, except occupancy inside subtrees pruned as free, which starts free.
         """
         coords = coords.to(self.device, torch.int64)
         keys = self.brick_keys(coords)
-        uniq, inv = torch.unique(keys, return_inverse=True)
+        if distinct:
+            uniq, inv = keys, None
+        else:
+            uniq, inv = torch.unique(keys, return_inverse=True)
         nodes = self.table.lookup(uniq).long()
         missing = nodes < 0
         n_new = int(missing.sum())
         if n_new:
-            new_keys = uniq[missing]
+            new_at = missing.nonzero().squeeze(1)
+            if distinct:          # new bricks take slots in key order, as with de-duplicated keys
+                new_keys, order = torch.sort(uniq[new_at])
+                new_at = new_at[order]
+            else:
+                new_keys = uniq[new_at]
             node_ids = self._take(n_new, "_free_nodes", self.NODE_FIELDS, False)
             slots = self._take(n_new, "_free_bricks", self.BRICK_FIELDS, True)
             self.table.insert(new_keys, node_ids.to(torch.int32))
@@ -249,10 +258,11 @@ class SparseVoxelOctree:
             was_free = self._expand_pruned(new_keys)
             if bool(was_free.any()):
                 self.attrs["occ"][slots[was_free]] = self.free_logodds
-            nodes[missing] = node_ids
+            nodes[new_at] = node_ids
         slot_u = self.node_brick[nodes].long()
-        is_new_u = missing
-        return slot_u[inv], is_new_u[inv] & _first_occurrence(inv, uniq.numel())
+        if inv is None:
+            return slot_u, missing
+        return slot_u[inv], missing[inv] & _first_occurrence(inv, uniq.numel())
 
     def _init_nodes(self, node_ids: torch.Tensor, keys: torch.Tensor, slots: torch.Tensor | None) -> None:
         self.node_key[node_ids] = keys
