@@ -358,6 +358,19 @@ def test_lod_levels_grow_with_distance_and_keep_depth(fused_room):
     assert float(diff.median()) < LOD_MEDIAN_TOL_M, float(diff.median())
 
 
+def test_view_cells_are_those_of_visible_bricks_at_their_level(fused_room):
+    m, _, K, fused, _ = fused_room
+    field = TsdfField.from_mapper(m, max_level=1)
+    cam = make_camera(K, fused[0][2], SIM_W, SIM_H, 0.1, 8.0)
+    lv, vis = field.brick_levels(cam, lod_px=1.5)
+    got = field.voxels(cam, lod_px=1.5)
+    # The plain definition: every cell whose brick is visible and drawn at the cell's level.
+    want = [(L["coords"][vis[L["brick"]] & (lv[L["brick"]] == li)], li) for li, L in enumerate(field.levels)]
+    assert {int(x) for x in got.level.unique()} <= {0, 1} and len(got) == sum(len(c) for c, _ in want)
+    assert torch.equal(got.coords, torch.cat([c for c, _ in want]))
+    assert torch.equal(got.level, torch.cat([torch.full((len(c),), li) for c, li in want]))
+
+
 def test_render_output_fields(fused_room):
     _, field, K, fused, _ = fused_room
     depth, rgb, T = fused[0]

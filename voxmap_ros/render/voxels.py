@@ -301,6 +301,12 @@ class TsdfField:
                 "brick": b_idx,
             })
         del r
+        # Per level, where each brick's cells start and how many it has (cells are brick-major):
+        # a view then gathers the cells of its bricks by ranges instead of masking every cell.
+        self._brick_ranges = []
+        for L in self.levels:
+            count = torch.bincount(L["brick"], minlength=B) if B else torch.zeros(0, dtype=torch.int64, device=dev)
+            self._brick_ranges.append((torch.cumsum(count, 0) - count, count))
 
     @property
     def num_cells(self) -> int:
@@ -327,23 +333,18 @@ class TsdfField:
         """The cells to draw: without a camera all level-0 cells; with one, the cells of the bricks
         that meet its frustum, each brick at its level of detail (see brick_levels)."""
         if camera is None:
-            sel = [self.levels[0]]
-            masks = [None]
-        else:
-            lv, vis = self.brick_levels(camera, lod_px)
-            sel, masks = [], []
-            for li, L in enumerate(self.levels):
-                m = vis[L["brick"]] & (lv[L["brick"]] == li)
-                sel.append(L)
-                masks.append(m)
+            L = self.levels[0]
+            return VoxelSet(L["coords"], L["level"], L["values"], L["colors"], self.voxel_size_m,
+                            self.origin_m, L["ids"], trusted=True)
+        lv, vis = self.brick_levels(camera, lod_px)
         parts = []
-        for L, m in zip(sel, masks):
-            if m is None:
-                parts.append(VoxelSet(L["coords"], L["level"], L["values"], L["colors"], self.voxel_size_m,
-                                      self.origin_m, L["ids"], trusted=True))
-            else:
-                parts.append(VoxelSet(L["coords"][m], L["level"][m], L["values"][m], L["colors"][m],
-                                      self.voxel_size_m, self.origin_m, L["ids"][m], trusted=True))
+        for li, (L, (start, count)) in enumerate(zip(self.levels, self._brick_ranges)):
+            bricks = (vis & (lv == li)).nonzero().squeeze(1)      # ascending: the cells keep their order
+            n = count[bricks]
+            out_start = torch.cumsum(n, 0) - n
+            idx = torch.arange(int(n.sum()), device=n.device) + torch.repeat_interleave(start[bricks] - out_start, n)
+            parts.append(VoxelSet(*(L[k].index_select(0, idx) for k in ("coords", "level", "values", "colors")),
+                                  self.voxel_size_m, self.origin_m, L["ids"].index_select(0, idx), trusted=True))
         return VoxelSet.cat(parts)
 
 
