@@ -31,6 +31,7 @@ import torch
 
 from . import morton
 from .octree import BRICK, BRICK_SHIFT, SparseVoxelOctree, VOXEL_OFFSETS
+from .ranges import range_starts, rank_in_range
 
 
 def logodds(p: float) -> float:
@@ -228,7 +229,7 @@ def ray_voxels(origin: torch.Tensor, dirs: torch.Tensor, t_end: torch.Tensor, vo
     for a in range(3):
         n = n_ax[:, a]
         r = torch.repeat_interleave(torch.arange(rid.numel(), device=dev), n)
-        k = torch.arange(r.numel(), device=dev) - (torch.cumsum(n, 0) - n)[r] + 1
+        k = rank_in_range(n) + 1
         da = d[r, a]
         plane = torch.where(da > 0, i0[a] + k, i0[a] - k + 1).float() * vs
         ts.append((plane - origin[a]) / da)
@@ -244,13 +245,13 @@ def ray_voxels(origin: torch.Tensor, dirs: torch.Tensor, t_end: torch.Tensor, vo
     m = n_ax.sum(1)                                                         # crossings per ray
     cnt = m + 1                                                             # voxels per ray
     seg_r = torch.repeat_interleave(torch.arange(rid.numel(), device=dev), cnt)
-    j = torch.arange(seg_r.numel(), device=dev) - (torch.cumsum(cnt, 0) - cnt)[seg_r]
+    j = rank_in_range(cnt)
     # Voxel j of a ray = start + the steps of its first j crossings: a running sum of the steps
     # with a zero row before each ray's crossings.
     steps = torch.zeros((seg_r.numel(), 3), dtype=torch.int64, device=dev)
     steps[(j > 0).nonzero().squeeze(1)] = step
     run = torch.cumsum(steps, 0)
-    ray_start = (torch.cumsum(cnt, 0) - cnt)[seg_r]
+    ray_start = range_starts(cnt)[seg_r]
     vox = i0 + run - run[ray_start]
     return rid[seg_r], vox
 

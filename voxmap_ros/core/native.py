@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from .ranges import range_starts
+
 log = logging.getLogger(__name__)
 
 ABI_VERSION = 1
@@ -594,7 +596,7 @@ def mesh_bricks_cpp(tsdf: torch.Tensor, weight: torch.Tensor, color: torch.Tenso
     keys = torch.empty((total, 3), dtype=torch.int64)
     tri_block = torch.empty(total, dtype=torch.int64)
     if total:
-        offsets = (torch.cumsum(counts, 0) - counts).contiguous()
+        offsets = range_starts(counts).contiguous()
         lib.vx_mesh_fill(B, nb.data_ptr(), tsdf.data_ptr(), weight.data_ptr(), _ptr(color), origins_vox.data_ptr(),
                          ctypes.byref(tab), ctypes.byref(args), offsets.data_ptr(), verts.data_ptr(), cols.data_ptr(),
                          keys.data_ptr(), tri_block.data_ptr(), nt)

@@ -17,6 +17,7 @@ import torch
 
 from .camera import Camera
 from .voxels import VoxelSet, morton_keys, order_coords
+from ..core.ranges import rank_in_range
 
 TILE = 16
 RECT_EPS_PX = 1e-3          # projected rectangles grow by this much (rounding of the corner projection)
@@ -119,7 +120,7 @@ def bin_cells(v: VoxelSet, cam: Camera, tile: int = TILE) -> Bins:
     nx, ny = t1x - t0x + 1, t1y - t0y + 1
     cnt = nx * ny
     cell_rep = torch.repeat_interleave(cells, cnt)
-    idx = torch.arange(int(cnt.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
+    idx = rank_in_range(cnt)
     nx_rep = torch.repeat_interleave(nx, cnt)
     tile_id = (torch.repeat_interleave(t0y, cnt) + idx // nx_rep) * tx + torch.repeat_interleave(t0x, cnt) + idx % nx_rep
     ranks = octant_ranks(v, present)

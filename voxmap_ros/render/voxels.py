@@ -27,6 +27,7 @@ import torch
 
 from ..core import morton
 from ..core.octree import BRICK, BRICK_VOXELS, spheres_in_frustum
+from ..core.ranges import expand_ranges, range_starts
 
 CORNER_OFFSETS = morton.CHILD_OFFSETS            # (8, 3) int64, corner c = i + 2j + 4k
 MAX_LOD_LEVEL = 3                                # cells up to one brick (8 voxels) wide
@@ -306,7 +307,7 @@ class TsdfField:
         self._brick_ranges = []
         for L in self.levels:
             count = torch.bincount(L["brick"], minlength=B) if B else torch.zeros(0, dtype=torch.int64, device=dev)
-            self._brick_ranges.append((torch.cumsum(count, 0) - count, count))
+            self._brick_ranges.append((range_starts(count), count))
 
     @property
     def num_cells(self) -> int:
@@ -340,9 +341,7 @@ class TsdfField:
         parts = []
         for li, (L, (start, count)) in enumerate(zip(self.levels, self._brick_ranges)):
             bricks = (vis & (lv == li)).nonzero().squeeze(1)      # ascending: the cells keep their order
-            n = count[bricks]
-            out_start = torch.cumsum(n, 0) - n
-            idx = torch.arange(int(n.sum()), device=n.device) + torch.repeat_interleave(start[bricks] - out_start, n)
+            idx = expand_ranges(start[bricks], count[bricks])
             parts.append(VoxelSet(*(L[k].index_select(0, idx) for k in ("coords", "level", "values", "colors")),
                                   self.voxel_size_m, self.origin_m, L["ids"].index_select(0, idx), trusted=True))
         return VoxelSet.cat(parts)
