@@ -92,7 +92,48 @@ def test_bench_lidar_smoke(sim_dataset, tmp_path, capsys):
     assert d["grid_alignment"]["same_cell"] is True
     assert d["grid_alignment"]["centre_diff_m"] < 1e-5
     assert _positive_finite(d["ratios"]["octomap_over_voxmap_ms"])
+    assert d["results"]["octomap"]["process"] == "own process"
     assert "LiDAR fusion" in capsys.readouterr().out
+
+
+def test_bench_lidar_peer_process_gives_the_same_maps(sim_dataset, tmp_path):
+    """OctoMap in its own process (its map read back from its .ot file) and in this process
+    must leave the same occupied cells."""
+    pytest.importorskip("octomap")
+    comps = {}
+    for mode in ("own", "same"):
+        out = tmp_path / f"lidar_{mode}.json"
+        args = ["bench", "lidar", "--data", sim_dataset["lidar_dir"], "--scans", str(LIDAR_SCANS), "--warmup", "0",
+                "--voxel-size-m", str(LIDAR_VOXEL_M), "--max-range-m", str(LIDAR_MAX_RANGE_M), "--sequential",
+                "--quiet", "--json", str(out)] + (["--same-process"] if mode == "same" else [])
+        assert cli_main(args) == 0
+        d = json.loads(out.read_text())
+        comps[mode] = {k: d["occupied_comparison"][k] for k in ("voxmap_occupied", "octomap_occupied", "both")}
+        comps[mode]["leaf_nodes"] = d["results"]["octomap"]["leaf_nodes"]
+    assert comps["own"]["octomap_occupied"] > 0
+    assert comps["own"] == comps["same"]
+
+
+def test_peer_process_reports_failures_and_keeps_serving(sim_dataset):
+    pytest.importorskip("octomap")
+    from voxmap_ros.bench import isolated, lidar
+    from voxmap_ros.config import VoxmapConfig
+    scans = lidar.load_scans(sim_dataset["lidar_dir"], 2)
+    peer = isolated.ProcessSystem(lidar.OctomapSystem(VoxmapConfig()))
+    try:
+        items = peer.prepare(scans)
+        assert items == [0, 1]
+        state = peer.make()
+        with pytest.raises(isolated.PeerProcessError, match="IndexError"):
+            peer.integrate(state, 5)
+        assert peer.integrate(state, items[0]) > 0.0          # still serving, timed in its process
+        with pytest.raises(isolated.PeerProcessError, match="only the latest map"):
+            peer.integrate(state - 1, items[1])
+        tree = peer.local(state)
+        assert tree.getNumLeafNodes() == peer.finish(state)[0]["leaf_nodes"] > 0
+    finally:
+        peer.close()
+    assert not peer._proc.is_alive()
 
 
 def test_octomap_pruned_leaves_expand_to_voxels():

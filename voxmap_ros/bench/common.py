@@ -83,8 +83,10 @@ def load_average():
 
 class System:
     """One mapping system under test. `prepare` turns in-memory frames into its own inputs
-    (untimed); `make` builds an empty map; `integrate` (timed) fuses one prepared input;
-    `finish` returns (result dict, mesh or None) from the final map."""
+    (untimed); `make` builds an empty map; `integrate` (timed) fuses one prepared input and may
+    return its own measured milliseconds (a system that runs elsewhere, e.g. in its own process);
+    `finish` returns (result dict, mesh or None) from the final map; `local` gives the final map
+    as an object of this process (itself, unless the system runs elsewhere)."""
     name = "system"
 
     def prepare(self, frames) -> list:
@@ -98,6 +100,15 @@ class System:
 
     def finish(self, state, want_mesh: bool):
         return {}, None
+
+    def local(self, state):
+        return state
+
+    def save_state(self, state, path) -> None:
+        raise NotImplementedError(f"{self.name} cannot write its map to a file")
+
+    def load_state(self, path):
+        raise NotImplementedError(f"{self.name} cannot read its map from a file")
 
 
 def run_systems(systems: list, frames, warmup: int, interleave: bool = True, progress=None, repeat: int = 1):
@@ -130,8 +141,9 @@ def run_systems(systems: list, frames, warmup: int, interleave: bool = True, pro
 
         def step(s, i):
             t0 = time.perf_counter()
-            s.integrate(states[s.name], items[s.name][i])
-            ms[s.name].append((time.perf_counter() - t0) * 1000.0)
+            own_ms = s.integrate(states[s.name], items[s.name][i])
+            wall_ms = (time.perf_counter() - t0) * 1000.0
+            ms[s.name].append(float(own_ms) if isinstance(own_ms, (int, float)) else wall_ms)
 
         if interleave:
             for i in range(n):

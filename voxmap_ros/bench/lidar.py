@@ -4,6 +4,8 @@ Every scan is read into memory first (never timed). What each timed number cover
     voxmap    `Mapper.integrate(frame)` (range filter, ray sampling, occupancy + TSDF update)
     octomap   `OcTree.insertPointCloud(points_world (N, 3) float64, origin (3,), maxrange)`; the
               points are transformed to the world frame beforehand (OctoMap takes world points)
+OctoMap runs in a process of its own, driven scan by scan and timed there (bench/isolated.py says
+why: in one process its freed memory slows voxmap's allocations); `--same-process` keeps it here.
 Both use the same sensor model (voxmap's config: prob_hit, prob_miss, clamping thresholds,
 occupancy threshold), the same minimum range (closer points dropped for both) and the same
 maximum-range rule (a longer beam clears free space up to max range and marks no hit).
@@ -19,7 +21,7 @@ import sys
 
 import numpy as np
 
-from . import common
+from . import common, isolated
 
 PEERS = ("octomap", "none")
 OCTOMAP_KEY_OFFSET = 32768            # octomap::OcTreeKey of the cell at [0, res)^3 (tree_max_val, 16 levels)
@@ -42,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time the whole run R times (fresh maps each) and keep each scan's fastest time (default %(default)s)")
     p.add_argument("--sequential", action="store_true",
                    help="run each system over all scans in turn (default: interleave them scan by scan)")
+    p.add_argument("--same-process", action="store_true",
+                   help="run OctoMap in this process too (default: its own process, as a separate node "
+                        "would be; sharing one C heap slows voxmap's allocations, see bench/isolated.py)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no per-system progress lines")
 
@@ -113,13 +118,26 @@ def world_points(frame, min_range_m: float) -> tuple[np.ndarray, np.ndarray]:
 def make_octree(res_m: float, occ_cfg):
     """An OcTree with voxmap's sensor model (hit/miss probabilities, clamping, threshold)."""
     import octomap
-    t = octomap.OcTree(float(res_m))
+    return set_sensor_model(octomap.OcTree(float(res_m)), occ_cfg)
+
+
+def set_sensor_model(t, occ_cfg):
+    """Give OcTree `t` voxmap's sensor model (an .ot file does not carry it); returns t."""
     t.setProbHit(float(occ_cfg.prob_hit))
     t.setProbMiss(float(occ_cfg.prob_miss))
     t.setClampingThresMin(float(occ_cfg.clamp_min))
     t.setClampingThresMax(float(occ_cfg.clamp_max))
     t.setOccupancyThres(float(occ_cfg.occupied_threshold))
     return t
+
+
+def read_octree(path, occ_cfg):
+    """An OcTree read from an .ot file written by `OcTree.write`, with voxmap's sensor model."""
+    import octomap
+    t = octomap.OcTree.read(str(path).encode())
+    if t is None:
+        raise ValueError(f"{path}: not an OctoMap .ot file")
+    return set_sensor_model(t, occ_cfg)
 
 
 class OctomapSystem(common.System):
@@ -144,6 +162,13 @@ class OctomapSystem(common.System):
                 "map_bytes": int(tree.memoryUsage()), "prob_hit": tree.getProbHit(), "prob_miss": tree.getProbMiss(),
                 "clamp_min": tree.getClampingThresMin(), "clamp_max": tree.getClampingThresMax(),
                 "occupancy_threshold": tree.getOccupancyThres(), "backend": "octomap-python (1 thread)"}, None
+
+    def save_state(self, tree, path) -> None:
+        if not tree.write(str(path).encode()):
+            raise OSError(f"OctoMap could not write {path}")
+
+    def load_state(self, path):
+        return read_octree(path, self.cfg.occupancy)
 
 
 def octomap_occupied_cells(tree, res_m: float) -> np.ndarray:
@@ -290,18 +315,28 @@ def run(args) -> dict:
     print(f"voxmap bench lidar: {len(scans)} scans ({np.mean(n_pts):.0f} points each) from {args.data} loaded in "
           f"{t_load.ms / 1000:.1f} s; voxel {cfg.map.voxel_size_m} m, range [{cfg.lidar.min_range_m}, "
           f"{cfg.lidar.max_range_m}] m, peers {peers or 'none'}", file=sys.stderr)
-    systems = [VoxmapSystem(cfg)] + ([OctomapSystem(cfg)] if "octomap" in peers else [])
-    load_start = common.load_average()
-    states, ms, rep_medians = common.run_systems(systems, scans, args.warmup, interleave=not args.sequential,
-                                                 progress=common.progress_printer("scan", args.quiet),
-                                                 repeat=args.repeat)
-    load_end = common.load_average()
+    systems = [VoxmapSystem(cfg)]
+    if "octomap" in peers:
+        systems.append(OctomapSystem(cfg) if args.same_process else isolated.ProcessSystem(OctomapSystem(cfg)))
+    try:
+        load_start = common.load_average()
+        states, ms, rep_medians = common.run_systems(systems, scans, args.warmup, interleave=not args.sequential,
+                                                     progress=common.progress_printer("scan", args.quiet),
+                                                     repeat=args.repeat)
+        load_end = common.load_average()
+        finished = {s.name: s.finish(states[s.name])[0] for s in systems}
+        if "octomap" in peers:
+            tree = systems[-1].local(states["octomap"])
+    finally:
+        for s in systems:
+            if isinstance(s, isolated.ProcessSystem):
+                s.close()
     results = {}
     for s in systems:
         results[s.name] = common.timing_stats(ms[s.name], "ms_per_scan")
         results[s.name]["ms_per_scan"] = [round(x, 3) for x in ms[s.name]]
         results[s.name]["repeat_medians_ms"] = rep_medians[s.name]
-        results[s.name].update(s.finish(states[s.name])[0])
+        results[s.name].update(finished[s.name])
     mapper = states["voxmap"]
     payload = {
         "command": common.command_line(), "equivalent_command": common.equivalent_command(args, "lidar"),
@@ -309,6 +344,7 @@ def run(args) -> dict:
         "data": str(args.data), "scans": len(scans), "points_per_scan_mean": float(np.mean(n_pts)),
         "warmup_scans": int(min(args.warmup, len(scans))), "repeat": args.repeat,
         "schedule": "sequential" if args.sequential else "interleaved (systems take turns scan by scan)",
+        "octomap_process": "same process" if args.same_process else "own process (timed there)",
         "load_average_start": load_start, "load_average_end": load_end,
         "settings": {"voxel_size_m": cfg.map.voxel_size_m, "max_range_m": cfg.lidar.max_range_m,
                      "min_range_m": cfg.lidar.min_range_m, "trunc_vox": cfg.tsdf.trunc_vox,
@@ -316,11 +352,11 @@ def run(args) -> dict:
                      "clamp_min": cfg.occupancy.clamp_min, "clamp_max": cfg.occupancy.clamp_max,
                      "occupied_threshold": cfg.occupancy.occupied_threshold},
         "timed": {"voxmap": "Mapper.integrate(frame) (occupancy + TSDF)",
-                  "octomap": "OcTree.insertPointCloud(points_world, origin, maxrange) (world points precomputed)"},
+                  "octomap": "OcTree.insertPointCloud(points_world, origin, maxrange) (world points precomputed; "
+                             "timed in OctoMap's process)"},
         "results": results,
     }
     if "octomap" in peers:
-        tree = states["octomap"]
         first = [world_points(scans[0], cfg.lidar.min_range_m)]
         with common.Timer() as t_cmp:
             cmp = compare_occupied(tree, mapper, cfg.map.voxel_size_m, diagnose=not args.no_diagnose)
