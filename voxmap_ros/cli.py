@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import VoxmapConfig
+from .config import MAP_BACKENDS, VoxmapConfig
 
 
 def _config(args) -> VoxmapConfig:
@@ -30,7 +30,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (plain tree or ROS params file)")
     p.add_argument("--voxel-size-m", type=float, help="override map.voxel_size_m")
     p.add_argument("--device", help="torch device for the map: cpu or cuda")
-    p.add_argument("--backend", choices=["auto", "cpp", "torch"], help="kernel backend")
+    p.add_argument("--backend", choices=MAP_BACKENDS, help="kernel backend")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override any config field")
 
 

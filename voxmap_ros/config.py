@@ -23,13 +23,17 @@ def _f(default, description: str, *, lo=None, hi=None, choices=None, runtime: bo
     return field(default=default, metadata=meta)
 
 
+MAP_BACKENDS = ("auto", "cpp", "triton", "torch")      # map.backend; see Mapper._choose_backend
+
+
 @dataclass
 class MapConfig:
     voxel_size_m: float = _f(0.05, "Edge length of one level-0 voxel, metres", lo=0.001, hi=10.0)
     octree_levels: int = _f(6, "Parent levels above the bricks (level L nodes span 2^L bricks)", lo=1, hi=12)
     device: str = _f("cpu", "Torch device for map tensors: 'cpu' or 'cuda[:N]'")
-    backend: str = _f("auto", "Kernel backend: 'auto' (compiled when available), 'cpp' or 'torch'",
-                      choices=("auto", "cpp", "torch"))
+    backend: str = _f("auto", "Kernel backend: 'auto' (compiled C++ on a CPU map, Triton on a CUDA map, when "
+                              "available), 'cpp', 'triton' (RGB-D voxel update on CUDA) or 'torch'",
+                      choices=MAP_BACKENDS)
     initial_bricks: int = _f(4096, "Bricks allocated up front (the pools grow by doubling)", lo=1, hi=1 << 26)
     clearing_radius_m: float = _f(0.0, "Drop bricks farther than this from the latest sensor position; 0 = off",
                                   lo=0.0, hi=1e6, runtime=True)

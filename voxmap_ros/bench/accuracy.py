@@ -43,6 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..config import MAP_BACKENDS
 from . import common
 
 NOISE_MODELS = {"none": False, "kinect": True}          # name -> generate_dataset(noise=...)
@@ -72,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ignore depth beyond this, metres (all systems) (default %(default)s)")
     p.add_argument("--peers", default="open3d", help=f"comma-separated peers: {', '.join(PEERS)} "
                    "('open3d' = the VoxelBlockGrid) (default %(default)s)")
-    p.add_argument("--backend", choices=("auto", "cpp", "torch"), default="auto",
+    p.add_argument("--backend", choices=MAP_BACKENDS, default="auto",
                    help="voxmap kernel backend (default %(default)s)")
     p.add_argument("--mesh-samples", type=int, default=200_000,
                    help="points sampled per mesh for the metrics (default %(default)s)")

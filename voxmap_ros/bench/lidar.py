@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+from ..config import MAP_BACKENDS
 from . import common, isolated
 
 PEERS = ("octomap", "none")
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trunc-vox", type=float, default=4.0, help="voxmap TSDF truncation in voxels (default %(default)s)")
     p.add_argument("--peers", default="octomap", help=f"comma-separated peers: {', '.join(PEERS)} (default %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="scans through a throw-away instance of each system first (default %(default)s)")
-    p.add_argument("--backend", choices=("auto", "cpp", "torch"), default="auto", help="voxmap kernel backend (default %(default)s)")
+    p.add_argument("--backend", choices=MAP_BACKENDS, default="auto", help="voxmap kernel backend (default %(default)s)")
     p.add_argument("--no-diagnose", action="store_true", help="skip the analysis of cells the two maps disagree on")
     p.add_argument("--repeat", type=int, default=1,
                    help="time the whole run R times (fresh maps each) and keep each scan's fastest time (default %(default)s)")
@@ -344,7 +345,8 @@ def run(args) -> dict:
         "data": str(args.data), "scans": len(scans), "points_per_scan_mean": float(np.mean(n_pts)),
         "warmup_scans": int(min(args.warmup, len(scans))), "repeat": args.repeat,
         "schedule": "sequential" if args.sequential else "interleaved (systems take turns scan by scan)",
-        "octomap_process": "same process" if args.same_process else "own process (timed there)",
+        "octomap_process": None if "octomap" not in peers else (
+            "same process" if args.same_process else "own process (timed there)"),
         "load_average_start": load_start, "load_average_end": load_end,
         "settings": {"voxel_size_m": cfg.map.voxel_size_m, "max_range_m": cfg.lidar.max_range_m,
                      "min_range_m": cfg.lidar.min_range_m, "trunc_vox": cfg.tsdf.trunc_vox,

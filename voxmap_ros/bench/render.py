@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from ..config import MAP_BACKENDS
 from . import accuracy, common
 
 VBG_WEIGHT_THRESHOLD = 0.5       # Open3D: voxels observed at least once (weights grow by 1 per frame)
@@ -56,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", default="open3d", help=f"comma-separated: {', '.join(PEERS)} (default %(default)s)")
     p.add_argument("--render-backend", choices=("auto", "cpu", "reference"), default="auto",
                    help="voxmap rasterizer backend (default %(default)s)")
-    p.add_argument("--backend", choices=("auto", "cpp", "torch"), default="auto",
+    p.add_argument("--backend", choices=MAP_BACKENDS, default="auto",
                    help="voxmap fusion backend (default %(default)s)")
     p.add_argument("--samples", type=int, default=2, help="sub-segments per cell (default %(default)s)")
     p.add_argument("--sharpness-vox", type=float, default=16.0,

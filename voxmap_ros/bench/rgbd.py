@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from ..config import MAP_BACKENDS
 from . import common
 
 PEERS = ("open3d", "open3d_vbg", "open3d_scalable", "none")
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-resolution", type=int, choices=(8, 16), default=8,
                    help="Open3D VoxelBlockGrid block edge in voxels (voxmap bricks are 8) (default %(default)s)")
     p.add_argument("--block-count", type=int, default=10000, help="Open3D VoxelBlockGrid initial block capacity (default %(default)s)")
-    p.add_argument("--backend", choices=("auto", "cpp", "torch"), default="auto", help="voxmap kernel backend (default %(default)s)")
+    p.add_argument("--backend", choices=MAP_BACKENDS, default="auto", help="voxmap kernel backend (default %(default)s)")
     p.add_argument("--no-mesh", action="store_true", help="skip mesh extraction and the cross-check")
     p.add_argument("--mesh-samples", type=int, default=200_000, help="points sampled per mesh for the Chamfer check (default %(default)s)")
     p.add_argument("--repeat", type=int, default=1,

@@ -185,14 +185,16 @@ def rgbd_update_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, depth_m: 
 
 
 def integrate_rgbd_torch(octree: SparseVoxelOctree, depth_m: torch.Tensor, rgb: torch.Tensor | None,
-                        K: torch.Tensor, T_W_C: torch.Tensor, p: FusionParams) -> torch.Tensor:
+                        K: torch.Tensor, T_W_C: torch.Tensor, p: FusionParams,
+                        update_bricks=None) -> torch.Tensor:
     """Integrate one RGB-D frame (shapes as in rgbd_update_bricks, on the map device).
+    `update_bricks` replaces rgbd_update_bricks (same signature), e.g. by its Triton twin.
     Returns the visited brick slots (M,) int64."""
     band = rgbd_band_brick_coords(depth_m, K, T_W_C, p)
     clearing = rgbd_clearing_slots(octree, depth_m, K, T_W_C, p)
     slots, _ = octree.allocate_bricks(band)
     slots = torch.unique(torch.cat([slots, clearing]))
-    rgbd_update_bricks(octree, slots, depth_m, rgb, K, T_W_C, p)
+    (update_bricks or rgbd_update_bricks)(octree, slots, depth_m, rgb, K, T_W_C, p)
     return slots
 
 

@@ -75,8 +75,22 @@ class Mapper:
 
     # ------------------------------------------------------------------ configuration
     def _choose_backend(self) -> str:
+        """'cpp' (compiled C++ kernels, CPU maps), 'triton' (Triton RGB-D voxel update, CUDA maps;
+        CPU maps only under TRITON_INTERPRET=1) or 'torch' (the complete pure-torch path)."""
         wanted = self.config.map.backend
-        if wanted == "torch" or self.device.type != "cpu":
+        if wanted == "torch":
+            return "torch"
+        if wanted == "triton" or (wanted == "auto" and self.device.type == "cuda"):
+            from . import triton_kernels
+            if triton_kernels.usable_on(self.device):
+                return "triton"
+            why = triton_kernels.unavailable_reason() or f"map.device is '{self.device}', not CUDA"
+            if wanted == "triton":
+                raise ValueError(f"map.backend is 'triton' but Triton kernels cannot run here: {why} "
+                                 f"(on a CPU map only under TRITON_INTERPRET=1)")
+            log.info("Triton kernels unavailable (%s); using the torch backend", why)
+            return "torch"
+        if self.device.type != "cpu":
             return "torch"
         try:
             from . import native
@@ -146,6 +160,9 @@ class Mapper:
         if self._backend == "cpp":
             from . import native
             return native.integrate_rgbd_cpp(self.octree, depth_m, rgb, K, T, self.params)
+        if self._backend == "triton":
+            from . import triton_fusion
+            return triton_fusion.integrate_rgbd_triton(self.octree, depth_m, rgb, K, T, self.params)
         return integrate.integrate_rgbd_torch(self.octree, depth_m, rgb, K, T, self.params)
 
     def _integrate_lidar(self, points, T):

@@ -7,56 +7,20 @@ asked for: `available()` only looks for the package.
 """
 from __future__ import annotations
 
-import importlib.util
-import math
-import os
-import sys
-from pathlib import Path
-
 import torch
 
+from ..core import triton_kernels
 from .binning import TILE, bin_cells
 from .camera import Camera
 from .reference import DIR_EPS, pack_output_grads
 from .voxels import SDF_X_MIN, VoxelSet, normals
 
-_KERNEL_MODULE = "voxmap_ros_triton_raster"
-_state: dict = {"mod": None, "reason": ""}
-
-
-def available() -> bool:
-    """True when the triton package is importable (without importing it)."""
-    try:
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def unavailable_reason() -> str:
-    return "" if available() else "the 'triton' package is not installed (pip install triton)"
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def kernel_paths() -> list[Path]:
-    """Candidate locations of raster.py: the source tree, then an installed share/."""
-    return [Path(__file__).resolve().parents[2] / "kernels" / "triton" / "raster.py",
-            Path(sys.prefix) / "share" / "voxmap_ros" / "kernels" / "triton" / "raster.py"]
+available, unavailable_reason, interpreting = triton_kernels.available, triton_kernels.unavailable_reason, \
+    triton_kernels.interpreting
 
 
 def _kernels():
-    if _state["mod"] is None:
-        path = next((p for p in kernel_paths() if p.is_file()), None)
-        if path is None:
-            raise RuntimeError("kernels/triton/raster.py not found in " + ", ".join(map(str, kernel_paths())))
-        spec = importlib.util.spec_from_file_location(_KERNEL_MODULE, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[_KERNEL_MODULE] = mod            # triton.jit reads the source through the module
-        spec.loader.exec_module(mod)
-        _state["mod"] = mod
-    return _state["mod"]
+    return triton_kernels.load("raster.py")
 
 
 def _launch(args: dict, backward: bool, grad_acc=None, fwd_acc=None, grad_values=None, grad_colors=None):
