@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Open3D VoxelBlockGrid block edge in voxels (voxmap bricks are 8) (default %(default)s)")
     p.add_argument("--block-count", type=int, default=10000, help="Open3D VoxelBlockGrid initial block capacity (default %(default)s)")
     p.add_argument("--backend", choices=MAP_BACKENDS, default="auto", help="voxmap kernel backend (default %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help="voxmap's map device, 'cpu' or 'cuda[:N]' (Open3D stays on the CPU) (default %(default)s)")
     p.add_argument("--no-mesh", action="store_true", help="skip mesh extraction and the cross-check")
     p.add_argument("--mesh-samples", type=int, default=200_000, help="points sampled per mesh for the Chamfer check (default %(default)s)")
     p.add_argument("--repeat", type=int, default=1,
@@ -94,12 +96,14 @@ def make_config(args):
     cfg.set("rgbd.max_range_m", args.max_range_m)
     cfg.set("rgbd.depth_scale", args.depth_scale)
     cfg.set("map.backend", args.backend)
+    cfg.set("map.device", args.device)
     cfg.validate()
     return cfg
 
 
 class VoxmapSystem(common.System):
-    """voxmap's Mapper; the timed call is `Mapper.integrate(frame)`."""
+    """voxmap's Mapper; the timed call is `Mapper.integrate(frame)` (on a CUDA map up to the end
+    of the GPU work it queued)."""
     name = "voxmap"
 
     def __init__(self, args):
@@ -111,6 +115,9 @@ class VoxmapSystem(common.System):
 
     def integrate(self, m, frame) -> None:
         m.integrate(frame)
+        if m.device.type == "cuda":
+            import torch
+            torch.cuda.synchronize(m.device)
 
     def finish(self, m, want_mesh: bool):
         flush_ms = common.flush_deferred_ms(m)
