@@ -391,3 +391,32 @@ def test_ghost_lidar(indoor_scene):
     for T in poses:
         m.integrate(Frame(T, points=scan_lidar(empty, T, beams=16, hfov_samples=512, noise_std_m=0.02, rng=rng)))
     _check_ghosts(before, _ghost_counts(m, lo, hi), "lidar", m, lo, hi)
+
+
+@pytest.mark.parametrize("lookup", ["nearest", "floor"])
+def test_pixel_lookup_picks_the_nearest_or_the_floor_pixel(lookup):
+    """Columns 0-3 of the depth image read 1.0 m, columns 4-7 read 1.2 m. A voxel projecting to
+    u in [3.5, 4) reads column 4 with 'nearest' (pixel centres at integer u) and column 3 with
+    'floor' (Open3D VoxelBlockGrid's choice)."""
+    W = H = 8
+    K = np.array([[10.0, 0, 3.5], [0, 10.0, 3.5], [0, 0, 1]])
+    depth = np.full((H, W), 1.0, np.float32)
+    depth[:, 4:] = 1.2
+    cfg = make_config(voxel_size_m=0.02)
+    cfg.set("tsdf.trunc_vox", 10.0)
+    cfg.set("map.backend", "torch")
+    cfg.set("rgbd.pixel_lookup", lookup)
+    m = Mapper(cfg)
+    m.integrate(Frame(T_W_S=np.eye(4), depth=depth, K=K))        # optical frame = world: z forward
+    o = m.octree
+    slots = o.alive_slots()
+    offs = torch.stack([torch.arange(512) % BRICK, torch.arange(512) // BRICK % BRICK, torch.arange(512) // 64], 1)
+    centres = ((o.brick_coord[slots].double()[:, None, :] * BRICK + offs + 0.5) * 0.02).reshape(-1, 3)
+    u = 10.0 * centres[:, 0] / centres[:, 2] + 3.5
+    w = o.attrs["weight"][slots].reshape(-1).float()
+    t = o.attrs["tsdf"][slots].reshape(-1).float()
+    sel = (u >= 3.6) & (u < 3.9) & (w > 0) & (centres[:, 2] > 1.0) & (centres[:, 2] < 1.2)
+    assert int(sel.sum()) > 0
+    read = 1.2 if lookup == "nearest" else 1.0
+    want = ((read - centres[sel, 2]) / 0.2).clamp(-1, 1).float()
+    assert torch.allclose(t[sel], want, atol=FP16_TOL)

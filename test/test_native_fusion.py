@@ -171,11 +171,11 @@ def assert_maps_match(a: SparseVoxelOctree, b: SparseVoxelOctree) -> None:
 
 
 # ------------------------------------------------------------------------------------ tests
-@pytest.mark.parametrize("depth_weighting,threads", [(False, 1), (True, 2)])
-def test_rgbd_matches_torch(depth_weighting, threads, kernel_threads):
+@pytest.mark.parametrize("depth_weighting,threads,pixel_round", [(False, 1, 0.5), (True, 2, 0.0)])
+def test_rgbd_matches_torch(depth_weighting, threads, pixel_round, kernel_threads):
     kernel_threads(threads)
     rng = np.random.default_rng(1)
-    p = fusion_params(0.02, depth_weighting=depth_weighting)
+    p = fusion_params(0.02, depth_weighting=depth_weighting, pixel_round=pixel_round)   # 0.0: floor(u)
     K = torch.from_numpy(K_SMALL)
     a = SparseVoxelOctree(0.02, initial_bricks=16)      # tiny pools: they grow inside the calls
     b = SparseVoxelOctree(0.02, initial_bricks=16)

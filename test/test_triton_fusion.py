@@ -29,10 +29,10 @@ def _dev():
 
 
 # The interpreter runs a 512-lane program in ~15 ms on a 2-core VM: a few small frames only.
-@pytest.mark.parametrize("depth_weighting,frames", [(False, 2), (True, 3)])
-def test_rgbd_triton_matches_torch(depth_weighting, frames):
+@pytest.mark.parametrize("depth_weighting,frames,pixel_round", [(False, 2, 0.0), (True, 3, 0.5)])
+def test_rgbd_triton_matches_torch(depth_weighting, frames, pixel_round):
     rng = np.random.default_rng(3)
-    p = fusion_params(0.02, depth_weighting=depth_weighting)
+    p = fusion_params(0.02, depth_weighting=depth_weighting, pixel_round=pixel_round)   # 0.0: floor(u)
     K = torch.from_numpy(K_SMALL)
     a = SparseVoxelOctree(0.02, initial_bricks=16)
     b = SparseVoxelOctree(0.02, initial_bricks=16, device=_dev())

@@ -66,6 +66,9 @@ class RgbdConfig:
     min_range_m: float = _f(0.1, "Depth readings closer than this are ignored, metres", lo=0.0, hi=1000.0)
     max_range_m: float = _f(5.0, "Depth readings farther than this are ignored, metres", lo=0.01, hi=1000.0)
     depth_scale: float = _f(1000.0, "uint16 depth units per metre (1000 = millimetres)", lo=1e-6, hi=1e9)
+    pixel_lookup: str = _f("nearest", "Depth pixel a voxel reads: 'nearest' (pixel centres at integer coordinates, "
+                                      "as K says) or 'floor' (pixel floor(u), Open3D VoxelBlockGrid's choice: half "
+                                      "a pixel off, for like-for-like comparisons)", choices=("nearest", "floor"))
 
 
 @dataclass

@@ -260,6 +260,7 @@ struct RgbdParams {     // all float32 as the reference's tensor ops see them
     float max_weight;
     float l_hit, l_miss, l_min, l_max;
     float radius;       // float32(sqrt(3) / 2 * brick_size), for clearing
+    float pixel_round;  // added before floor() when a voxel picks its pixel: 0.5 nearest, 0 floor
     int depth_weighting;
 };
 
@@ -437,8 +438,8 @@ int64_t vx_rgbd_clearing(VxContext* ctx, const uint8_t* alive, const int32_t* co
             const float z = c[2];
             if (!(z > p->dmin)) continue;
             const float zc = std::max(z, 1e-6f);
-            const float uf = std::floor(((p->fx * c[0]) / zc + p->cx) + 0.5f);
-            const float vf = std::floor(((p->fy * c[1]) / zc + p->cy) + 0.5f);
+            const float uf = std::floor(((p->fx * c[0]) / zc + p->cx) + p->pixel_round);
+            const float vf = std::floor(((p->fy * c[1]) / zc + p->cy) + p->pixel_round);
             if (!(uf >= 0.0f && uf < float(W) && vf >= 0.0f && vf < float(H))) continue;
             const float d = depth[int64_t(vf) * W + int64_t(uf)];
             if (std::isfinite(d) && d >= p->dmin && d <= p->dmax && d > z + p->radius) mine.push_back(s);
@@ -463,6 +464,7 @@ int64_t vx_rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M, con
     const int64_t n = int64_t(slots.size());
     const Pose P = make_pose(T12);
     const float fx = p->fx, fy = p->fy, cx = p->cx, cy = p->cy, vs = p->voxel, trunc = p->trunc;
+    const float pr = p->pixel_round;
     const float dmin = p->dmin, dmax = p->dmax;
     const float fW = float(W), fH = float(H);
     const bool dw = p->depth_weighting != 0;
@@ -491,7 +493,7 @@ int64_t vx_rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M, con
             half_t* ws = w_a + s * BRICK_VOX;
             half_t* os = occ_a + s * BRICK_VOX;
             uint8_t* cs = with_rgb ? col_a + s * BRICK_VOX * 3 : nullptr;
-            // (1) projection of every voxel centre to its nearest pixel (vectorized).
+            // (1) projection of every voxel centre to its pixel (nearest, or floor(u): pixel_round).
             int any_inside = 0;
             for (int lin = 0; lin < BRICK_VOX; ++lin) {
                 const float q0 = ((bx + ofs[0][lin]) + 0.5f) * vs - P.t[0];
@@ -502,8 +504,8 @@ int64_t vx_rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M, con
                 const float z = (q0 * P.R[2] + q1 * P.R[5]) + q2 * P.R[8];
                 const bool front = z > 1e-6f;
                 const float zc = front ? z : 1.0f;
-                const float uf = std::floor(((fx * c0) / zc + cx) + 0.5f);
-                const float vf = std::floor(((fy * c1) / zc + cy) + 0.5f);
+                const float uf = std::floor(((fx * c0) / zc + cx) + pr);
+                const float vf = std::floor(((fy * c1) / zc + cy) + pr);
                 const bool inside = front & (uf >= 0.0f) & (uf < fW) & (vf >= 0.0f) & (vf < fH);
                 pix[lin] = inside ? int32_t(vf) * int32_t(W) + int32_t(uf) : -1;
                 zz[lin] = z;

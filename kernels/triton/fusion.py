@@ -15,7 +15,7 @@ import triton.language as tl
 def rgbd_update_kernel(slots_ptr, coord_ptr, depth_ptr, rgb_ptr, tsdf_ptr, weight_ptr, color_ptr, occ_ptr,
                        H, W, fx, fy, cx, cy,
                        r00, r01, r02, r10, r11, r12, r20, r21, r22, t0, t1, t2,
-                       voxel, trunc, min_d, max_d, max_weight, l_hit, l_miss, l_min, l_max,
+                       voxel, trunc, min_d, max_d, max_weight, l_hit, l_miss, l_min, l_max, pixel_round,
                        HAS_RGB: tl.constexpr, DEPTH_WEIGHTING: tl.constexpr, BRICK: tl.constexpr):
     VOXELS: tl.constexpr = BRICK * BRICK * BRICK
     s = tl.load(slots_ptr + tl.program_id(0)).to(tl.int64)
@@ -32,8 +32,8 @@ def rgbd_update_kernel(slots_ptr, coord_ptr, depth_ptr, rgb_ptr, tsdf_ptr, weigh
     z = dx * r02 + dy * r12 + dz * r22
     front = z > 1e-6
     zc = tl.where(front, z, 1.0)
-    u = tl.floor(fx * x / zc + cx + 0.5)
-    v = tl.floor(fy * y / zc + cy + 0.5)
+    u = tl.floor(fx * x / zc + cx + pixel_round)
+    v = tl.floor(fy * y / zc + cy + pixel_round)
     inside = front & (u >= 0) & (u < W) & (v >= 0) & (v < H)
     pix = tl.where(inside, v, 0.0).to(tl.int64) * W + tl.where(inside, u, 0.0).to(tl.int64)
     d = tl.load(depth_ptr + pix, mask=inside, other=0.0)

@@ -24,13 +24,14 @@ Two supplements help reading the numbers:
   samples voxel centres at (i + 1/2) * voxel, Open3D at i * voxel, so a shift of 0.5 voxel gives
   each system the other's grid.
 
-One semantic difference is left as each system has it: Open3D's VoxelBlockGrid integration
-picks a voxel's pixel by truncating the projected coordinate (pixel floor(u)), where voxmap and
-the simulator take the nearest pixel (centres at integer coordinates, as K says). Open3D's
-surfaces therefore sit about half a pixel off (~3.5 mm at 2 m for the default camera): its mean
-accuracy is a few millimetres worse, and on the 2 cm thin board, whose unseen back face lies
-exactly tau = 2 cm behind the seen front face, the offset pulls the back face inside tau and
-adds recall for a surface no frame saw.
+One semantic difference is left as each system has it by default: Open3D's VoxelBlockGrid
+integration picks a voxel's pixel by truncating the projected coordinate (pixel floor(u)), where
+voxmap and the simulator take the nearest pixel (centres at integer coordinates, as K says).
+Open3D's surfaces therefore sit about half a pixel off (~3.5 mm at 2 m for the default camera):
+its mean accuracy is a few millimetres worse, and on the 2 cm thin board, whose unseen back face
+lies exactly tau = 2 cm behind the seen front face, the offset pulls the back face inside tau and
+adds recall for a surface no frame saw. `--pixel-lookup floor` gives voxmap Open3D's choice
+(config rgbd.pixel_lookup), for a comparison in which that difference is gone too.
 """
 from __future__ import annotations
 
@@ -75,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "('open3d' = the VoxelBlockGrid) (default %(default)s)")
     p.add_argument("--backend", choices=MAP_BACKENDS, default="auto",
                    help="voxmap kernel backend (default %(default)s)")
+    p.add_argument("--pixel-lookup", choices=("nearest", "floor"), default="nearest",
+                   help="the depth pixel a voxmap voxel reads (rgbd.pixel_lookup): 'nearest' or 'floor', "
+                        "Open3D's choice, for a like-for-like comparison (default %(default)s)")
     p.add_argument("--mesh-samples", type=int, default=200_000,
                    help="points sampled per mesh for the metrics (default %(default)s)")
     p.add_argument("--workdir", help="keep the generated datasets here and reuse them on later runs "
@@ -370,7 +374,8 @@ def run(args) -> dict:
                      "trunc_vox": args.trunc_vox,
                      "max_range_m": args.max_range_m, "mesh_weight_threshold": min_w,
                      "mesh_samples": args.mesh_samples, "voxmap_backend_requested": args.backend,
-                     "open3d_block_resolution": VBG_BLOCK_RESOLUTION, "open3d_device": "CPU:0"},
+                     "open3d_block_resolution": VBG_BLOCK_RESOLUTION, "open3d_device": "CPU:0",
+                     "voxmap_pixel_lookup": args.pixel_lookup, "open3d_pixel_lookup": "floor"},
         "noise_models": {"none": "exact ray-cast depth (uint16 mm quantisation only)",
                          "kinect": "additive Gaussian along z, sigma(z) = 0.0012 + 0.0019 (z - 0.4)^2 m "
                                    "(Nguyen et al. 2012), then uint16 mm"},

@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Open3D VoxelBlockGrid block edge in voxels (voxmap bricks are 8) (default %(default)s)")
     p.add_argument("--block-count", type=int, default=10000, help="Open3D VoxelBlockGrid initial block capacity (default %(default)s)")
     p.add_argument("--backend", choices=MAP_BACKENDS, default="auto", help="voxmap kernel backend (default %(default)s)")
+    p.add_argument("--pixel-lookup", choices=("nearest", "floor"), default="nearest",
+                   help="the depth pixel a voxmap voxel reads (rgbd.pixel_lookup): 'nearest' or 'floor', "
+                        "Open3D's choice, for a like-for-like comparison (default %(default)s)")
     p.add_argument("--device", default="cpu",
                    help="voxmap's map device, 'cpu' or 'cuda[:N]' (Open3D stays on the CPU) (default %(default)s)")
     p.add_argument("--no-mesh", action="store_true", help="skip mesh extraction and the cross-check")
@@ -96,7 +99,8 @@ def make_config(args):
     cfg.set("rgbd.max_range_m", args.max_range_m)
     cfg.set("rgbd.depth_scale", args.depth_scale)
     cfg.set("map.backend", args.backend)
-    cfg.set("map.device", args.device)
+    cfg.set("map.device", getattr(args, "device", "cpu"))        # accuracy / render reuse this without --device
+    cfg.set("rgbd.pixel_lookup", getattr(args, "pixel_lookup", "nearest"))
     cfg.validate()
     return cfg
 

@@ -10,7 +10,8 @@ Shared semantics (both backends):
 - RGB-D bricks: every valid pixel with depth d votes for the bricks holding the points at depths
   d + trunc * {-1, -1/2, 0, 1/2, 1} on its ray ("the truncation band"); existing bricks in the view
   frustum that lie wholly in front of the observed surface are visited too, so free space clears
-  old surfaces. Each voxel of a visited brick projects to its nearest pixel; sdf = depth - z.
+  old surfaces. Each voxel of a visited brick projects to its nearest pixel (or, with
+  rgbd.pixel_lookup 'floor', to pixel floor(u) as Open3D's VoxelBlockGrid does); sdf = depth - z.
   Voxels with sdf < -trunc are left untouched (occluded).
 - RGB-D occupancy: |sdf| <= voxel/2 is a hit, sdf > voxel a miss.
 - LiDAR: rays from the sensor origin. Every voxel a ray passes through at t < range - voxel
@@ -54,6 +55,7 @@ class FusionParams:
     l_miss: float
     l_min: float
     l_max: float
+    pixel_round: float = 0.5       # added before floor() when a voxel picks its pixel: 0.5 nearest, 0 floor
 
     @classmethod
     def from_config(cls, cfg) -> "FusionParams":
@@ -64,7 +66,8 @@ class FusionParams:
                    lidar_min_m=cfg.lidar.min_range_m, lidar_max_m=cfg.lidar.max_range_m,
                    lidar_free_space=cfg.lidar.free_space,
                    l_hit=logodds(o.prob_hit), l_miss=logodds(o.prob_miss),
-                   l_min=logodds(o.clamp_min), l_max=logodds(o.clamp_max))
+                   l_min=logodds(o.clamp_min), l_max=logodds(o.clamp_max),
+                   pixel_round=0.5 if cfg.rgbd.pixel_lookup == "nearest" else 0.0)
 
 
 BAND_STEPS = (-1.0, -0.5, 0.0, 0.5, 1.0)     # truncation-band samples per pixel, in units of trunc
@@ -121,8 +124,8 @@ def rgbd_clearing_slots(octree: SparseVoxelOctree, depth_m: torch.Tensor, K: tor
     c = (c_w - t) @ R
     z = c[:, 2]
     zc = z.clamp_min(1e-6)
-    u = torch.floor(float(K[0, 0]) * c[:, 0] / zc + float(K[0, 2]) + 0.5).long()
-    v = torch.floor(float(K[1, 1]) * c[:, 1] / zc + float(K[1, 2]) + 0.5).long()
+    u = torch.floor(float(K[0, 0]) * c[:, 0] / zc + float(K[0, 2]) + p.pixel_round).long()
+    v = torch.floor(float(K[1, 1]) * c[:, 1] / zc + float(K[1, 2]) + p.pixel_round).long()
     radius = math.sqrt(3.0) * 0.5 * octree.brick_size_m
     ok = (z > p.rgbd_min_m) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
     d = torch.zeros_like(z)
@@ -151,8 +154,8 @@ def rgbd_update_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, depth_m: 
         pc = (pw - t) @ R
         z = pc[..., 2]
         zc = torch.where(z > 1e-6, z, torch.ones_like(z))
-        u = torch.floor(fx * pc[..., 0] / zc + cx + 0.5).long()
-        v = torch.floor(fy * pc[..., 1] / zc + cy + 0.5).long()
+        u = torch.floor(fx * pc[..., 0] / zc + cx + p.pixel_round).long()
+        v = torch.floor(fy * pc[..., 1] / zc + cy + p.pixel_round).long()
         inside = (z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
         d = torch.zeros_like(z)
         d[inside] = depth_m[v[inside], u[inside]]

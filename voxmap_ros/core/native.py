@@ -158,7 +158,8 @@ def _build() -> Path:
 class _RgbdParams(ctypes.Structure):       # mirrors RgbdParams in fusion.cpp
     _fields_ = [(n, ctypes.c_float) for n in (
         "fx", "fy", "cx", "cy", "voxel", "brick", "trunc", "half_voxel", "brick_clear", "dmin", "dmax",
-        "max_weight", "l_hit", "l_miss", "l_min", "l_max", "radius")] + [("depth_weighting", ctypes.c_int)]
+        "max_weight", "l_hit", "l_miss", "l_min", "l_max", "radius", "pixel_round")] + [
+        ("depth_weighting", ctypes.c_int)]
 
 
 class _LidarParams(ctypes.Structure):      # mirrors LidarParams in fusion.cpp
@@ -316,7 +317,8 @@ def _rgbd_params(octree, K: torch.Tensor, p) -> _RgbdParams:
         voxel=p.voxel_size_m, brick=brick, trunc=p.trunc_m, half_voxel=0.5 * p.voxel_size_m,
         brick_clear=octree.brick_size_m, dmin=p.rgbd_min_m, dmax=p.rgbd_max_m, max_weight=p.max_weight,
         l_hit=p.l_hit, l_miss=p.l_miss, l_min=p.l_min, l_max=p.l_max,
-        radius=math.sqrt(3.0) * 0.5 * octree.brick_size_m, depth_weighting=int(bool(p.depth_weighting)))
+        radius=math.sqrt(3.0) * 0.5 * octree.brick_size_m, pixel_round=p.pixel_round,
+        depth_weighting=int(bool(p.depth_weighting)))
 
 
 def _lidar_params(p) -> _LidarParams:

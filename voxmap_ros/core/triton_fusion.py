@@ -49,7 +49,7 @@ def rgbd_update_bricks_triton(octree: SparseVoxelOctree, slots: torch.Tensor, de
         a["tsdf"], a["weight"], a["color"], a["occ"],
         H, W, Kh[0], Kh[4], Kh[2], Kh[5], *R, Th[0][3], Th[1][3], Th[2][3],
         p.voxel_size_m, p.trunc_m, p.rgbd_min_m, p.rgbd_max_m, p.max_weight, p.l_hit, p.l_miss, p.l_min, p.l_max,
-        HAS_RGB=has_rgb, DEPTH_WEIGHTING=bool(p.depth_weighting), BRICK=BRICK, num_warps=NUM_WARPS)
+        p.pixel_round, HAS_RGB=has_rgb, DEPTH_WEIGHTING=bool(p.depth_weighting), BRICK=BRICK, num_warps=NUM_WARPS)
 
 
 def integrate_rgbd_triton(octree: SparseVoxelOctree, depth_m: torch.Tensor, rgb: torch.Tensor | None,
