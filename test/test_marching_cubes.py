@@ -315,6 +315,22 @@ def test_invalid_corners_skip_cells():
     assert [x.shape[0] for x in out] == [0, 0, 0, 0]
 
 
+def test_max_jump_skips_seams_but_keeps_surfaces():
+    """A plane's SDF changes by one voxel per voxel: its cells span sqrt(3) voxels at most, or
+    less, and survive a limit of 2 voxels. A seam (+1 next to -1 in truncated units) spans far
+    more and is dropped; without a limit both are meshed."""
+    voxel = 0.1
+    ramp, origins, _ = make_blocks(lambda p: (p[..., 2] - 0.5) / voxel, [[0, 0, 0]], voxel)   # sdf in voxels
+    valid = torch.ones_like(ramp, dtype=torch.bool)
+    _, t_ramp, _, _ = marching_cubes_blocks(ramp, valid, None, origins, voxel, max_jump=2.0)
+    assert t_ramp.shape[0] == 2 * BRICK * BRICK
+    seam = torch.where(ramp < 0, -4.0, 4.0)                     # +-4 voxels on either side of z = 0.5
+    _, t_any, _, _ = marching_cubes_blocks(seam, valid, None, origins, voxel)
+    assert t_any.shape[0] == 2 * BRICK * BRICK
+    _, t_cut, _, _ = marching_cubes_blocks(seam, valid, None, origins, voxel, max_jump=2.0)
+    assert t_cut.shape[0] == 0
+
+
 def test_halo_invalid_leaves_block_border_open():
     voxel = 0.1
     sdf, origins, _ = make_blocks(lambda p: p[..., 2] - 0.5, [[0, 0, 0]], voxel)

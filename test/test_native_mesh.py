@@ -78,21 +78,24 @@ def test_may_have_surface_matches_torch(seed):
     assert 0 < int(neg.sum()) < slots.numel(), "some bricks with and some without a negative voxel"
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_fused_map_matches_torch_and_thread_count_does_not_matter(indoor_data, threads):
+@pytest.mark.parametrize("threads,max_jump_vox", [(1, 0.0), (2, 3.0)])
+def test_fused_map_matches_torch_and_thread_count_does_not_matter(indoor_data, threads, max_jump_vox):
     cfg = make_config(0.05)
+    jump = mesh.max_jump_tsdf(max_jump_vox, cfg.tsdf.trunc_vox)          # 0 = off; 3 voxels removes many cells
     m = Mapper(cfg)
     for d, c, T in indoor_data.frames:
         m.integrate(Frame(T_W_S=T, depth=d, rgb=c, K=indoor_data.K))
     slots = m.octree.alive_slots()
-    ref = mesh.mesh_bricks(m.octree, slots, cfg.tsdf.min_weight_mesh, backend="torch")
+    ref = mesh.mesh_bricks(m.octree, slots, cfg.tsdf.min_weight_mesh, backend="torch", max_jump=jump)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = mesh.mesh_bricks(m.octree, slots, cfg.tsdf.min_weight_mesh, backend="cpp", chunk=97)
+        got = mesh.mesh_bricks(m.octree, slots, cfg.tsdf.min_weight_mesh, backend="cpp", chunk=97, max_jump=jump)
     finally:
         torch.set_num_threads(old)
     assert ref.tri_vertices.shape[0] > 1000
+    if jump != float("inf"):                                                 # the limit did remove cells
+        assert ref.tri_vertices.shape[0] < mesh.mesh_bricks(m.octree, slots, cfg.tsdf.min_weight_mesh).tri_vertices.shape[0]
     assert_same_soup(ref, got)
 
 
@@ -104,7 +107,8 @@ def test_mapper_uses_the_compiled_mesher_and_stays_incremental(indoor_data):
     for d, c, T in indoor_data.frames:
         m.integrate(Frame(T_W_S=T, depth=d, rgb=c, K=indoor_data.K))
         m.update_mesh()
-    full = mesh.mesh_bricks(m.octree, m.octree.alive_slots(), cfg.tsdf.min_weight_mesh, backend="torch")
+    full = mesh.mesh_bricks(m.octree, m.octree.alive_slots(), cfg.tsdf.min_weight_mesh, backend="torch",
+                            max_jump=m._mesh_max_jump())
     store = m.mesh_store()
 
     def corner_set(bm):

@@ -17,7 +17,8 @@
 //   colour = round_half_even(c0 + (c1 - c0) * t) clamped to [0, 255];
 //   key = ((x + 2^19) << 42) | ((y + 2^19) << 22) | ((z + 2^19) << 2) | axis of the lower corner.
 // A sample is usable when its brick exists, its weight (float32) >= min_weight and its TSDF is
-// finite; a cell is meshed when its 8 corners are usable and its configuration is not 0 or 255.
+// finite; a cell is meshed when its 8 corners are usable, their values span at most max_jump
+// (max - min in float32) and its configuration is not 0 or 255.
 //
 // Two passes with the same arguments: vx_mesh_count (triangles per brick) and vx_mesh_fill (into
 // the caller's arrays, at the offsets given by the counts' exclusive prefix sum). Both are
@@ -48,6 +49,7 @@ struct MeshTables {                  // mirrors _MeshTables in native.py (all in
 struct MeshArgs {                    // mirrors _MeshArgs in native.py
     float iso;
     float min_weight;
+    float max_jump;                  // largest spread of a cell's 8 corner values that is meshed (inf: any)
     double voxel;
 };
 
@@ -98,7 +100,7 @@ inline int corner_index(int k, int j, int i, int corner) {
 
 // Configurations of the 8 cells of row (k, j): cfg[i] = case index, or 0 when the cell yields no
 // triangle (a corner unusable, or all corners on one side).
-inline void row_configs(const Block& blk, const uint8_t* inside, int k, int j, uint8_t* cfg) {
+inline void row_configs(const Block& blk, const uint8_t* inside, int k, int j, float max_jump, uint8_t* cfg) {
     const int r00 = (k * S + j) * S, r01 = (k * S + j + 1) * S, r10 = ((k + 1) * S + j) * S,
               r11 = ((k + 1) * S + j + 1) * S;
     for (int i = 0; i < C; ++i) {
@@ -107,7 +109,13 @@ inline void row_configs(const Block& blk, const uint8_t* inside, int k, int j, u
         const uint8_t c = uint8_t(inside[r00 + i] | (inside[r00 + i + 1] << 1) | (inside[r01 + i] << 2) |
                                   (inside[r01 + i + 1] << 3) | (inside[r10 + i] << 4) | (inside[r10 + i + 1] << 5) |
                                   (inside[r11 + i] << 6) | (inside[r11 + i + 1] << 7));
-        cfg[i] = (okc && c != 255) ? c : 0;
+        const float* s = blk.sdf;
+        const float hi = std::fmax(std::fmax(std::fmax(s[r00 + i], s[r00 + i + 1]), std::fmax(s[r01 + i], s[r01 + i + 1])),
+                                   std::fmax(std::fmax(s[r10 + i], s[r10 + i + 1]), std::fmax(s[r11 + i], s[r11 + i + 1])));
+        const float lo = std::fmin(std::fmin(std::fmin(s[r00 + i], s[r00 + i + 1]), std::fmin(s[r01 + i], s[r01 + i + 1])),
+                                   std::fmin(std::fmin(s[r10 + i], s[r10 + i + 1]), std::fmin(s[r11 + i], s[r11 + i + 1])));
+        const bool smooth = (hi - lo) <= max_jump;
+        cfg[i] = (okc && smooth && c != 255) ? c : 0;
     }
 }
 
@@ -152,7 +160,7 @@ int64_t vx_mesh_count(int64_t B, const int64_t* nb, const half_t* tsdf, const ha
             int64_t n = 0;
             for (int k = 0; k < C; ++k)
                 for (int j = 0; j < C; ++j) {
-                    row_configs(*blk, inside, k, j, cfg);
+                    row_configs(*blk, inside, k, j, a->max_jump, cfg);
                     for (int i = 0; i < C; ++i) n += tab->tri_count[cfg[i]];
                 }
             counts[b] = n;
@@ -181,7 +189,7 @@ void vx_mesh_fill(int64_t B, const int64_t* nb, const half_t* tsdf, const half_t
             inside_flags(*blk, a->iso, inside);
             for (int k = 0; k < C; ++k)
                 for (int j = 0; j < C; ++j) {
-                    row_configs(*blk, inside, k, j, cfgs);
+                    row_configs(*blk, inside, k, j, a->max_jump, cfgs);
                     for (int i = 0; i < C; ++i) {
                         const int cfg = cfgs[i];
                         if (cfg == 0) continue;

@@ -76,6 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "('open3d' = the VoxelBlockGrid) (default %(default)s)")
     p.add_argument("--backend", choices=MAP_BACKENDS, default="auto",
                    help="voxmap kernel backend (default %(default)s)")
+    p.add_argument("--mesh-max-jump-vox", type=float, default=0.0,
+                   help="voxmap's tsdf.mesh_max_jump_vox (0 = off) (default %(default)s)")
     p.add_argument("--pixel-lookup", choices=("nearest", "floor"), default="nearest",
                    help="the depth pixel a voxmap voxel reads (rgbd.pixel_lookup): 'nearest' or 'floor', "
                         "Open3D's choice, for a like-for-like comparison (default %(default)s)")
@@ -230,8 +232,9 @@ def system_args(args, voxel_size_m: float, depth_scale: float) -> argparse.Names
     """The option set rgbd.VoxmapSystem / rgbd.Open3dVbgSystem read, for one case."""
     return argparse.Namespace(voxel_size_m=float(voxel_size_m), trunc_vox=float(args.trunc_vox),
                               max_range_m=float(args.max_range_m), depth_scale=float(depth_scale),
-                              backend=args.backend, block_resolution=VBG_BLOCK_RESOLUTION,
-                              block_count=VBG_BLOCK_COUNT)
+                              backend=args.backend, device="cpu", pixel_lookup=args.pixel_lookup,
+                              mesh_max_jump_vox=args.mesh_max_jump_vox,
+                              block_resolution=VBG_BLOCK_RESOLUTION, block_count=VBG_BLOCK_COUNT)
 
 
 def fuse_and_mesh(system, frames, progress=None):
@@ -375,7 +378,8 @@ def run(args) -> dict:
                      "max_range_m": args.max_range_m, "mesh_weight_threshold": min_w,
                      "mesh_samples": args.mesh_samples, "voxmap_backend_requested": args.backend,
                      "open3d_block_resolution": VBG_BLOCK_RESOLUTION, "open3d_device": "CPU:0",
-                     "voxmap_pixel_lookup": args.pixel_lookup, "open3d_pixel_lookup": "floor"},
+                     "voxmap_pixel_lookup": args.pixel_lookup, "open3d_pixel_lookup": "floor",
+                     "voxmap_mesh_max_jump_vox": args.mesh_max_jump_vox},
         "noise_models": {"none": "exact ray-cast depth (uint16 mm quantisation only)",
                          "kinect": "additive Gaussian along z, sigma(z) = 0.0012 + 0.0019 (z - 0.4)^2 m "
                                    "(Nguyen et al. 2012), then uint16 mm"},

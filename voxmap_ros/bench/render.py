@@ -223,7 +223,8 @@ def fuse(frames, args, peers):
     """(voxmap Mapper, Open3D VoxelBlockGrid or None, seconds each) after fusing all frames."""
     from .rgbd import Open3dVbgSystem, VoxmapSystem
     ns = argparse.Namespace(voxel_size_m=args.voxel_size_m, trunc_vox=args.trunc_vox, max_range_m=args.max_range_m,
-                            depth_scale=args.depth_scale, backend=args.backend, block_resolution=8,
+                            depth_scale=args.depth_scale, backend=args.backend, device="cpu",
+                            pixel_lookup="nearest", mesh_max_jump_vox=0.0, block_resolution=8,
                             block_count=args.block_count)
     vm = VoxmapSystem(ns)
     m = vm.make()

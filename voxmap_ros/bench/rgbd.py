@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-lookup", choices=("nearest", "floor"), default="nearest",
                    help="the depth pixel a voxmap voxel reads (rgbd.pixel_lookup): 'nearest' or 'floor', "
                         "Open3D's choice, for a like-for-like comparison (default %(default)s)")
+    p.add_argument("--mesh-max-jump-vox", type=float, default=0.0,
+                   help="voxmap's tsdf.mesh_max_jump_vox (0 = off) (default %(default)s)")
     p.add_argument("--device", default="cpu",
                    help="voxmap's map device, 'cpu' or 'cuda[:N]' (Open3D stays on the CPU) (default %(default)s)")
     p.add_argument("--no-mesh", action="store_true", help="skip mesh extraction and the cross-check")
@@ -99,8 +101,9 @@ def make_config(args):
     cfg.set("rgbd.max_range_m", args.max_range_m)
     cfg.set("rgbd.depth_scale", args.depth_scale)
     cfg.set("map.backend", args.backend)
-    cfg.set("map.device", getattr(args, "device", "cpu"))        # accuracy / render reuse this without --device
-    cfg.set("rgbd.pixel_lookup", getattr(args, "pixel_lookup", "nearest"))
+    cfg.set("map.device", args.device)
+    cfg.set("rgbd.pixel_lookup", args.pixel_lookup)
+    cfg.set("tsdf.mesh_max_jump_vox", args.mesh_max_jump_vox)
     cfg.validate()
     return cfg
 

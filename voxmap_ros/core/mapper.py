@@ -237,7 +237,8 @@ class Mapper:
         nb = mesh.block_neighbours(o, todo)
         wmin, backend = self.config.tsdf.min_weight_mesh, self._mesh_backend()
         has = mesh.may_have_surface(o, todo, wmin, backend, nb=nb)
-        return MeshJob(mesh.gather(o, todo[has], wmin, backend=backend, nb=nb[has]), keys, removed)
+        return MeshJob(mesh.gather(o, todo[has], wmin, backend=backend, nb=nb[has], max_jump=self._mesh_max_jump()),
+                       keys, removed)
 
     def finish_mesh_update(self, job: MeshJob) -> MeshUpdate:
         """Second half of update_mesh: marching cubes on the gathered blocks, merged into the mesh
@@ -254,7 +255,11 @@ class Mapper:
     def extract_mesh(self) -> MeshData:
         """Full-map mesh, welded, freshly computed from every brick."""
         return mesh.mesh_bricks(self.octree, self.octree.alive_slots(), self.config.tsdf.min_weight_mesh,
-                                backend=self._mesh_backend()).to_mesh()
+                                backend=self._mesh_backend(), max_jump=self._mesh_max_jump()).to_mesh()
+
+    def _mesh_max_jump(self) -> float:
+        t = self.config.tsdf
+        return mesh.max_jump_tsdf(t.mesh_max_jump_vox, t.trunc_vox)
 
     def _mesh_backend(self) -> str:
         """'cpp' (kernels/cpu/mesh.cpp) with the compiled backend on a CPU map, else 'torch'."""

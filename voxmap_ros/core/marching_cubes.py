@@ -126,7 +126,7 @@ def _check_inputs(sdf, valid, colors, origins_vox, voxel_size_m, iso) -> None:
 
 def marching_cubes_blocks(sdf: torch.Tensor, valid: torch.Tensor, colors: torch.Tensor | None,
                           origins_vox: torch.Tensor, voxel_size_m: float, iso: float = 0.0,
-                          return_triangle_blocks: bool = False) -> tuple[torch.Tensor, ...]:
+                          return_triangle_blocks: bool = False, max_jump: float = math.inf) -> tuple[torch.Tensor, ...]:
     """Extract the iso-surface of a batch of padded SDF blocks as one welded, indexed mesh.
 
     Inputs (all on one device, CPU or CUDA):
@@ -137,6 +137,8 @@ def marching_cubes_blocks(sdf: torch.Tensor, valid: torch.Tensor, colors: torch.
         colors: (B, S, S, S, 3) uint8 RGB per sample, or None (output colours are then 0).
         origins_vox: (B, 3) int64 (or int32) global voxel index (x, y, z) of sample [b, 0, 0, 0].
         voxel_size_m: voxel edge length, metres. iso: the level to extract (sdf units).
+        max_jump: a cell is meshed only when its 8 corner samples span at most this much (sdf
+            units, float32 comparison); inf = no limit. See mesh.max_jump_tsdf for why.
     Returns, on the input device:
         vertices (V, 3) float32 metres, interpolated linearly on cell edges;
         triangles (T, 3) int64 indices into vertices, normals (right-hand rule) pointing toward
@@ -171,6 +173,14 @@ def marching_cubes_blocks(sdf: torch.Tensor, valid: torch.Tensor, colors: torch.
         else:
             cfg |= inside[view] << corner
             cell_ok &= usable[view]
+    if math.isfinite(max_jump):
+        hi = lo = None
+        for corner in range(8):
+            dx, dy, dz = corner & 1, (corner >> 1) & 1, (corner >> 2) & 1
+            view = (slice(None), slice(dz, dz + c), slice(dy, dy + c), slice(dx, dx + c))
+            hi = sdf[view].clone() if hi is None else torch.maximum(hi, sdf[view])
+            lo = sdf[view].clone() if lo is None else torch.minimum(lo, sdf[view])
+        cell_ok &= ((hi - lo) <= max_jump).view(torch.uint8)
     # 0 and 255 are the empty configurations; the uint8 wrap-around maps both to >= 254.
     active = ((cfg - 1) < 254) & cell_ok.bool()
     cell_idx = active.reshape(-1).nonzero().squeeze(1)               # flat index into (B, c, c, c)

@@ -6,6 +6,7 @@ overlap. When a brick changes, it and its -x/-y/-z neighbours (whose cells read 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,18 @@ from ..types import MeshData
 
 # The 8 neighbours (dx, dy, dz) in {0,1}^3 that a padded block reads from.
 _PAD_OFFSETS = morton.CHILD_OFFSETS
+
+
+def max_jump_tsdf(max_jump_vox: float, trunc_vox: float) -> float:
+    """The marching-cubes limit on the spread of a cell's 8 corner values, in normalised TSDF
+    units, for a limit of max_jump_vox voxels (0 = none: inf).
+
+    Why: a true surface changes the SDF across a cell by at most the cell's diagonal (sqrt 3
+    voxels), or a few times that at grazing incidence where projective distances overestimate.
+    A sign change between corners much farther apart in value (a truncated +1 next to a -1, say)
+    is a seam between observations that disagree, such as the far end of the band behind a thin
+    object meeting free space seen from another side, not a surface."""
+    return math.inf if max_jump_vox <= 0 else float(max_jump_vox) / float(trunc_vox)
 
 
 def gather_blocks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float):
@@ -96,6 +109,7 @@ class Blocks:
     valid: torch.Tensor
     colors: torch.Tensor
     origins_vox: torch.Tensor
+    max_jump: float = math.inf        # see max_jump_tsdf
 
 
 @dataclass
@@ -103,13 +117,15 @@ class CompactBricks:
     """The bricks a batch of padded blocks reads, copied as they are (for the compiled mesher,
     native.mesh_bricks_cpp): tsdf / weight (U, 512) float16, color (U, 512, 3) uint8, nb (B, 8)
     int64 rows of each meshed brick's neighbours (column dx + 2 dy + 4 dz, -1 = none), origins_vox
-    (B, 3) int64, min_weight. A plain copy of whole bricks costs less than building 9^3 blocks."""
+    (B, 3) int64, min_weight, max_jump (see max_jump_tsdf). A plain copy of whole bricks costs
+    less than building 9^3 blocks."""
     tsdf: torch.Tensor
     weight: torch.Tensor
     color: torch.Tensor
     nb: torch.Tensor
     origins_vox: torch.Tensor
     min_weight: float
+    max_jump: float = math.inf
 
 
 def block_neighbours(octree: SparseVoxelOctree, slots: torch.Tensor) -> torch.Tensor:
@@ -121,7 +137,7 @@ def block_neighbours(octree: SparseVoxelOctree, slots: torch.Tensor) -> torch.Te
 
 
 def gather_compact(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float,
-                   nb: torch.Tensor | None = None) -> CompactBricks:
+                   nb: torch.Tensor | None = None, max_jump: float = math.inf) -> CompactBricks:
     """CompactBricks of bricks `slots` (B,) int64 (CPU octree); nb: their block_neighbours when the
     caller has them already."""
     coords = octree.brick_coord[slots].long()
@@ -131,18 +147,21 @@ def gather_compact(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: f
     rows = torch.full_like(nb, -1)
     rows[have] = inv
     a = octree.attrs
-    return CompactBricks(a["tsdf"][uniq], a["weight"][uniq], a["color"][uniq], rows, coords * BRICK, min_weight)
+    return CompactBricks(a["tsdf"][uniq], a["weight"][uniq], a["color"][uniq], rows, coords * BRICK, min_weight,
+                         max_jump)
 
 
 def gather(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float, chunk: int = 4096,
-           backend: str = "torch", nb: torch.Tensor | None = None) -> list[Blocks | CompactBricks]:
+           backend: str = "torch", nb: torch.Tensor | None = None,
+           max_jump: float = math.inf) -> list[Blocks | CompactBricks]:
     """Copies of what meshing bricks `slots` (B,) int64 reads, in chunks of at most `chunk` bricks:
     padded Blocks for the torch mesher, CompactBricks for backend 'cpp' (nb: (B, 8) block_neighbours
-    of `slots` if already known)."""
+    of `slots` if already known); max_jump (normalised TSDF) travels with them, see max_jump_tsdf."""
     if backend == "cpp":
-        return [gather_compact(octree, slots[i:i + chunk], min_weight, None if nb is None else nb[i:i + chunk])
-                for i in range(0, slots.numel(), chunk)]
-    return [Blocks(*gather_blocks(octree, slots[i:i + chunk], min_weight)) for i in range(0, slots.numel(), chunk)]
+        return [gather_compact(octree, slots[i:i + chunk], min_weight, None if nb is None else nb[i:i + chunk],
+                               max_jump) for i in range(0, slots.numel(), chunk)]
+    return [Blocks(*gather_blocks(octree, slots[i:i + chunk], min_weight), max_jump=max_jump)
+            for i in range(0, slots.numel(), chunk)]
 
 
 def mesh_blocks(blocks: list[Blocks | CompactBricks], voxel_size_m: float, device) -> BrickMesh:
@@ -152,12 +171,14 @@ def mesh_blocks(blocks: list[Blocks | CompactBricks], voxel_size_m: float, devic
         if isinstance(b, CompactBricks):
             from . import native
             verts, vcol, vkeys, tri_block = native.mesh_bricks_cpp(b.tsdf, b.weight, b.color, b.nb, b.origins_vox,
-                                                                   voxel_size_m, b.min_weight)
+                                                                   voxel_size_m, b.min_weight,
+                                                                   max_jump=b.max_jump)
             if verts.shape[0]:
                 parts.append(BrickMesh(verts, vcol, vkeys, morton.encode(b.origins_vox >> 3, 0)[tri_block]))
             continue
         verts, tris, vcol, vkeys, tri_block = marching_cubes_blocks(b.sdf, b.valid, b.colors, b.origins_vox,
-                                                                    voxel_size_m, return_triangle_blocks=True)
+                                                                    voxel_size_m, return_triangle_blocks=True,
+                                                                    max_jump=b.max_jump)
         if tris.shape[0] == 0:
             continue
         owner = morton.encode(b.origins_vox >> 3, 0)[tri_block]          # one key per brick, then per triangle
@@ -166,10 +187,10 @@ def mesh_blocks(blocks: list[Blocks | CompactBricks], voxel_size_m: float, devic
 
 
 def mesh_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float,
-                chunk: int = 4096, backend: str = "torch") -> BrickMesh:
+                chunk: int = 4096, backend: str = "torch", max_jump: float = math.inf) -> BrickMesh:
     """Marching cubes over bricks `slots` (B,) int64 -> BrickMesh (triangles tagged by brick)."""
     parts = [mesh_blocks([b], octree.voxel_size_m, octree.device)
-             for b in gather(octree, slots, min_weight, chunk, backend)]
+             for b in gather(octree, slots, min_weight, chunk, backend, max_jump=max_jump)]
     return BrickMesh.cat(parts) if parts else BrickMesh.empty(octree.device)
 
 

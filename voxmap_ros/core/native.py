@@ -173,7 +173,8 @@ class _MeshTables(ctypes.Structure):      # mirrors MeshTables in mesh.cpp
 
 
 class _MeshArgs(ctypes.Structure):        # mirrors MeshArgs in mesh.cpp
-    _fields_ = [("iso", ctypes.c_float), ("min_weight", ctypes.c_float), ("voxel", ctypes.c_double)]
+    _fields_ = [("iso", ctypes.c_float), ("min_weight", ctypes.c_float), ("max_jump", ctypes.c_float),
+                ("voxel", ctypes.c_double)]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -563,14 +564,16 @@ def _mesh_table_struct() -> _MeshTables:
 
 
 def mesh_bricks_cpp(tsdf: torch.Tensor, weight: torch.Tensor, color: torch.Tensor | None, nb: torch.Tensor,
-                    origins_vox: torch.Tensor, voxel_size_m: float, min_weight: float, iso: float = 0.0):
+                    origins_vox: torch.Tensor, voxel_size_m: float, min_weight: float, iso: float = 0.0,
+                    max_jump: float = math.inf):
     """Marching cubes over bricks, compiled twin of core.mesh.mesh_blocks on padded blocks.
 
     tsdf, weight: (U, 512) float16 copies of U bricks ([z][y][x] inside a brick); color: (U, 512, 3)
     uint8 or None; nb: (B, 8) int64 rows into those copies of each meshed brick's padded-block
     neighbours, column dx + 2 dy + 4 dz (-1 = none; column 0 is the brick itself); origins_vox:
     (B, 3) int64 global voxel index of each brick's voxel (0, 0, 0). All CPU. A sample counts when
-    its weight >= max(min_weight, 1e-6) and its TSDF is finite.
+    its weight >= max(min_weight, 1e-6) and its TSDF is finite; a cell is meshed only when its 8
+    corners span at most max_jump (float32; inf = no limit; core.mesh.max_jump_tsdf).
     Returns the triangle soup (tri_vertices (T, 3, 3) float32 metres, tri_colors (T, 3, 3) uint8,
     tri_edge_keys (T, 3) int64, tri_block (T,) int64 index into the B bricks), bitwise equal to
     the reference's and in its order."""
@@ -588,7 +591,8 @@ def mesh_bricks_cpp(tsdf: torch.Tensor, weight: torch.Tensor, color: torch.Tenso
     color = color.contiguous() if color is not None else None
     lib, _ = _lib()
     tab = _mesh_table_struct()
-    args = _MeshArgs(iso=float(iso), min_weight=float(max(min_weight, 1e-6)), voxel=float(voxel_size_m))
+    args = _MeshArgs(iso=float(iso), min_weight=float(max(min_weight, 1e-6)), max_jump=float(max_jump),
+                     voxel=float(voxel_size_m))
     nt = _nthreads()
     counts = torch.empty(B, dtype=torch.int64)
     total = lib.vx_mesh_count(B, nb.data_ptr(), tsdf.data_ptr(), weight.data_ptr(), ctypes.byref(tab),
@@ -611,7 +615,7 @@ def bricks_negative_cpp(octree, slots: torch.Tensor, min_weight: float, iso: flo
     slots = _checked_slots(octree, slots)
     lib, _ = _lib()
     out = torch.empty(slots.numel(), dtype=torch.bool)
-    args = _MeshArgs(iso=float(iso), min_weight=float(max(min_weight, 1e-6)), voxel=0.0)
+    args = _MeshArgs(iso=float(iso), min_weight=float(max(min_weight, 1e-6)), max_jump=math.inf, voxel=0.0)
     a = octree.attrs
     lib.vx_bricks_negative(slots.data_ptr(), slots.numel(), a["tsdf"].data_ptr(), a["weight"].data_ptr(),
                            ctypes.byref(args), out.data_ptr(), _nthreads())
