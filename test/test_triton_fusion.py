@@ -43,7 +43,7 @@ def test_rgbd_triton_matches_torch(depth_weighting, frames, pixel_round):
         Tt = torch.from_numpy(T)
         sa = integrate.integrate_rgbd_torch(a, depth, rgb, K, Tt, p)
         sb = triton_fusion.integrate_rgbd_triton(b, depth.to(_dev()), None if rgb is None else rgb.to(_dev()),
-                                                 K, Tt, p)
+                                                 K.to(_dev()), Tt.to(_dev()), p)
         assert torch.equal(sa, sb.cpu()), f"frame {i}: visited slots differ"
     assert a.num_bricks > 30
     assert (a.attrs["weight"][a.brick_alive] > 0).sum() > 3_000
