@@ -109,12 +109,15 @@ inline void row_configs(const Block& blk, const uint8_t* inside, int k, int j, f
         const uint8_t c = uint8_t(inside[r00 + i] | (inside[r00 + i + 1] << 1) | (inside[r01 + i] << 2) |
                                   (inside[r01 + i + 1] << 3) | (inside[r10 + i] << 4) | (inside[r10 + i + 1] << 5) |
                                   (inside[r11 + i] << 6) | (inside[r11 + i + 1] << 7));
-        const float* s = blk.sdf;
-        const float hi = std::fmax(std::fmax(std::fmax(s[r00 + i], s[r00 + i + 1]), std::fmax(s[r01 + i], s[r01 + i + 1])),
-                                   std::fmax(std::fmax(s[r10 + i], s[r10 + i + 1]), std::fmax(s[r11 + i], s[r11 + i + 1])));
-        const float lo = std::fmin(std::fmin(std::fmin(s[r00 + i], s[r00 + i + 1]), std::fmin(s[r01 + i], s[r01 + i + 1])),
-                                   std::fmin(std::fmin(s[r10 + i], s[r10 + i + 1]), std::fmin(s[r11 + i], s[r11 + i + 1])));
-        const bool smooth = (hi - lo) <= max_jump;
+        bool smooth = true;
+        if (max_jump < INFINITY) {           // loop-invariant: no cost when the limit is off
+            const float* s = blk.sdf;
+            const float hi = std::fmax(std::fmax(std::fmax(s[r00 + i], s[r00 + i + 1]), std::fmax(s[r01 + i], s[r01 + i + 1])),
+                                       std::fmax(std::fmax(s[r10 + i], s[r10 + i + 1]), std::fmax(s[r11 + i], s[r11 + i + 1])));
+            const float lo = std::fmin(std::fmin(std::fmin(s[r00 + i], s[r00 + i + 1]), std::fmin(s[r01 + i], s[r01 + i + 1])),
+                                       std::fmin(std::fmin(s[r10 + i], s[r10 + i + 1]), std::fmin(s[r11 + i], s[r11 + i + 1])));
+            smooth = (hi - lo) <= max_jump;
+        }
         cfg[i] = (okc && smooth && c != 255) ? c : 0;
     }
 }
