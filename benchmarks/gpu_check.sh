@@ -4,8 +4,8 @@
 #   here:   .venv/bin/voxmap sim --scene indoor --seed 0 --frames 40 --scans 1 --out .gpu_data
 #           (git-ignored, ~30 MB: the GPU machine cannot reach ../shared, so the frames travel)
 #   there:  device run, carry [".gpu_data"], command: bash benchmarks/gpu_check.sh .gpu_data
-# There, python3 already holds torch, triton, numpy, opencv and pytest, but no open3d: the tests
-# that need no open3d run on CUDA (TRITON_INTERPRET=0), and `voxmap bench rgbd` times voxmap's
+# There, python3 already holds torch, triton, numpy, opencv and pytest, but no open3d: the Triton
+# tests (fusion, rasterizer) run on CUDA (TRITON_INTERPRET=0), and `voxmap bench rgbd` times voxmap's
 # map on CUDA with the torch voxel update and with the Triton one (no Open3D peer there).
 # Results go to $OUT (the device tool brings that folder back). DEVICE=cpu TRITON_INTERPRET=1
 # runs the same steps on the CPU (slowly), which is how this script is checked.
@@ -22,8 +22,8 @@ if command -v nvidia-smi > /dev/null; then
 fi
 "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())" \
     | tee "$OUT/versions.txt"
-# --noconftest: test/conftest.py imports the simulator, which needs open3d.
-"$PY" -m pytest -q -p no:cacheprovider --noconftest test/test_triton_fusion.py 2>&1 | tee "$OUT/tests.log"
+# The Triton tests need no open3d (the simulator imports it only to cast rays).
+"$PY" -m pytest -q -p no:cacheprovider test/test_triton_fusion.py test/test_render_triton.py 2>&1 | tee "$OUT/tests.log"
 for be in torch triton; do
     "$PY" -m voxmap_ros.cli bench rgbd --data "$DATA/rgbd" --frames "$FRAMES" --device "$DEVICE" --backend "$be" \
         --peers none --no-mesh --warmup 5 --quiet --json "$OUT/rgbd_${DEVICE}_${be}.json" 2>&1 | tee "$OUT/rgbd_${be}.log"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import open3d as o3d
 
 from voxmap_ros.sim.scenes import Scene, make_scene
 from voxmap_ros.sim.sensors import camera_trajectory, lidar_trajectory, render_rgbd, scan_lidar
@@ -112,6 +111,7 @@ def write_gt_mesh(path, scene: Scene) -> Path:
     """Write the scene's triangles with vertex colours as a PLY (binary) via Open3D."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    import open3d as o3d                    # here, so that importing voxmap_ros.sim needs no open3d
     m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(scene.vertices.astype(np.float64)),
                                   o3d.utility.Vector3iVector(scene.triangles.astype(np.int32)))
     m.vertex_colors = o3d.utility.Vector3dVector(scene.colors.astype(np.float64) / 255.0)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import weakref
 
 import numpy as np
-import open3d as o3d
 
 from voxmap_ros.sim.scenes import Scene
 
-_INVALID = o3d.t.geometry.RaycastingScene.INVALID_ID
+# open3d (the ray caster) is imported where rays are cast, so that the poses, trajectories and noise
+# models here work on machines without it (the GPU machine has none).
 _raycasters: "weakref.WeakKeyDictionary[Scene, o3d.t.geometry.RaycastingScene]" = weakref.WeakKeyDictionary()
 
 
@@ -29,6 +29,7 @@ def kinect_depth_sigma_m(z_m: np.ndarray) -> np.ndarray:
 
 def _raycaster(scene: Scene) -> o3d.t.geometry.RaycastingScene:
     # Building the BVH costs more than casting one image, so keep one per scene object.
+    import open3d as o3d
     rc = _raycasters.get(scene)
     if rc is None:
         if len(scene.triangles) == 0:
@@ -44,10 +45,11 @@ def _cast(scene: Scene, origins: np.ndarray, dirs: np.ndarray):
     """Cast rays (N, 3) origins and (N, 3) directions (float, world frame). Returns t_hit (N,)
     float32 in units of the direction length (inf on miss), primitive ids (N,) int64 (-1 on miss),
     barycentric uv (N, 2) float32."""
+    import open3d as o3d
     rays = np.concatenate([np.broadcast_to(origins, dirs.shape), dirs], 1).astype(np.float32)
     out = _raycaster(scene).cast_rays(o3d.core.Tensor(rays))
     prim = out["primitive_ids"].numpy().astype(np.int64)
-    prim[prim == _INVALID] = -1
+    prim[prim == o3d.t.geometry.RaycastingScene.INVALID_ID] = -1
     return out["t_hit"].numpy(), prim, out["primitive_uvs"].numpy()
 
 
