@@ -131,6 +131,13 @@ def test_peer_process_reports_failures_and_keeps_serving(sim_dataset):
             peer.integrate(state - 1, items[1])
         tree = peer.local(state)
         assert tree.getNumLeafNodes() == peer.finish(state)[0]["leaf_nodes"] > 0
+        # A reply that does not come in time: the peer is stopped, later calls fail at once
+        # (instead of reading the late reply as the answer to the next request).
+        with pytest.raises(isolated.PeerProcessError, match="no answer"):
+            peer._call("integrate", items[1], timeout_s=0.0)
+        assert not peer._proc.is_alive()
+        with pytest.raises(isolated.PeerProcessError, match="earlier failure"):
+            peer.make()
     finally:
         peer.close()
     assert not peer._proc.is_alive()

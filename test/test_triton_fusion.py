@@ -34,21 +34,22 @@ def test_rgbd_triton_matches_torch(depth_weighting, frames, pixel_round):
     rng = np.random.default_rng(3)
     p = fusion_params(0.02, depth_weighting=depth_weighting, pixel_round=pixel_round)   # 0.0: floor(u)
     K = torch.from_numpy(K_SMALL)
-    a = SparseVoxelOctree(0.02, initial_bricks=16)
+    # Both maps on the kernel's device: the band, clearing and allocation steps are then the same
+    # torch code on the same device, and only the voxel update differs.
+    a = SparseVoxelOctree(0.02, initial_bricks=16, device=_dev())
     b = SparseVoxelOctree(0.02, initial_bricks=16, device=_dev())
     for i, T in enumerate(camera_poses(frames, rng)):
         depth, rgb = render_depth(T, rng)
         if i == 1:
             rgb = None                                    # depth-only frame: colour untouched
-        Tt = torch.from_numpy(T)
-        sa = integrate.integrate_rgbd_torch(a, depth, rgb, K, Tt, p)
-        sb = triton_fusion.integrate_rgbd_triton(b, depth.to(_dev()), None if rgb is None else rgb.to(_dev()),
-                                                 K.to(_dev()), Tt.to(_dev()), p)
-        assert torch.equal(sa, sb.cpu()), f"frame {i}: visited slots differ"
+        args = [x.to(_dev()) if x is not None else None for x in (depth, rgb, K, torch.from_numpy(T))]
+        sa = integrate.integrate_rgbd_torch(a, *args, p)
+        sb = triton_fusion.integrate_rgbd_triton(b, *args, p)
+        assert torch.equal(sa, sb), f"frame {i}: visited slots differ"
     assert a.num_bricks > 30
     assert (a.attrs["weight"][a.brick_alive] > 0).sum() > 3_000
     assert (a.attrs["occ"][a.brick_alive] != 0).sum() > 1_000
-    assert_maps_match(a, _on_cpu(b))
+    assert_maps_match(_on_cpu(a), _on_cpu(b))
 
 
 def _on_cpu(oc):
@@ -57,14 +58,17 @@ def _on_cpu(oc):
                            attrs={k: v.cpu() for k, v in oc.attrs.items()})
 
 
-def test_rgbd_triton_rejects_wrong_attribute_dtype():
+def test_rgbd_triton_rejects_bad_input():
     oc = SparseVoxelOctree(0.02, initial_bricks=16, device=_dev())
-    oc.attrs["tsdf"] = oc.attrs["tsdf"].float()
     depth = torch.ones((4, 4), dtype=torch.float32, device=_dev())
     slots, _ = oc.allocate_bricks(torch.zeros((1, 3), dtype=torch.int64, device=_dev()))
+    K, T, p = torch.eye(3, dtype=torch.float64), torch.eye(4, dtype=torch.float64), fusion_params(0.02)
+    rgb = torch.zeros((4, 5, 3), dtype=torch.uint8, device=_dev())
+    with pytest.raises(ValueError, match="rgb must be"):
+        triton_fusion.rgbd_update_bricks_triton(oc, slots, depth, rgb, K, T, p)
+    oc.attrs["tsdf"] = oc.attrs["tsdf"].float()
     with pytest.raises(ValueError, match="'tsdf' must be contiguous torch.float16"):
-        triton_fusion.rgbd_update_bricks_triton(oc, slots, depth, None, torch.eye(3, dtype=torch.float64),
-                                                torch.eye(4, dtype=torch.float64), fusion_params(0.02))
+        triton_fusion.rgbd_update_bricks_triton(oc, slots, depth, None, K, T, p)
 
 
 def test_mapper_triton_backend_matches_torch_backend():

@@ -25,6 +25,7 @@ from . import common
 
 START_METHOD = "spawn"        # no fork of a process that already runs torch / OpenMP threads
 REPLY_TIMEOUT_S = 3600.0      # one peer call (a scan, or writing the final map) never takes this long
+STOP_TIMEOUT_S = 10.0         # close(): a peer that does not exit within this is killed
 
 
 class PeerProcessError(RuntimeError):
@@ -78,21 +79,39 @@ class ProcessSystem(common.System):
         self._proc.start()
         child.close()
         self._generation = 0
+        self._broken = ""
 
-    def _call(self, op: str, arg=None):
+    def _call(self, op: str, arg=None, timeout_s: float = REPLY_TIMEOUT_S):
+        """One request and its reply. A round trip that does not complete (no answer in time, an
+        interrupt, a broken pipe) leaves the pipe out of step, so the peer is then killed and
+        every later call fails at once instead of reading a stale reply."""
+        if self._broken:
+            raise PeerProcessError(f"{self.name}'s process was stopped after an earlier failure: {self._broken}")
         if not self._proc.is_alive():
             raise PeerProcessError(f"{self.name}'s process is not running (exit code {self._proc.exitcode})")
-        self._conn.send((op, arg))
-        if not self._conn.poll(REPLY_TIMEOUT_S):
-            raise PeerProcessError(f"{self.name}'s process gave no answer to '{op}' within {REPLY_TIMEOUT_S:.0f} s")
+        done = False
         try:
+            self._conn.send((op, arg))
+            if not self._conn.poll(timeout_s):
+                raise PeerProcessError(f"{self.name}'s process gave no answer to '{op}' within {timeout_s:.0f} s")
             status, reply = self._conn.recv()
-        except EOFError as e:
+            done = True
+        except (EOFError, OSError) as e:
+            self._proc.join(1)
             raise PeerProcessError(f"{self.name}'s process died during '{op}' (exit code "
                                    f"{self._proc.exitcode})") from e
+        finally:
+            if not done:
+                self._broken = f"'{op}' did not complete"
+                self._kill()
         if status != "ok":
             raise PeerProcessError(f"{self.name} failed in its own process during '{op}':\n{reply}")
         return reply
+
+    def _kill(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join(5)
 
     def prepare(self, frames) -> list:
         n = self._call("items", self.inner.prepare(frames))
@@ -122,12 +141,12 @@ class ProcessSystem(common.System):
             return self.inner.load_state(path)
 
     def close(self) -> None:
-        if self._proc.is_alive():
+        """Stop the peer: ask it to exit, and kill it if it does not answer within seconds."""
+        if self._proc.is_alive() and not self._broken:
             try:
-                self._call("stop")
-            except (PeerProcessError, OSError):
+                self._call("stop", timeout_s=STOP_TIMEOUT_S)
+            except PeerProcessError:
                 pass
-            self._proc.join(10)
-            if self._proc.is_alive():
-                self._proc.kill()
+            self._proc.join(STOP_TIMEOUT_S)
+        self._kill()
         self._conn.close()

@@ -8,6 +8,8 @@ with the torch reference that way.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import triton_kernels
@@ -34,9 +36,15 @@ def rgbd_update_bricks_triton(octree: SparseVoxelOctree, slots: torch.Tensor, de
         if a[name].dtype != dtype or not a[name].is_contiguous():
             raise ValueError(f"attribute '{name}' must be contiguous {dtype} for the Triton kernel, "
                              f"got {a[name].dtype}")
+    if octree.brick_coord.dtype != torch.int32 or not octree.brick_coord.is_contiguous():
+        raise ValueError(f"brick_coord must be contiguous int32, got {octree.brick_coord.dtype}")
+    if depth_m.dim() != 2:
+        raise ValueError(f"depth_m must be (H, W), got shape {tuple(depth_m.shape)}")
+    H, W = depth_m.shape
+    if rgb is not None and tuple(rgb.shape) != (H, W, 3):
+        raise ValueError(f"rgb must be (H, W, 3) = ({H}, {W}, 3) like the depth image, got {tuple(rgb.shape)}")
     if slots.numel() == 0:
         return
-    H, W = depth_m.shape
     Kh = [float(x) for x in K.reshape(-1).tolist()]
     Th = T_W_C.double().cpu().tolist()
     R = [Th[i][j] for i in range(3) for j in range(3)]
@@ -44,12 +52,15 @@ def rgbd_update_bricks_triton(octree: SparseVoxelOctree, slots: torch.Tensor, de
     has_rgb = rgb is not None
     rgb_t = rgb.to(dev, torch.uint8).contiguous() if has_rgb else torch.zeros(3, dtype=torch.uint8, device=dev)
     k = triton_kernels.load("fusion.py")
-    k.rgbd_update_kernel[(int(slots.numel()),)](
-        slots.to(dev, torch.int64).contiguous(), octree.brick_coord, depth, rgb_t,
-        a["tsdf"], a["weight"], a["color"], a["occ"],
-        H, W, Kh[0], Kh[4], Kh[2], Kh[5], *R, Th[0][3], Th[1][3], Th[2][3],
-        p.voxel_size_m, p.trunc_m, p.rgbd_min_m, p.rgbd_max_m, p.max_weight, p.l_hit, p.l_miss, p.l_min, p.l_max,
-        p.pixel_round, HAS_RGB=has_rgb, DEPTH_WEIGHTING=bool(p.depth_weighting), BRICK=BRICK, num_warps=NUM_WARPS)
+    # Triton launches on the current CUDA device, not on the tensors' one: make it the map's.
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        k.rgbd_update_kernel[(int(slots.numel()),)](
+            slots.to(dev, torch.int64).contiguous(), octree.brick_coord, depth, rgb_t,
+            a["tsdf"], a["weight"], a["color"], a["occ"],
+            H, W, Kh[0], Kh[4], Kh[2], Kh[5], *R, Th[0][3], Th[1][3], Th[2][3],
+            p.voxel_size_m, p.trunc_m, p.rgbd_min_m, p.rgbd_max_m, p.max_weight, p.l_hit, p.l_miss, p.l_min, p.l_max,
+            p.pixel_round, HAS_RGB=has_rgb, DEPTH_WEIGHTING=bool(p.depth_weighting), BRICK=BRICK, num_warps=NUM_WARPS,
+            enable_fp_fusion=False)                 # no FMA contraction: each step rounds as in the reference
 
 
 def integrate_rgbd_triton(octree: SparseVoxelOctree, depth_m: torch.Tensor, rgb: torch.Tensor | None,
