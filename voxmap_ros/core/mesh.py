@@ -28,8 +28,10 @@ def max_jump_tsdf(max_jump_vox: float, trunc_vox: float) -> float:
     Why: a true surface changes the SDF across a cell by at most the cell's diagonal (sqrt 3
     voxels), or a few times that at grazing incidence where projective distances overestimate.
     A sign change between corners much farther apart in value (a truncated +1 next to a -1, say)
-    is a seam between observations that disagree, such as the far end of the band behind a thin
-    object meeting free space seen from another side, not a surface."""
+    is mostly a seam between observations that disagree, such as the far end of the band behind
+    a thin object meeting free space seen from another side; but a surface seen more obliquely
+    than the limit allows is dropped too (measured: precision up, recall down about as much; off
+    by default, docs/BENCHMARKS.md)."""
     return math.inf if max_jump_vox <= 0 else float(max_jump_vox) / float(trunc_vox)
 
 
