@@ -49,11 +49,11 @@ class TsdfConfig:
     min_weight_mesh: float = _f(0.5, "Voxels with less weight are left out of meshes", lo=0.0, hi=60000.0,
                                 runtime=True)
     mesh_max_jump_vox: float = _f(0.0, "A mesh cell is skipped when its 8 TSDF corners span more than this many "
-                                       "voxels: a seam between disagreeing observations, not a surface (a true "
-                                       "surface spans at most the cell diagonal, 1.7 voxels, a few times that at "
-                                       "grazing incidence); 0 = off. 7 keeps surfaces seen up to ~75 degrees incidence: fewer stray "
-                                       "triangles (higher precision) but some surface lost (lower recall), see "
-                                       "docs/BENCHMARKS.md", lo=0.0, hi=1e6, runtime=True)
+                                       "voxels, mostly seams between disagreeing observations (a true surface spans "
+                                       "at most the cell diagonal, 1.7 voxels, a few times that at grazing "
+                                       "incidence); 0 = off. 7 keeps surfaces seen up to ~75 degrees incidence: "
+                                       "fewer stray triangles (higher precision) but some surface lost (lower "
+                                       "recall), see docs/BENCHMARKS.md", lo=0.0, hi=1e6, runtime=True)
 
 
 @dataclass

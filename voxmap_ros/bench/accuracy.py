@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 from ..config import MAP_BACKENDS
-from . import common
+from . import common, rgbd
 
 NOISE_MODELS = {"none": False, "kinect": True}          # name -> generate_dataset(noise=...)
 PEERS = ("open3d", "open3d_vbg", "none")
@@ -76,11 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "('open3d' = the VoxelBlockGrid) (default %(default)s)")
     p.add_argument("--backend", choices=MAP_BACKENDS, default="auto",
                    help="voxmap kernel backend (default %(default)s)")
-    p.add_argument("--mesh-max-jump-vox", type=float, default=0.0,
-                   help="voxmap's tsdf.mesh_max_jump_vox (0 = off) (default %(default)s)")
-    p.add_argument("--pixel-lookup", choices=("nearest", "floor"), default="nearest",
-                   help="the depth pixel a voxmap voxel reads (rgbd.pixel_lookup): 'nearest' or 'floor', "
-                        "Open3D's choice, for a like-for-like comparison (default %(default)s)")
+    rgbd.add_voxmap_fusion_arguments(p)
     p.add_argument("--mesh-samples", type=int, default=200_000,
                    help="points sampled per mesh for the metrics (default %(default)s)")
     p.add_argument("--workdir", help="keep the generated datasets here and reuse them on later runs "
@@ -230,11 +226,11 @@ def gt_visibility(gt, pts, frames, max_range_m: float, eps_m: float = 2e-3):
 # ------------------------------------------------------------------------------------------ systems
 def system_args(args, voxel_size_m: float, depth_scale: float) -> argparse.Namespace:
     """The option set rgbd.VoxmapSystem / rgbd.Open3dVbgSystem read, for one case."""
-    return argparse.Namespace(voxel_size_m=float(voxel_size_m), trunc_vox=float(args.trunc_vox),
-                              max_range_m=float(args.max_range_m), depth_scale=float(depth_scale),
-                              backend=args.backend, device="cpu", pixel_lookup=args.pixel_lookup,
-                              mesh_max_jump_vox=args.mesh_max_jump_vox,
-                              block_resolution=VBG_BLOCK_RESOLUTION, block_count=VBG_BLOCK_COUNT)
+    return rgbd.system_options(voxel_size_m=float(voxel_size_m), trunc_vox=float(args.trunc_vox),
+                               max_range_m=float(args.max_range_m), depth_scale=float(depth_scale),
+                               backend=args.backend, pixel_lookup=args.pixel_lookup,
+                               mesh_max_jump_vox=args.mesh_max_jump_vox,
+                               block_resolution=VBG_BLOCK_RESOLUTION, block_count=VBG_BLOCK_COUNT)
 
 
 def fuse_and_mesh(system, frames, progress=None):

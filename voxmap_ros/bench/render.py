@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from ..config import MAP_BACKENDS
-from . import accuracy, common
+from . import accuracy, common, rgbd
 
 VBG_WEIGHT_THRESHOLD = 0.5       # Open3D: voxels observed at least once (weights grow by 1 per frame)
 DEPTH_MIN_M = 0.1                # near plane of both systems
@@ -222,10 +222,9 @@ class Open3dRenderer:
 def fuse(frames, args, peers):
     """(voxmap Mapper, Open3D VoxelBlockGrid or None, seconds each) after fusing all frames."""
     from .rgbd import Open3dVbgSystem, VoxmapSystem
-    ns = argparse.Namespace(voxel_size_m=args.voxel_size_m, trunc_vox=args.trunc_vox, max_range_m=args.max_range_m,
-                            depth_scale=args.depth_scale, backend=args.backend, device="cpu",
-                            pixel_lookup="nearest", mesh_max_jump_vox=0.0, block_resolution=8,
-                            block_count=args.block_count)
+    ns = rgbd.system_options(voxel_size_m=args.voxel_size_m, trunc_vox=args.trunc_vox, max_range_m=args.max_range_m,
+                             depth_scale=args.depth_scale, backend=args.backend, block_resolution=8,
+                             block_count=args.block_count)
     vm = VoxmapSystem(ns)
     m = vm.make()
     with common.Timer() as t:

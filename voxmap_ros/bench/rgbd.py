@@ -41,11 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Open3D VoxelBlockGrid block edge in voxels (voxmap bricks are 8) (default %(default)s)")
     p.add_argument("--block-count", type=int, default=10000, help="Open3D VoxelBlockGrid initial block capacity (default %(default)s)")
     p.add_argument("--backend", choices=MAP_BACKENDS, default="auto", help="voxmap kernel backend (default %(default)s)")
-    p.add_argument("--pixel-lookup", choices=("nearest", "floor"), default="nearest",
-                   help="the depth pixel a voxmap voxel reads (rgbd.pixel_lookup): 'nearest' or 'floor', "
-                        "Open3D's choice, for a like-for-like comparison (default %(default)s)")
-    p.add_argument("--mesh-max-jump-vox", type=float, default=0.0,
-                   help="voxmap's tsdf.mesh_max_jump_vox (0 = off) (default %(default)s)")
+    add_voxmap_fusion_arguments(p)
     p.add_argument("--device", default="cpu",
                    help="voxmap's map device, 'cpu' or 'cuda[:N]' (Open3D stays on the CPU) (default %(default)s)")
     p.add_argument("--no-mesh", action="store_true", help="skip mesh extraction and the cross-check")
@@ -56,6 +52,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run each system over all frames in turn (default: interleave them frame by frame)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no per-system progress lines")
+
+
+VOXMAP_FUSION_DEFAULTS = {"device": "cpu", "pixel_lookup": "nearest", "mesh_max_jump_vox": 0.0}
+
+
+def add_voxmap_fusion_arguments(p: argparse.ArgumentParser) -> None:
+    """voxmap fusion / meshing choices shared by `bench rgbd` and `bench accuracy`."""
+    p.add_argument("--pixel-lookup", choices=("nearest", "floor"), default=VOXMAP_FUSION_DEFAULTS["pixel_lookup"],
+                   help="the depth pixel a voxmap voxel reads (rgbd.pixel_lookup): 'nearest' or 'floor', "
+                        "Open3D's choice, for a like-for-like comparison (default %(default)s)")
+    p.add_argument("--mesh-max-jump-vox", type=float, default=VOXMAP_FUSION_DEFAULTS["mesh_max_jump_vox"],
+                   help="voxmap's tsdf.mesh_max_jump_vox (0 = off) (default %(default)s)")
+
+
+def system_options(**options) -> argparse.Namespace:
+    """The option set VoxmapSystem / Open3dVbgSystem read, for callers without this benchmark's
+    command line: the given options over VOXMAP_FUSION_DEFAULTS."""
+    return argparse.Namespace(**{**VOXMAP_FUSION_DEFAULTS, **options})
 
 
 # ------------------------------------------------------------------------------------------ data
