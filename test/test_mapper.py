@@ -328,3 +328,17 @@ def test_lazy_summaries_equal_eager_ones(indoor_data):
     fresh.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
     pts, _ = fresh.occupied_points(level=2)
     assert len(pts) > 0 and not fresh.octree._stale
+
+
+def test_reserve_bricks_reaches_every_octree_the_mapper_makes(tmp_path):
+    cfg = make_config(VOXEL_M)
+    want = 4 * cfg.map.initial_bricks
+    cfg.map.reserve_bricks = want
+    m = Mapper(cfg)
+    assert m.octree.reserve_bricks == want
+    m.clear()
+    assert m.octree.reserve_bricks == want
+    m.save(tmp_path / "map.vxm")
+    assert Mapper.load(tmp_path / "map.vxm").octree.reserve_bricks == want
+    cfg.map.reserve_bricks = 0
+    assert Mapper(cfg).octree.reserve_bricks == 0

@@ -102,6 +102,51 @@ def test_pools_grow_and_keep_contents():
     assert o.num_bricks == 216
 
 
+def _same_history(*octrees, rounds=6, seed=3):
+    """Drive octrees through the same random allocations, writes and erasures."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(rounds):
+        c = torch.randint(-12, 12, (150, 3), generator=g)
+        gone = torch.randint(-12, 12, (30, 3), generator=g)
+        for o in octrees:
+            s, _ = o.allocate_bricks(c)
+            o.attrs["occ"][s] = (c.sum(1) % 97).to(torch.float16)[:, None]
+            o.attrs["color"][s] = (c % 256).to(torch.uint8)[:, None, :]
+            found = o.lookup_bricks(gone)
+            o.erase_bricks(found[found >= 0])
+
+
+def _pool_tensors(o, alive_only=False):
+    """Every pool tensor by name; with alive_only, voxel attributes only at alive bricks (the other
+    rows are uninitialised until their brick is taken)."""
+    names = SparseVoxelOctree.NODE_FIELDS + SparseVoxelOctree.BRICK_FIELDS
+    alive = o.brick_alive if alive_only else slice(None)
+    return {**{n: getattr(o, n) for n in names}, **{"attr:" + n: t[alive] for n, t in o.attrs.items()}}
+
+
+def test_reserved_pools_grow_in_place_with_the_same_contents():
+    plain = _tree(initial_bricks=16)
+    reserved = SparseVoxelOctree(VOXEL_M, LEVELS, "cpu", initial_bricks=16, free_logodds=FREE_L, reserve_bricks=4096)
+    start = {n: t.data_ptr() for n, t in _pool_tensors(reserved).items()}
+    _same_history(plain, reserved)
+    assert reserved.brick_alive.shape[0] > 16 * 8                 # grew several times
+    for name, t in _pool_tensors(plain, True).items():
+        assert torch.equal(_pool_tensors(reserved, True)[name], t), name
+    for name, t in _pool_tensors(reserved).items():
+        assert t.data_ptr() == start[name], f"{name} was copied"
+    assert reserved.nbytes == plain.nbytes                       # capacity, not the reservation
+
+
+def test_used_up_reservation_grows_by_a_copy_and_keeps_contents():
+    plain = _tree(initial_bricks=16)
+    reserved = SparseVoxelOctree(VOXEL_M, LEVELS, "cpu", initial_bricks=16, free_logodds=FREE_L, reserve_bricks=32)
+    start = reserved.attrs["tsdf"].data_ptr()
+    _same_history(plain, reserved)
+    assert reserved.brick_alive.shape[0] > 32 and reserved.attrs["tsdf"].data_ptr() != start
+    for name, t in _pool_tensors(plain, True).items():
+        assert torch.equal(_pool_tensors(reserved, True)[name], t), name
+
+
 def test_out_of_range_brick_coords_raise_before_any_change():
     o = _tree()
     o.allocate_bricks(torch.tensor([[0, 0, 0]]))

@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", default="octomap", help=f"comma-separated peers: {', '.join(PEERS)} (default %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="scans through a throw-away instance of each system first (default %(default)s)")
     p.add_argument("--backend", choices=MAP_BACKENDS, default="auto", help="voxmap kernel backend (default %(default)s)")
+    p.add_argument("--reserve-bricks", type=int, default=None,
+                   help="voxmap's map.reserve_bricks (0: pools grow by copying; default: the config's)")
     p.add_argument("--no-diagnose", action="store_true", help="skip the analysis of cells the two maps disagree on")
     p.add_argument("--repeat", type=int, default=1,
                    help="time the whole run R times (fresh maps each) and keep each scan's fastest time (default %(default)s)")
@@ -79,6 +81,8 @@ def make_config(args):
     if args.min_range_m is not None:
         cfg.set("lidar.min_range_m", args.min_range_m)
     cfg.set("map.backend", args.backend)
+    if getattr(args, "reserve_bricks", None) is not None:
+        cfg.set("map.reserve_bricks", args.reserve_bricks)
     cfg.validate()
     return cfg
 
@@ -352,7 +356,8 @@ def run(args) -> dict:
                      "min_range_m": cfg.lidar.min_range_m, "trunc_vox": cfg.tsdf.trunc_vox,
                      "prob_hit": cfg.occupancy.prob_hit, "prob_miss": cfg.occupancy.prob_miss,
                      "clamp_min": cfg.occupancy.clamp_min, "clamp_max": cfg.occupancy.clamp_max,
-                     "occupied_threshold": cfg.occupancy.occupied_threshold},
+                     "occupied_threshold": cfg.occupancy.occupied_threshold,
+                     "voxmap_reserve_bricks": cfg.map.reserve_bricks},
         "timed": {"voxmap": "Mapper.integrate(frame) (occupancy + TSDF)",
                   "octomap": "OcTree.insertPointCloud(points_world, origin, maxrange) (world points precomputed; "
                              "timed in OctoMap's process)"},
@@ -379,13 +384,13 @@ def print_report(payload: dict, file=None) -> None:
     rows = []
     for name, r in payload["results"].items():
         rows.append({"system": name, "median": r.get("ms_per_scan_median"), "p95": r.get("ms_per_scan_p95"),
-                     "mean": r.get("ms_per_scan_mean"), "total": r.get("total_s"),
+                     "max": r.get("ms_per_scan_max"), "mean": r.get("ms_per_scan_mean"), "total": r.get("total_s"),
                      "mb": r["map_bytes"] / 2 ** 20 if r.get("map_bytes") else None,
                      "occ": r.get("occupied_cells"), "backend": r.get("backend")})
     if "occupied_comparison" in payload:
         rows[-1]["occ"] = payload["occupied_comparison"]["octomap_occupied"]
-    common.print_table(rows, [("system", "system"), ("median", "ms/scan med"), ("p95", "p95"), ("mean", "mean"),
-                              ("total", "total s"), ("mb", "map MiB"), ("occ", "occupied"), ("backend", "backend")],
+    common.print_table(rows, [("system", "system"), ("median", "ms/scan med"), ("p95", "p95"), ("max", "max"),
+                              ("mean", "mean"), ("total", "total s"), ("mb", "map MiB"), ("occ", "occupied"), ("backend", "backend")],
                        title=f"LiDAR fusion, {payload['scans']} scans, voxel {payload['settings']['voxel_size_m']} m",
                        file=file)
     if "ratios" in payload:

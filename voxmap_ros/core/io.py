@@ -67,8 +67,10 @@ def read_header(path: str | Path) -> dict:
         return _header(z, path)
 
 
-def load_octree(path: str | Path, device: str | torch.device = "cpu") -> tuple[SparseVoxelOctree, dict]:
-    """Read a map file into a new octree on `device`. Returns (octree, header)."""
+def load_octree(path: str | Path, device: str | torch.device = "cpu",
+                reserve_bricks: int = 0) -> tuple[SparseVoxelOctree, dict]:
+    """Read a map file into a new octree on `device` (with SparseVoxelOctree's `reserve_bricks`).
+    Returns (octree, header)."""
     with _open(path) as z:
         h = _header(z, path)
         n_nodes, n_bricks = h["num_nodes"], h["num_bricks"]
@@ -90,7 +92,7 @@ def load_octree(path: str | Path, device: str | torch.device = "cpu") -> tuple[S
     if int(arrays["node_is_brick"].sum()) != n_bricks:
         raise ValueError(f"{path}: header says {n_bricks} bricks, node table marks {int(arrays['node_is_brick'].sum())}")
     octree = SparseVoxelOctree(h["voxel_size_m"], h["levels"], device, initial_bricks=max(16, n_bricks),
-                               free_logodds=h["free_logodds"])
+                               free_logodds=h["free_logodds"], reserve_bricks=reserve_bricks)
     for s in specs:
         octree.register_attribute(s)
     dev = octree.device

@@ -63,9 +63,7 @@ class Mapper:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("map.device is 'cuda' but torch sees no CUDA device; use 'cpu'")
         self.params = integrate.FusionParams.from_config(self.config)
-        self.octree = octree or SparseVoxelOctree(
-            self.config.map.voxel_size_m, self.config.map.octree_levels, self.device,
-            self.config.map.initial_bricks, free_logodds=self.params.l_min)
+        self.octree = octree or self._new_octree()
         self.stats = MapperStats()
         self.last_sensor_position_m: np.ndarray | None = None
         self._mesh_store = mesh.BrickMesh.empty(self.device)
@@ -199,10 +197,14 @@ class Mapper:
     def _note_removed(self, keys: torch.Tensor) -> None:
         self._removed_since_mesh.append(keys)
 
+    def _new_octree(self) -> SparseVoxelOctree:
+        m = self.config.map
+        return SparseVoxelOctree(m.voxel_size_m, m.octree_levels, self.device, m.initial_bricks,
+                                 free_logodds=self.params.l_min, reserve_bricks=m.reserve_bricks)
+
     def clear(self) -> None:
         """Forget the whole map (configuration kept)."""
-        self.octree = SparseVoxelOctree(self.config.map.voxel_size_m, self.config.map.octree_levels, self.device,
-                                        self.config.map.initial_bricks, free_logodds=self.params.l_min)
+        self.octree = self._new_octree()
         self._use_backend_summaries()
         removed = self._mesh_store.tri_brick_keys.unique()
         self._mesh_store = mesh.BrickMesh.empty(self.device)
@@ -300,7 +302,7 @@ class Mapper:
         cfg = VoxmapConfig.from_dict(header["extra"].get("config", {}))
         if device is not None:
             cfg.map.device = device
-        octree, _ = io.load_octree(path, cfg.map.device)
+        octree, _ = io.load_octree(path, cfg.map.device, reserve_bricks=cfg.map.reserve_bricks)
         return cls(cfg, octree)
 
     def save_outputs(self, out_dir: str | Path, stem: str = "") -> dict:

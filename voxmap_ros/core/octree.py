@@ -10,7 +10,10 @@ Storage (all torch tensors on one device):
 
 Per-voxel state lives only in registered attributes so that allocation, pruning, saving and loading
 move all of them together; a later layer adds its own with `register_attribute`.
-Pools grow by doubling (amortised O(1) per brick); the hash table grows incrementally (hashtable.py).
+Pools grow by doubling (amortised O(1) per brick). On a CPU map with `reserve_bricks`, every pool
+tensor is a prefix view of a larger reserved buffer whose pages the OS commits only when first
+written, so growing moves the view's end instead of copying the map (a copy would stall one frame
+for a time proportional to the map's size). The hash table grows incrementally (hashtable.py).
 """
 from __future__ import annotations
 
@@ -63,10 +66,12 @@ class SparseVoxelOctree:
         device: torch device of every tensor.
         initial_bricks: brick pool capacity to start with.
         free_logodds: occupancy log-odds that a voxel in a pruned (confidently free) subtree has.
+        reserve_bricks: brick pool capacity reserved up front as address space on a CPU map (see
+            the module docstring); 0, or a CUDA map, grows by copying.
     """
 
     def __init__(self, voxel_size_m: float, levels: int = 6, device: str | torch.device = "cpu",
-                 initial_bricks: int = 4096, free_logodds: float = -2.0):
+                 initial_bricks: int = 4096, free_logodds: float = -2.0, reserve_bricks: int = 0):
         from .hashtable import HashTable
         if not voxel_size_m > 0:
             raise ValueError(f"voxel_size_m must be > 0, got {voxel_size_m}")
@@ -83,6 +88,8 @@ class SparseVoxelOctree:
         self.specs: dict[str, AttributeSpec] = {}
         self.attrs: dict[str, torch.Tensor] = {}
         cap_b = max(16, int(initial_bricks))
+        self.reserve_bricks = max(cap_b, int(reserve_bricks)) if reserve_bricks and self.device.type == "cpu" else 0
+        self._stores: dict[str, torch.Tensor] = {}     # pool name -> reserved buffer its tensor is a prefix of
         self._alloc_nodes(2 * cap_b)
         self._alloc_bricks(cap_b)
         for spec in CORE_ATTRIBUTES:
@@ -113,22 +120,55 @@ class SparseVoxelOctree:
 
     # ------------------------------------------------------------------ pools
     def _alloc_nodes(self, cap: int) -> None:
-        d = self.device
-        self.node_key = torch.full((cap,), -1, dtype=torch.int64, device=d)
-        self.node_brick = torch.full((cap,), -1, dtype=torch.int32, device=d)
-        self.node_max_occ = torch.full((cap,), UNKNOWN_OCC, dtype=torch.float32, device=d)
-        self.node_min_abs_tsdf = torch.ones(cap, dtype=torch.float32, device=d)
-        self.node_observed = torch.zeros(cap, dtype=torch.bool, device=d)
-        self.node_free_mask = torch.zeros(cap, dtype=torch.uint8, device=d)
-        self._free_nodes = torch.arange(cap - 1, -1, -1, dtype=torch.int64, device=d)
+        self.node_key = self._pool("node_key", (cap,), torch.int64, -1, 2)
+        self.node_brick = self._pool("node_brick", (cap,), torch.int32, -1, 2)
+        self.node_max_occ = self._pool("node_max_occ", (cap,), torch.float32, UNKNOWN_OCC, 2)
+        self.node_min_abs_tsdf = self._pool("node_min_abs_tsdf", (cap,), torch.float32, 1.0, 2)
+        self.node_observed = self._pool("node_observed", (cap,), torch.bool, False, 2)
+        self.node_free_mask = self._pool("node_free_mask", (cap,), torch.uint8, 0, 2)
+        self._free_nodes = torch.arange(cap - 1, -1, -1, dtype=torch.int64, device=self.device)
 
     def _alloc_bricks(self, cap: int) -> None:
-        d = self.device
-        self.brick_coord = torch.zeros((cap, 3), dtype=torch.int32, device=d)
-        self.brick_node = torch.full((cap,), -1, dtype=torch.int32, device=d)
-        self.brick_alive = torch.zeros(cap, dtype=torch.bool, device=d)
-        self.brick_dirty = torch.zeros(cap, dtype=torch.bool, device=d)   # changed since the last mesh call
-        self._free_bricks = torch.arange(cap - 1, -1, -1, dtype=torch.int64, device=d)
+        self.brick_coord = self._pool("brick_coord", (cap, 3), torch.int32, 0)
+        self.brick_node = self._pool("brick_node", (cap,), torch.int32, -1)
+        self.brick_alive = self._pool("brick_alive", (cap,), torch.bool, False)
+        self.brick_dirty = self._pool("brick_dirty", (cap,), torch.bool, False)   # changed since the last mesh call
+        self._free_bricks = torch.arange(cap - 1, -1, -1, dtype=torch.int64, device=self.device)
+
+    def _pool(self, name: str, shape: tuple, dtype: torch.dtype, fill, per_brick: int = 1,
+              rows: int = 0) -> torch.Tensor:
+        """A new pool tensor of `shape` filled with `fill` (None: uninitialised). With a reservation
+        it is the prefix of a buffer of max(rows, per_brick * reserve_bricks, shape[0]) rows."""
+        store = None
+        if self.reserve_bricks:
+            n = max(int(rows), per_brick * self.reserve_bricks, shape[0])
+            try:
+                store = torch.empty((n,) + tuple(shape[1:]), dtype=dtype, device=self.device)
+            except (RuntimeError, MemoryError):      # address space refused (ulimit -v, strict overcommit)
+                self.reserve_bricks = 0
+        if store is None:
+            self._stores.pop(name, None)
+            return torch.empty(shape, dtype=dtype, device=self.device) if fill is None else \
+                torch.full(shape, fill, dtype=dtype, device=self.device)
+        self._stores[name] = store
+        view = store[:shape[0]]
+        return view if fill is None else view.fill_(fill)
+
+    def _extended(self, name: str, t: torch.Tensor, new_cap: int, fill) -> torch.Tensor:
+        """Pool tensor t grown to new_cap rows, old rows kept, new rows `fill` (None: uninitialised):
+        in place inside its reserved buffer when that is large enough, otherwise by one copy (into a
+        buffer twice as large when reserving)."""
+        old_cap = t.shape[0]
+        store = self._stores.get(name)
+        if store is not None and store.shape[0] >= new_cap:
+            grown = store[:new_cap]
+        else:
+            rows = 2 * store.shape[0] if store is not None else 0
+            grown = self._pool(name, (new_cap,) + tuple(t.shape[1:]), t.dtype, None, rows=rows)
+            grown[:old_cap] = t
+        if fill is not None:
+            grown[old_cap:] = fill
+        return grown
 
     NODE_FIELDS = ("node_key", "node_brick", "node_max_occ", "node_min_abs_tsdf", "node_observed", "node_free_mask")
     BRICK_FIELDS = ("brick_coord", "brick_node", "brick_alive", "brick_dirty")
@@ -136,17 +176,12 @@ class SparseVoxelOctree:
     def _grow(self, fields, attrs: bool, new_cap: int, free_name: str) -> None:
         old_cap = getattr(self, fields[0]).shape[0]
         for name in fields:
-            t = getattr(self, name)
             fill = {"node_key": -1, "node_brick": -1, "brick_node": -1,
                     "node_max_occ": UNKNOWN_OCC, "node_min_abs_tsdf": 1.0}.get(name, 0)
-            grown = torch.full((new_cap,) + tuple(t.shape[1:]), fill, dtype=t.dtype, device=self.device)
-            grown[:old_cap] = t
-            setattr(self, name, grown)
-        if attrs:
+            setattr(self, name, self._extended(name, getattr(self, name), new_cap, fill))
+        if attrs:        # new voxels are reset when their brick is taken (_reset_voxels)
             for name, t in self.attrs.items():
-                grown = torch.empty((new_cap,) + tuple(t.shape[1:]), dtype=t.dtype, device=self.device)
-                grown[:old_cap] = t
-                self.attrs[name] = grown
+                self.attrs[name] = self._extended("attr:" + name, t, new_cap, None)
         fresh = torch.arange(new_cap - 1, old_cap - 1, -1, dtype=torch.int64, device=self.device)
         setattr(self, free_name, torch.cat([fresh, getattr(self, free_name)]))
 
@@ -172,8 +207,8 @@ class SparseVoxelOctree:
             return
         cap = self.brick_alive.shape[0]
         self.specs[spec.name] = spec
-        self.attrs[spec.name] = torch.full((cap, BRICK_VOXELS) + spec.channels, spec.fill, dtype=spec.dtype,
-                                           device=self.device)
+        self.attrs[spec.name] = self._pool("attr:" + spec.name, (cap, BRICK_VOXELS) + spec.channels, spec.dtype,
+                                           spec.fill)
 
     def _reset_voxels(self, slots: torch.Tensor) -> None:
         for name, spec in self.specs.items():
