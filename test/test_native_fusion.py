@@ -199,18 +199,37 @@ def kernel_threads():
     native.set_num_threads(0)
 
 
-@pytest.mark.parametrize("free_space,threads", [(True, 1), (True, 2), (True, 3), (False, 0)])
-def test_lidar_matches_torch(free_space, threads, kernel_threads):
-    kernel_threads(threads)             # 1: one bucket; 2, 3: a bucket per owner thread, private near counts
-    rng = np.random.default_rng(2)
-    p = fusion_params(0.1, lidar_free_space=free_space)
-    a = SparseVoxelOctree(0.1, initial_bricks=16)
-    b = SparseVoxelOctree(0.1, initial_bricks=16)
-    for i, T in enumerate(lidar_poses(4, rng)):
+KERNEL_FIRST_BRICK_SET_ROOM = 8192      # bricks the LiDAR kernel's per-scan set holds before it first grows
+
+
+def lidar_twins(p, n_scans: int, seed: int, after_scan=None):
+    """Two octrees fed the same LiDAR scans, through the torch reference and through the kernel;
+    the touched slots must match scan by scan. `after_scan(i)` runs after each kernel call."""
+    rng = np.random.default_rng(seed)
+    a = SparseVoxelOctree(p.voxel_size_m, initial_bricks=16)
+    b = SparseVoxelOctree(p.voxel_size_m, initial_bricks=16)
+    for i, T in enumerate(lidar_poses(n_scans, rng)):
         pts, Tt = lidar_scan(T, rng), torch.from_numpy(T)
         sa = integrate.integrate_lidar_torch(a, pts, Tt, p)
         sb = native.integrate_lidar_cpp(b, pts, Tt, p)
+        if after_scan is not None:
+            after_scan(i)
         assert torch.equal(sa, sb), f"scan {i}: touched slots differ"
+    return a, b
+
+
+def test_lidar_matches_torch_when_the_kernel_brick_set_grows():
+    # 2 cm voxels: every scan touches more bricks than the kernel's first set holds, so the first
+    # trace overflows it and runs again with fresh, larger buffers; later scans reuse them.
+    def outgrew(i):
+        assert native.last_lidar_stats()["bricks"] > KERNEL_FIRST_BRICK_SET_ROOM, f"scan {i}"
+    assert_maps_match(*lidar_twins(fusion_params(0.02), 3, 5, outgrew))
+
+
+@pytest.mark.parametrize("free_space,threads", [(True, 1), (True, 2), (True, 3), (False, 0)])
+def test_lidar_matches_torch(free_space, threads, kernel_threads):
+    kernel_threads(threads)             # 1: one bucket; 2, 3: a bucket per owner thread, private near counts
+    a, b = lidar_twins(fusion_params(0.1, lidar_free_space=free_space), 4, 2)
     assert a.num_bricks > 20
     assert (a.attrs["occ"][a.brick_alive] > 0).sum() > 500          # hits
     if free_space:

@@ -24,10 +24,13 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include <omp.h>
+#include <sys/mman.h>
 #include <sched.h>
 #if defined(__F16C__) && defined(__AVX__)
 #include <immintrin.h>
@@ -79,6 +82,59 @@ inline int64_t ifloor(float a) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Whether Linux may back madvise(MADV_HUGEPAGE) memory with transparent huge pages.
+inline bool huge_pages_on() {
+    static const bool on = [] {
+        FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+        if (!f) return false;
+        char buf[128] = {0};
+        const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+        std::fclose(f);
+        return n > 0 && std::strstr(buf, "[never]") == nullptr;
+    }();
+    return on;
+}
+
+// A zero-initialised array that grows by mapping fresh anonymous memory instead of std::vector's
+// copy and zero fill. With transparent huge pages it is committed lazily, 2 MB per fault, which
+// made the scan that outgrew the LiDAR brick set 40-60 ms cheaper (64 MB of cells); without them
+// it is committed up front, as before (scattered 4 KB faults during the walk cost more). Only for
+// contents that are all zero (or no longer needed) when it grows.
+template <typename T>
+struct ZeroedArray {
+    T* ptr = nullptr;
+    size_t n = 0, bytes = 0;
+    ZeroedArray() = default;
+    ZeroedArray(const ZeroedArray&) = delete;
+    ZeroedArray& operator=(const ZeroedArray&) = delete;
+    ~ZeroedArray() { release(); }
+    size_t size() const { return n; }
+    T* data() { return ptr; }
+    T& operator[](size_t i) { return ptr[i]; }
+    void release() {
+        if (ptr) munmap(ptr, bytes);
+        ptr = nullptr;
+        n = bytes = 0;
+    }
+    void grow_zeroed(size_t want) {
+        if (want <= n) return;
+        const size_t huge = size_t(2) << 20;
+        const size_t b = (want * sizeof(T) + huge - 1) / huge * huge;
+        void* p = mmap(nullptr, b, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) throw std::bad_alloc();
+        bool lazy = false;
+#ifdef MADV_HUGEPAGE
+        lazy = huge_pages_on() && madvise(p, b, MADV_HUGEPAGE) == 0;
+#endif
+        if (!lazy) std::memset(p, 0, b);      // commit now, not page by page inside the walk
+        release();
+        ptr = static_cast<T*>(p);
+        n = want;
+        bytes = b;
+    }
+};
+
+// ------------------------------------------------------------------------------------------------
 // Concurrent insert-only set of brick coordinates -> dense index (0, 1, 2, ... in claim order).
 // Optionally every index owns a block of 512 uint32 per-voxel cells and a 512-bit mask of the cells
 // in use. Masks are zeroed when an index is claimed; cells stay zero between uses instead (the
@@ -90,8 +146,8 @@ struct BrickSet {
     std::vector<std::atomic<uint64_t>> keys;
     std::vector<std::atomic<int32_t>> vals;
     std::vector<int32_t> coords;          // 3 per index
-    std::vector<uint32_t> cells;          // BRICK_VOX per index when with_cells
-    std::vector<uint64_t> masks;          // BRICK_VOX / 64 per index when with_cells
+    ZeroedArray<uint32_t> cells;          // BRICK_VOX per index when with_cells
+    ZeroedArray<uint64_t> masks;          // BRICK_VOX / 64 per index when with_cells
     bool cells_dirty = false;             // cells of the last run may be non-zero
     std::atomic<int32_t> count{0};
     std::atomic<int> overflow{0};
@@ -100,6 +156,11 @@ struct BrickSet {
     bool with_cells = false;
 
     void reset(int new_bits, bool cells_on) {
+        const size_t cells_needed = cells_on ? (size_t(1) << new_bits) / 2 * BRICK_VOX : 0;
+        if (cells_dirty && cells_needed > cells.size()) {
+            cells.release();              // replaced by fresh zero pages below: no scrub needed
+            cells_dirty = false;
+        }
         if (cells_dirty) {                // scrub what the previous run may have left
             const size_t used = size_t(std::min(count.load(), max_items));
             std::memset(cells.data(), 0, used * BRICK_VOX * sizeof(uint32_t));
@@ -118,9 +179,9 @@ struct BrickSet {
             clear_used();
         }
         with_cells = cells_on;
-        if (with_cells && cells.size() < size_t(max_items) * BRICK_VOX) {
-            cells.resize(size_t(max_items) * BRICK_VOX);          // zero-filled
-            masks.resize(size_t(max_items) * (BRICK_VOX / 64));
+        if (with_cells) {       // cells are all zero here (scrubbed above); masks are reset per claim
+            cells.grow_zeroed(size_t(max_items) * BRICK_VOX);
+            masks.grow_zeroed(size_t(max_items) * (BRICK_VOX / 64));
         }
         cells_dirty = with_cells;
         count.store(0);
