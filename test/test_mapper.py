@@ -340,5 +340,6 @@ def test_reserve_bricks_reaches_every_octree_the_mapper_makes(tmp_path):
     assert m.octree.reserve_bricks == want
     m.save(tmp_path / "map.vxm")
     assert Mapper.load(tmp_path / "map.vxm").octree.reserve_bricks == want
+    assert Mapper.load(tmp_path / "map.vxm", reserve_bricks=0).octree.reserve_bricks == 0   # this host's choice
     cfg.map.reserve_bricks = 0
     assert Mapper(cfg).octree.reserve_bricks == 0

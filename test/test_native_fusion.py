@@ -218,7 +218,22 @@ def lidar_twins(p, n_scans: int, seed: int, after_scan=None):
     return a, b
 
 
-def test_lidar_matches_torch_when_the_kernel_brick_set_grows():
+@pytest.fixture
+def fresh_kernel_context():
+    """The kernels' scratch context as a new process has it (its buffers only ever grow, so an
+    earlier test may have grown them already), restored afterwards."""
+    lib, old = native._lib()
+    ctx = lib.vx_ctx_new()
+    assert ctx
+    with native._lock:
+        native._state["ctx"] = ctx
+    yield
+    with native._lock:
+        native._state["ctx"] = old
+    lib.vx_ctx_free(ctx)
+
+
+def test_lidar_matches_torch_when_the_kernel_brick_set_grows(fresh_kernel_context):
     # 2 cm voxels: every scan touches more bricks than the kernel's first set holds, so the first
     # trace overflows it and runs again with fresh, larger buffers; later scans reuse them.
     def outgrew(i):

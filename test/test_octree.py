@@ -465,3 +465,42 @@ def test_bad_constructor_args():
         SparseVoxelOctree(0.0)
     with pytest.raises(ValueError, match="levels"):
         SparseVoxelOctree(0.05, levels=0)
+
+
+@pytest.mark.parametrize("refuse_from", [0, 5])
+def test_refused_reservation_falls_back_to_copying(monkeypatch, refuse_from):
+    """A reservation the OS refuses (from the first pool, or part-way through) leaves a working
+    octree that grows by copying, with the same contents as one that never reserved."""
+    real_empty, calls = torch.empty, []
+
+    def empty(*shape, **kw):
+        dims = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
+        if dims and dims[0] >= 1000:                       # only the reservations are this large
+            calls.append(dims)
+            if len(calls) > refuse_from:
+                raise RuntimeError("refused")
+        return real_empty(*shape, **kw)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    reserved = SparseVoxelOctree(VOXEL_M, LEVELS, "cpu", initial_bricks=16, free_logodds=FREE_L, reserve_bricks=1000)
+    monkeypatch.setattr(torch, "empty", real_empty)
+    assert reserved.reserve_bricks == 0 and len(calls) == refuse_from + 1
+    plain = _tree(initial_bricks=16)
+    _same_history(plain, reserved)
+    for name, t in _pool_tensors(plain, True).items():
+        assert torch.equal(_pool_tensors(reserved, True)[name], t), name
+
+
+def test_deepcopy_copies_capacity_not_the_reservation():
+    import copy
+    o = SparseVoxelOctree(VOXEL_M, LEVELS, "cpu", initial_bricks=16, free_logodds=FREE_L, reserve_bricks=4096)
+    _same_history(o, rounds=2)
+    c = copy.deepcopy(o)
+    for name, t in _pool_tensors(o).items():
+        ct = _pool_tensors(c)[name]
+        assert ct.untyped_storage().nbytes() == t.nbytes, f"{name} copied its whole reserved buffer"
+    for name, t in _pool_tensors(o, True).items():
+        assert torch.equal(_pool_tensors(c, True)[name], t), name
+    _same_history(o, c, rounds=3, seed=4)                   # both keep working, independently
+    for name, t in _pool_tensors(o, True).items():
+        assert torch.equal(_pool_tensors(c, True)[name], t), name

@@ -37,7 +37,8 @@ class MapConfig:
     initial_bricks: int = _f(4096, "Bricks allocated up front (the pools grow by doubling)", lo=1, hi=1 << 26)
     reserve_bricks: int = _f(1 << 20, "Bricks of address space reserved up front on a CPU map so that the pools "
                                       "grow in place instead of copying the map (memory is committed only as "
-                                      "bricks are used; ~4.7 KB of address space per brick); 0 = grow by copying",
+                                      "bricks are used; ~4.7 KB of address space per brick); 0 = grow by copying (use 0 "
+                                      "under strict overcommit, vm.overcommit_memory=2)",
                              lo=0, hi=1 << 26)
     clearing_radius_m: float = _f(0.0, "Drop bricks farther than this from the latest sensor position; 0 = off",
                                   lo=0.0, hi=1e6, runtime=True)

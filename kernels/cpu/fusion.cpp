@@ -377,6 +377,17 @@ void tsdf_occ_block(const int32_t* __restrict okv, const float* __restrict dd, c
 
 }  // namespace
 
+// A std::bad_alloc must not cross the C ABI (ctypes would abort the process): the heavy entry
+// points return VX_ERR_ALLOC instead. (Allocations inside OpenMP regions are not covered.)
+template <typename F>
+int64_t guarded(F&& f) {
+    try {
+        return f();
+    } catch (const std::bad_alloc&) {
+        return VX_ERR_ALLOC;
+    }
+}
+
 extern "C" {
 
 int vx_abi_version() { return 1; }
@@ -400,7 +411,7 @@ void vx_copy_bricks(const VxContext* ctx, int64_t* out) {
 // ----------------------------------------------------------------------------------------- RGB-D
 // Unique brick coordinates of the truncation band (rgbd_band_brick_coords). depth (H, W) float32.
 // Returns M >= 0 (fetch with vx_copy_bricks) or a negative error.
-int64_t vx_rgbd_band(VxContext* ctx, const float* depth, int64_t H, int64_t W, const double* T12,
+static int64_t rgbd_band(VxContext* ctx, const float* depth, int64_t H, int64_t W, const double* T12,
                      const RgbdParams* p, int nthreads) {
     ctx->lidar_ready = false;                     // the brick set is reused below
     static const float BAND[5] = {-1.0f, -0.5f, 0.0f, 0.5f, 1.0f};
@@ -475,6 +486,11 @@ int64_t vx_rgbd_band(VxContext* ctx, const float* depth, int64_t H, int64_t W, c
     }
 }
 
+int64_t vx_rgbd_band(VxContext* ctx, const float* depth, int64_t H, int64_t W, const double* T12,
+                     const RgbdParams* p, int nthreads) {
+    return guarded([&] { return rgbd_band(ctx, depth, H, W, T12, p, nthreads); });
+}
+
 // Alive bricks wholly in front of the observed surface at their centre pixel
 // (rgbd_clearing_slots). alive (cap,) bool, coord (cap, 3) int32. Returns their count; the slots
 // are kept for vx_rgbd_update.
@@ -513,7 +529,7 @@ int64_t vx_rgbd_clearing(VxContext* ctx, const uint8_t* alive, const int32_t* co
 // Projective update of the voxels of the union of `band_slots` (M,) and the clearing slots
 // (rgbd_update_bricks). Attribute pointers are the octree's (cap, 512[, 3]) tensors. rgb may be
 // null. Returns the number of visited slots (fetch the sorted list with vx_copy_visited).
-int64_t vx_rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M, const int32_t* coord,
+static int64_t rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M, const int32_t* coord,
                        const float* depth, const uint8_t* rgb, int64_t H, int64_t W, const double* T12,
                        const RgbdParams* p, half_t* tsdf_a, half_t* w_a, uint8_t* col_a, half_t* occ_a,
                        int nthreads) {
@@ -622,6 +638,15 @@ int64_t vx_rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M, con
     return n;
 }
 
+int64_t vx_rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M, const int32_t* coord,
+                       const float* depth, const uint8_t* rgb, int64_t H, int64_t W, const double* T12,
+                       const RgbdParams* p, half_t* tsdf_a, half_t* w_a, uint8_t* col_a, half_t* occ_a,
+                       int nthreads) {
+    return guarded([&] {
+        return rgbd_update(ctx, band_slots, M, coord, depth, rgb, H, W, T12, p, tsdf_a, w_a, col_a, occ_a, nthreads);
+    });
+}
+
 void vx_copy_visited(const VxContext* ctx, int64_t* out) {
     std::copy(ctx->visited.begin(), ctx->visited.end(), out);
 }
@@ -631,7 +656,7 @@ void vx_copy_visited(const VxContext* ctx, int64_t* out) {
 // (free-ray count / band / hit) and the band TSDF sums once per (ray, voxel) in ray order.
 // points (N, 3) float32 sensor frame. Returns the number M of touched bricks (fetch them with
 // vx_copy_bricks) or a negative error.
-int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const double* T12,
+static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const double* T12,
                        const LidarParams* p, int nthreads) {
     ctx->lidar_ready = false;
     ctx->t_start = omp_get_wtime();
@@ -927,17 +952,22 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
         // Rare: the band / hit bricks overflowed the table sized by the free-space pass. Retry
         // with a bigger table (the next call starts from it).
         ctx->set.reset(bits + 1, true);
-        return vx_lidar_trace(ctx, points, N, T12, p, nthreads);
+        return lidar_trace(ctx, points, N, T12, p, nthreads);
     }
     ctx->lidar_ready = true;
     ctx->t_phase[2] = omp_get_wtime();
     return set.size();
 }
 
+int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const double* T12,
+                       const LidarParams* p, int nthreads) {
+    return guarded([&] { return lidar_trace(ctx, points, N, T12, p, nthreads); });
+}
+
 // Phase 2: apply the traced updates. slots (M,) int64 are the octree slots of the M bricks of
 // phase 1, in the order vx_copy_bricks gave them. Returns the number of distinct slots (fetch them,
 // sorted, with vx_copy_lidar_slots) or a negative error.
-int64_t vx_lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, const LidarParams* p, half_t* tsdf_a,
+static int64_t lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, const LidarParams* p, half_t* tsdf_a,
                        half_t* w_a, half_t* occ_a, int nthreads) {
     if (!ctx->lidar_ready || M != ctx->set.size()) return VX_ERR_STATE;
     ctx->lidar_ready = false;
@@ -1002,6 +1032,11 @@ int64_t vx_lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, const Li
     std::sort(ctx->lidar_slots.begin(), ctx->lidar_slots.end());
     ctx->lidar_slots.erase(std::unique(ctx->lidar_slots.begin(), ctx->lidar_slots.end()), ctx->lidar_slots.end());
     return int64_t(ctx->lidar_slots.size());
+}
+
+int64_t vx_lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, const LidarParams* p, half_t* tsdf_a,
+                       half_t* w_a, half_t* occ_a, int nthreads) {
+    return guarded([&] { return lidar_apply(ctx, slots, M, p, tsdf_a, w_a, occ_a, nthreads); });
 }
 
 // Sizes of the last LiDAR trace: out[0] rays kept, [1] voxels touched, [2] band voxels, [3] bricks;

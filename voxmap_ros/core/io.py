@@ -69,8 +69,8 @@ def read_header(path: str | Path) -> dict:
 
 def load_octree(path: str | Path, device: str | torch.device = "cpu",
                 reserve_bricks: int = 0) -> tuple[SparseVoxelOctree, dict]:
-    """Read a map file into a new octree on `device` (with SparseVoxelOctree's `reserve_bricks`).
-    Returns (octree, header)."""
+    """Read a map file into a new octree on `device`. `reserve_bricks` > 0 reserves pools as in
+    SparseVoxelOctree, at least twice the file's bricks (room to grow). Returns (octree, header)."""
     with _open(path) as z:
         h = _header(z, path)
         n_nodes, n_bricks = h["num_nodes"], h["num_bricks"]
@@ -92,7 +92,8 @@ def load_octree(path: str | Path, device: str | torch.device = "cpu",
     if int(arrays["node_is_brick"].sum()) != n_bricks:
         raise ValueError(f"{path}: header says {n_bricks} bricks, node table marks {int(arrays['node_is_brick'].sum())}")
     octree = SparseVoxelOctree(h["voxel_size_m"], h["levels"], device, initial_bricks=max(16, n_bricks),
-                               free_logodds=h["free_logodds"], reserve_bricks=reserve_bricks)
+                               free_logodds=h["free_logodds"],
+                               reserve_bricks=max(reserve_bricks, 2 * n_bricks) if reserve_bricks else 0)
     for s in specs:
         octree.register_attribute(s)
     dev = octree.device

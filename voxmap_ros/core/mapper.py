@@ -296,12 +296,15 @@ class Mapper:
                                                          "frame_ids": frame_ids or {"map": self.config.map.frame_id}})
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "Mapper":
-        """Read a map file written by `save`; its stored config is used (device overridable)."""
+    def load(cls, path: str | Path, device: str | None = None, reserve_bricks: int | None = None) -> "Mapper":
+        """Read a map file written by `save`; its stored config is used, except for the settings of
+        the host it now runs on: `device` and `reserve_bricks` (map.*) when given."""
         header = io.read_header(path)
         cfg = VoxmapConfig.from_dict(header["extra"].get("config", {}))
         if device is not None:
             cfg.map.device = device
+        if reserve_bricks is not None:
+            cfg.map.reserve_bricks = int(reserve_bricks)
         octree, _ = io.load_octree(path, cfg.map.device, reserve_bricks=cfg.map.reserve_bricks)
         return cls(cfg, octree)
 

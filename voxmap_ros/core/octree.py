@@ -17,6 +17,7 @@ for a time proportional to the map's size). The hash table grows incrementally (
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -95,6 +96,24 @@ class SparseVoxelOctree:
         for spec in CORE_ATTRIBUTES:
             self.register_attribute(spec)
 
+    def __deepcopy__(self, memo):
+        """A copy that owns only the pools' capacity: deep-copying a view of a reserved buffer
+        would clone (and commit) the whole buffer. The copy reserves anew when it first grows."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        pools = set(self.NODE_FIELDS + self.BRICK_FIELDS)
+        for k, v in self.__dict__.items():
+            if k in pools:
+                v = v.clone()
+            elif k == "attrs":
+                v = {n: t.clone() for n, t in v.items()}
+            elif k == "_stores":
+                v = {}
+            else:
+                v = copy.deepcopy(v, memo)
+            setattr(new, k, v)
+        return new
+
     def use_kernels(self, brick_summaries=None, hash_find=None, bricks_free=None, hash_insert=None) -> None:
         """Use compiled twins for the bookkeeping: `brick_summaries` with the signature of
         brick_summaries_torch, `hash_find` / `hash_insert` those of native.hash_find_cpp /
@@ -144,7 +163,7 @@ class SparseVoxelOctree:
             n = max(int(rows), per_brick * self.reserve_bricks, shape[0])
             try:
                 store = torch.empty((n,) + tuple(shape[1:]), dtype=dtype, device=self.device)
-            except (RuntimeError, MemoryError):      # address space refused (ulimit -v, strict overcommit)
+            except (RuntimeError, MemoryError):      # refused (ulimit -v; strict overcommit without room)
                 self.reserve_bricks = 0
         if store is None:
             self._stores.pop(name, None)
@@ -157,13 +176,15 @@ class SparseVoxelOctree:
     def _extended(self, name: str, t: torch.Tensor, new_cap: int, fill) -> torch.Tensor:
         """Pool tensor t grown to new_cap rows, old rows kept, new rows `fill` (None: uninitialised):
         in place inside its reserved buffer when that is large enough, otherwise by one copy (into a
-        buffer twice as large when reserving)."""
+        buffer of twice new_cap rows when reserving)."""
         old_cap = t.shape[0]
         store = self._stores.get(name)
+        if store is not None and (store.data_ptr() != t.data_ptr() or store.dtype != t.dtype):
+            store = None                  # the pool tensor was replaced: its old buffer is not it
         if store is not None and store.shape[0] >= new_cap:
             grown = store[:new_cap]
         else:
-            rows = 2 * store.shape[0] if store is not None else 0
+            rows = 2 * new_cap if store is not None else 0      # reservation used up: room to double again
             grown = self._pool(name, (new_cap,) + tuple(t.shape[1:]), t.dtype, None, rows=rows)
             grown[:old_cap] = t
         if fill is not None:

@@ -202,7 +202,7 @@ class VoxmapNode(Node):
         path = self.cfg.node.load_map_path
         if path:
             try:
-                m = Mapper.load(path, device=self.cfg.map.device)
+                m = Mapper.load(path, device=self.cfg.map.device, reserve_bricks=self.cfg.map.reserve_bricks)
                 self.get_logger().info(f"loaded map {path}: {m.octree.num_bricks} bricks")
                 if m.config.map.voxel_size_m != self.cfg.map.voxel_size_m:
                     self.get_logger().warning(f"the map file's voxel size {m.config.map.voxel_size_m} m is used, not "
