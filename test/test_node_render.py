@@ -246,8 +246,14 @@ def test_rate_back_to_zero_stops(ros):
     node, c = ros.node, ros.client
     assert c.set_param("render.rate_hz", 0.0).successful
     assert node.job_period_s("render") is None
-    time.sleep(0.3)                                                   # a render in flight may still land
-    n = c.render_count()
+    # A render in flight may still land, and on a busy machine its messages can reach the client
+    # over DDS later still: wait until nothing has arrived for 5 render periods (a node still
+    # rendering would keep the count moving until the deadline and fail below).
+    n, quiet_since, deadline = c.render_count(), time.monotonic(), time.monotonic() + 10.0
+    while time.monotonic() - quiet_since < 5.0 / RATE_HZ and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if c.render_count() != n:
+            n, quiet_since = c.render_count(), time.monotonic()
     renders = ros.count("renders")
     _diag_cycles(ros)
     assert c.render_count() == n and ros.count("renders") == renders
