@@ -162,24 +162,22 @@ def marching_cubes_blocks(sdf: torch.Tensor, valid: torch.Tensor, colors: torch.
     # uint8 keeps the temporaries small, which matters for speed on the CPU.
     inside = (sdf < iso).view(torch.uint8)
     usable = (valid & torch.isfinite(sdf)).view(torch.uint8)
-    cfg = None
-    cell_ok = None
+    jump = math.isfinite(max_jump)          # also track the spread of the corner values
+    cfg = cell_ok = hi = lo = None
     for corner in range(8):
         dx, dy, dz = corner & 1, (corner >> 1) & 1, (corner >> 2) & 1
         view = (slice(None), slice(dz, dz + c), slice(dy, dy + c), slice(dx, dx + c))
         if cfg is None:
             cfg = inside[view].clone()
             cell_ok = usable[view].clone()
+            if jump:
+                hi, lo = sdf[view].clone(), sdf[view].clone()
         else:
             cfg |= inside[view] << corner
             cell_ok &= usable[view]
-    if math.isfinite(max_jump):
-        hi = lo = None
-        for corner in range(8):
-            dx, dy, dz = corner & 1, (corner >> 1) & 1, (corner >> 2) & 1
-            view = (slice(None), slice(dz, dz + c), slice(dy, dy + c), slice(dx, dx + c))
-            hi = sdf[view].clone() if hi is None else torch.maximum(hi, sdf[view])
-            lo = sdf[view].clone() if lo is None else torch.minimum(lo, sdf[view])
+            if jump:
+                hi, lo = torch.maximum(hi, sdf[view]), torch.minimum(lo, sdf[view])
+    if jump:
         cell_ok &= ((hi - lo) <= max_jump).view(torch.uint8)
     # 0 and 255 are the empty configurations; the uint8 wrap-around maps both to >= 254.
     active = ((cfg - 1) < 254) & cell_ok.bool()
