@@ -81,7 +81,7 @@ def make_config(args):
     if args.min_range_m is not None:
         cfg.set("lidar.min_range_m", args.min_range_m)
     cfg.set("map.backend", args.backend)
-    if getattr(args, "reserve_bricks", None) is not None:
+    if args.reserve_bricks is not None:
         cfg.set("map.reserve_bricks", args.reserve_bricks)
     cfg.validate()
     return cfg
