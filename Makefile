@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 OUT     ?= out
 
-.PHONY: setup demo test test-fast bench clean syslibs
+.PHONY: setup demo test test-fast bench clean syslibs torch-cpu
 
 setup: $(STAMP)
 
@@ -29,11 +29,25 @@ $(STAMP): requirements.txt requirements-ros.txt setup.py | syslibs
 	  test -x $(VPY) || $(PY) -m venv $(VENV); \
 	fi
 	$(VPY) -m pip install -q --upgrade pip
+	@$(MAKE) --no-print-directory torch-cpu
 	$(VPY) -m pip install -q -r requirements.txt
 	@if [ -z "$$ROS_DISTRO" ]; then $(VPY) -m pip install -q -r requirements-ros.txt; \
 	  else echo "ROS_DISTRO=$$ROS_DISTRO: using the system rclpy"; fi
 	$(VPY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# The CPU build of torch: where the configured indexes offer a CUDA build of $(TORCH_PIN) (plain
+# PyPI on Linux), take it from PyTorch's CPU index instead of downloading gigabytes of CUDA.
+TORCH_PIN       := torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+torch-cpu:
+	@url=$$($(VPY) -m pip install --dry-run --no-deps --ignore-installed -q --report - "$(TORCH_PIN)" 2>/dev/null \
+	  | $(VPY) -c "import json, sys; print(json.load(sys.stdin)['install'][0]['download_info']['url'])" 2>/dev/null); \
+	case "$$url" in \
+	  *%2Bcpu*|*+cpu*) $(VPY) -m pip install -q "$(TORCH_PIN)" ;; \
+	  *) echo "$(TORCH_PIN): the configured indexes offer '$$url', not a CPU build; installing from $(TORCH_CPU_INDEX)"; \
+	     $(VPY) -m pip install -q "$(TORCH_PIN)" --index-url $(TORCH_CPU_INDEX) ;; \
+	esac
 
 demo: setup
 	$(VPY) -m voxmap_ros.cli demo --out $(OUT)/demo

@@ -202,3 +202,61 @@ def test_cli_set_overrides_and_rejects(tmp_path):
     assert cfg.map.voxel_size_m == 0.07 and cfg.tsdf.trunc_vox == 5.0 and cfg.lidar.free_space is False
     r = _run("replay", tmp_path, "--out", tmp_path / "o", "--set", "tsdf.trunc_vox=0.5", timeout=120)
     assert r.returncode != 0 and "tsdf.trunc_vox" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("text, words", [
+    ("map: [", "not valid YAML"),
+    ("- map\n- tsdf\n", "mapping"),
+    ("just a string\n", "mapping"),
+    ("map: {device: 'cuda:abc'}\n", "map.device"),
+    ("occupancy: {prob_hit: 1.0}\n", "occupancy.prob_hit"),
+    ("occupancy: {prob_miss: 0.0}\n", "occupancy.prob_miss"),
+])
+def test_config_file_errors_name_the_file_and_the_problem(tmp_path, text, words):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=words.replace(".", r"\.")) as info:
+        VoxmapConfig.load(p)
+    assert str(p) in str(info.value)
+    with pytest.raises(ValueError, match="does not exist"):
+        VoxmapConfig.load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--set", "map.voxel_size_m=[1"], "not a YAML value"),
+    (["--set", "x.y=!!python/object:os.system"], "not a YAML value"),
+    (["--set", "tsdf.trunc_vox"], "SECTION.KEY=VALUE"),
+])
+def test_cli_set_errors_are_one_line(tmp_path, argv, words):
+    from voxmap_ros.cli import _config, build_parser
+    args = build_parser().parse_args(["replay", "x", "--out", str(tmp_path), *argv])
+    with pytest.raises(ValueError, match=words):
+        _config(args)
+
+
+def test_replay_flags_and_output_paths_are_checked(cli_run, tmp_path):
+    for flag in (["--stride", "0"], ["--max-frames", "-1"]):
+        r = _run("replay", cli_run["D"] / "lidar", "--out", tmp_path / "o", *flag, timeout=120)
+        assert r.returncode == 2 and "positive integer" in r.stderr and "Traceback" not in r.stderr
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r = _run("replay", cli_run["D"] / "lidar", "--out", afile, "--quiet", timeout=120)
+    assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
+    r = _run("eval", "--mesh", cli_run["O"] / "mesh.ply", "--gt", cli_run["D"] / "gt_mesh.ply",
+             "--json", tmp_path / "no" / "m.json", timeout=120)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_unreadable_frame_is_skipped_not_fatal(cli_run, tmp_path):
+    """README: a bad frame is reported and skipped, never fatal - also when its file is unreadable."""
+    import shutil
+    src = tmp_path / "lidar"
+    shutil.copytree(cli_run["D"] / "lidar", src)
+    bins = sorted((src / "velodyne").glob("*.bin"))
+    bins[1].write_bytes(bins[1].read_bytes()[:1001])           # truncated scan
+    out = tmp_path / "o"
+    r = _run("replay", src, "--out", out, "--quiet", timeout=300)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert [x["frame"] for x in s["rejected"]] == [1] and "multiple of 16" in s["rejected"][0]["error"]
+    assert s["frames_integrated"] == len(bins) - 1 and (out / "mesh.ply").is_file()

@@ -150,3 +150,18 @@ def test_real_livox():
     assert 1.0 < np.median(r) < 40.0
     stamps = [ds[i].stamp_ns for i in range(0, 200, 50)]
     assert stamps == sorted(stamps) and stamps[0] == round(19.299742095 * 1e9)
+
+
+def test_truncated_scans_and_bad_times_are_named(tmp_path):
+    lid = write_lidar_folder(tmp_path / "lidar", [(np.ones((5, 3)), np.eye(4))] * 3)
+    scan = sorted((lid / "velodyne").glob("*.bin"))[1]
+    scan.write_bytes(scan.read_bytes()[:-3])                  # not whole float32 rows any more
+    ds = LidarFolder(lid)
+    assert ds[0].points.shape == (5, 3)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ds[1]
+    for text, words in (("0\na\n1\n", "could not parse"), ("0\nnan\n1\n", "line 2 is not a finite")):
+        (lid / "times.txt").write_text(text)
+        with pytest.raises(ValueError, match=words) as info:
+            LidarFolder(lid)
+        assert "times.txt" in str(info.value)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from voxmap_ros.eval import depth_errors, mesh_metrics, sample_surface
+from voxmap_ros.eval.metrics import load_mesh
 from voxmap_ros.sim import Scene, make_scene, plane_mesh, write_gt_mesh
 from voxmap_ros.types import MeshData
 
@@ -86,3 +87,28 @@ def test_depth_errors():
         depth_errors(np.zeros((2, 2)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="float metres"):
         depth_errors(np.zeros((2, 2), np.uint16), np.zeros((2, 2), np.uint16))
+
+
+def test_mesh_files_that_are_not_meshes_are_refused(tmp_path):
+    bad_index = tmp_path / "bad_index.ply"
+    bad_index.write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+                         "property float z\nelement face 1\nproperty list uchar int vertex_indices\nend_header\n"
+                         "0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n")
+    with pytest.raises(ValueError, match="triangle indices"):
+        load_mesh(bad_index)
+    junk = tmp_path / "junk.ply"
+    junk.write_bytes(b"\x00\x01 definitely not a mesh")
+    with pytest.raises(ValueError, match="could not read a mesh"):
+        load_mesh(junk)
+    empty = tmp_path / "empty.ply"                # an empty map's mesh is a mesh: F = 0, not an error
+    empty.write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\n"
+                     "property float z\nelement face 0\nproperty list uchar int vertex_indices\nend_header\n")
+    assert len(load_mesh(empty).vertices) == 0
+
+
+def test_a_non_finite_vertex_costs_only_its_triangles():
+    plane = _plane()
+    v = np.asarray(plane.vertices, np.float32).copy()
+    v[0] = np.nan
+    r = mesh_metrics(MeshData(v, plane.triangles, plane.colors), _plane(), tau_m=0.05, n_samples=N)
+    assert r["precision"] == 1.0 and r["recall"] > 0.3

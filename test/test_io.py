@@ -213,3 +213,36 @@ def test_pickled_arrays_are_refused(saved_map, tmp_path):
         with pytest.raises(ValueError):
             Mapper.load(p)
         assert not flag.exists()
+
+
+def _rewrite_array(src, dst, name, fn):
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    buf = pyio.BytesIO()
+    np.save(buf, fn(np.load(pyio.BytesIO(members[name + ".npy"]))))
+    members[name + ".npy"] = buf.getvalue()
+    with zipfile.ZipFile(dst, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+
+
+@pytest.mark.parametrize("case, fn, words", [
+    ("reversed", lambda k: k[::-1].copy(), ("disagrees",)),
+    ("duplicate", lambda k: np.concatenate([k[:1], k[:-1]]), ("duplicate",)),
+    ("negative", lambda k: np.where(np.arange(k.size) == 0, -1, k), ("key layout",)),
+])
+def test_inconsistent_node_keys_are_refused(saved_map, tmp_path, case, fn, words):
+    """Keys with valid dtype and shape but wrong contents would merge or misplace nodes silently."""
+    _, path = saved_map
+    p = tmp_path / f"keys_{case}.npz"
+    _rewrite_array(path, p, "node_key", fn)
+    _expect_error(p, *words)
+
+
+def test_save_to_a_bad_path_says_so_and_leaves_nothing(saved_map, tmp_path):
+    m, _ = saved_map
+    with pytest.raises(ValueError, match="is a directory"):
+        m.save(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        m.save(tmp_path / "no" / "such" / "map.npz")
+    assert not list(tmp_path.glob("*.tmp"))

@@ -42,8 +42,16 @@ def _bad_frames(d, c, T):
     Tr = T.copy(); Tr[3] = [0, 0, 0.5, 1]
     Kn = K.copy(); Kn[0, 0] = -K[0, 0]
     Kz = K.copy(); Kz[1, 1] = 0.0
+    Kr = K.copy(); Kr[2] = [0.0, 0.1, 1.0]
+    Tfar = T.copy(); Tfar[0, 3] = 1e6                      # past the key range at 5 cm voxels (~105 km)
     pts = np.random.default_rng(0).uniform(-3, 3, (100, 3)).astype(np.float32)
     return {
+        "not a frame": (None, "takes a voxmap_ros.types.Frame"),
+        "K of strings": (Frame(T, depth=d, K=np.array([["a"] * 3] * 3)), "K must be a numeric"),
+        "K last row": (Frame(T, depth=d, K=Kr), "pinhole"),
+        "depth scale string": (Frame(T, depth=(d * 1000).astype(np.uint16), K=K, depth_scale="1000"), "depth_scale"),
+        "pose beyond the key range": (Frame(Tfar, depth=d, rgb=c, K=K), "outside"),
+        "pose beyond the key range lidar": (Frame(Tfar, points=pts), "outside"),
         "non-finite pose": (Frame(Tn, depth=d, rgb=c, K=K), "non-finite"),
         "inf in pose": (Frame(Ti, points=pts), "non-finite"),
         "scaled rotation": (Frame(Ts, depth=d, rgb=c, K=K), "not rigid"),
@@ -88,6 +96,62 @@ def test_bad_input_raises_before_any_state_change(mapper_with_data, case):
     assert m.stats.frames_integrated == n_int and m.stats.frames_rejected == 1
     # The map still works afterwards.
     m.integrate(Frame(T, depth=d, rgb=c, K=SMALL_K))
+
+
+def test_far_from_the_origin_torch_matches_cpp():
+    """20 km out, LiDAR voxel coordinates leave the range of one Morton key: the torch path must
+    still put the bricks where the compiled one does (it wrapped around once)."""
+    pytest.importorskip("voxmap_ros.core.native")
+    T = np.eye(4); T[:3, 3] = [2e4, -1.5e4, 3.0]
+    pts = np.random.default_rng(1).normal(0, 3, (400, 3)).astype(np.float32)
+    coords = {}
+    for backend in ("torch", "cpp"):
+        m = Mapper(make_config(0.05, map__backend=backend))
+        if m.backend != backend:
+            pytest.skip("compiled kernels unavailable")
+        m.integrate(Frame(T, points=pts))
+        c = m.octree.brick_coord[m.octree.alive_slots()]
+        coords[backend] = set(map(tuple, c.tolist()))
+    assert coords["torch"] == coords["cpp"] and len(coords["cpp"]) > 10
+    centre = np.mean(list(coords["torch"]), axis=0) * 0.05 * 8
+    np.testing.assert_allclose(centre[:2], T[:2, 3], atol=10.0)
+
+
+def test_fortran_ordered_depth_is_accepted():
+    rng = np.random.default_rng(2)
+    d = rng.uniform(1.0, 2.0, (IMG_H, IMG_W)).astype(np.float32)
+    results = []
+    for arr in (d, np.asfortranarray(d)):
+        m = Mapper(make_config(0.05, map__backend="auto"))
+        m.integrate(Frame(np.eye(4), depth=arr, K=SMALL_K))
+        results.append(m.octree.num_voxels)
+    assert results[0] == results[1] > 0
+
+
+def test_api_arguments_are_checked(mapper_with_data):
+    m, _ = mapper_with_data
+    n = m.octree.num_bricks
+    for centre, radius, match in (([0, 0, 0], -1.0, "radius_m"), ([0, 0, 0], float("nan"), "radius_m"),
+                                  ([0, 0], 5.0, "3 finite"), ("abc", 5.0, "numbers")):
+        with pytest.raises(ValueError, match=match):
+            m.clear_far(centre, radius)
+    assert m.octree.num_bricks == n
+    for level in (-1, 1.5, m.octree.levels + 1, True):
+        with pytest.raises(ValueError, match="level"):
+            m.occupied_points(level)
+    assert len(m.occupied_points(m.octree.levels)[0]) >= 0
+
+
+def test_an_invalid_config_change_changes_nothing(mapper_with_data):
+    m, _ = mapper_with_data
+    before = (m.config, m.params)
+    bad = make_config(0.05)
+    bad.occupancy.clamp_min = 0.99                   # set behind validation's back: above clamp_max
+    with pytest.raises(ValueError, match="clamp_min"):
+        m.set_config(bad)
+    assert (m.config, m.params) == before
+    with pytest.raises(ValueError, match="prob_hit"):
+        make_config(0.05, occupancy__prob_hit=1.0)   # log-odds of 1 is infinite
 
 
 def test_empty_cloud_is_a_noop(mapper_with_data):

@@ -19,11 +19,31 @@ def _config(args) -> VoxmapConfig:
     if getattr(args, "backend", None):
         cfg.set("map.backend", args.backend)
     for item in getattr(args, "set", None) or []:
-        key, _, value = item.partition("=")
-        import yaml
-        cfg.set(key, yaml.safe_load(value))
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        cfg.set(key, parse_yaml_value(value, f"--set {item!r}"))
     cfg.validate()
     return cfg
+
+
+def parse_yaml_value(text: str, what: str):
+    """A YAML scalar or list from the command line; ValueError naming `what` when it is not one."""
+    import yaml
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what}: not a YAML value ({' '.join(str(e).split())})") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -62,6 +82,8 @@ def cmd_sim(args) -> int:
 
 def cmd_eval(args) -> int:
     from .eval.metrics import mesh_metrics
+    if args.json and not Path(args.json).parent.is_dir():
+        raise ValueError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     m = mesh_metrics(args.mesh, args.gt, tau_m=args.tau_m)
     text = json.dumps(m, indent=2)
     if args.json:
@@ -105,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="fuse a dataset folder or rosbag2 into a mesh, map and 2D grid")
     p.add_argument("source", help="dataset folder (RGB-D or LiDAR) or rosbag2")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--max-frames", type=int)
-    p.add_argument("--stride", type=int, default=1, help="use every Nth frame")
+    p.add_argument("--max-frames", type=_positive_int, help="stop after this many frames")
+    p.add_argument("--stride", type=_positive_int, default=1, help="use every Nth frame")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--render-every", type=int, default=0, metavar="N",
                    help="after every Nth RGB-D frame, render the map from its camera into OUT/render/ "
@@ -153,7 +175,7 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except ValueError as e:
+    except (ValueError, OSError) as e:          # bad input or an unusable path: one line, no traceback
         print(f"voxmap {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

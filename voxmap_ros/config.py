@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,9 @@ class TsdfConfig:
 
 @dataclass
 class OccupancyConfig:
-    prob_hit: float = _f(0.7, "Probability that a cell with a return is occupied", lo=0.5, hi=1.0, runtime=True)
-    prob_miss: float = _f(0.4, "Probability that a cell a ray passes through is occupied", lo=0.0, hi=0.5,
+    prob_hit: float = _f(0.7, "Probability that a cell with a return is occupied", lo=0.5, hi=0.999,
+                         runtime=True)
+    prob_miss: float = _f(0.4, "Probability that a cell a ray passes through is occupied", lo=0.001, hi=0.5,
                           runtime=True)
     clamp_min: float = _f(0.1192, "Lower clamp of occupancy probability", lo=0.001, hi=0.5, runtime=True)
     clamp_max: float = _f(0.971, "Upper clamp of occupancy probability", lo=0.5, hi=0.999, runtime=True)
@@ -205,6 +207,8 @@ class VoxmapConfig:
     def from_dict(cls, data: dict[str, Any] | None) -> "VoxmapConfig":
         """Build from a nested dict; unknown sections/keys and invalid values raise ValueError."""
         cfg = cls()
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"a config must be a mapping of sections, got a {type(data).__name__}")
         for section, values in (data or {}).items():
             if not hasattr(cfg, section):
                 raise ValueError(f"unknown config section '{section}'; expected one of {section_names()}")
@@ -219,8 +223,20 @@ class VoxmapConfig:
     def load(cls, path: str | Path) -> "VoxmapConfig":
         """Load a YAML file. Accepts either the plain tree or a ROS params file
         (`<node>: {ros__parameters: {...}}`) with dotted or nested keys."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.from_dict(unwrap_ros_params(data))
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist or is not a file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ValueError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping of sections (or a ROS params file), "
+                             f"got a {type(data).__name__}")
+        try:
+            return cls.from_dict(unwrap_ros_params(data))
+        except ValueError as e:
+            raise ValueError(f"config file {path}: {e}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -246,8 +262,8 @@ class VoxmapConfig:
                                ("render.near_m", "render.far_m")):
             if self.get(lo_key) >= self.get(hi_key):
                 raise ValueError(f"{lo_key}={self.get(lo_key)} must be below {hi_key}={self.get(hi_key)}")
-        if not (self.map.device == "cpu" or self.map.device.startswith("cuda")):
-            raise ValueError(f"map.device must be 'cpu' or 'cuda[:N]', got '{self.map.device}'")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.map.device):
+            raise ValueError(f"map.device must be 'cpu', 'cuda' or 'cuda:N', got '{self.map.device}'")
 
 
 def section_names() -> list[str]:

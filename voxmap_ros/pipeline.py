@@ -66,6 +66,8 @@ def run(source: str | Path, config: VoxmapConfig, options: ReplayOptions) -> dic
     if isinstance(options.render_every, bool) or not isinstance(options.render_every, int) or options.render_every < 0:
         raise ValueError(f"--render-every must be an integer >= 0 (0 = off), got {options.render_every!r}")
     out = Path(options.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; expected a directory (created when missing)")
     out.mkdir(parents=True, exist_ok=True)
     dataset = open_source(source, config, options.bag_options())
     mapper = Mapper(config)
@@ -77,10 +79,10 @@ def run(source: str | Path, config: VoxmapConfig, options: ReplayOptions) -> dic
     renders = RenderLog(out / "render", options.render_every, options.render_compare, config)
     t_start = time.perf_counter()
     for i in _progress(indices, options.progress, "integrating"):
-        frame = dataset[i]
         try:
+            frame = dataset[i]                            # an unreadable file is one bad frame too
             mapper.integrate(frame)
-        except ValueError as e:                           # one bad frame must not end a long run
+        except (ValueError, OSError) as e:                # one bad frame must not end a long run
             rejected.append({"frame": int(i), "error": str(e)})
             log.warning("frame %d rejected: %s", i, e)
             continue
@@ -88,6 +90,7 @@ def run(source: str | Path, config: VoxmapConfig, options: ReplayOptions) -> dic
     wall_s = time.perf_counter() - t_start
     paths = mapper.save_outputs(out)
     summary = {"source": str(source), "frames": len(indices), **mapper.summary(),
+               "frames_rejected": len(rejected),             # unreadable files too, not only the mapper's
                "wall_s": wall_s, "rejected": rejected, "outputs": paths}
     if options.render_every:
         summary["render"] = renders.summary()

@@ -38,11 +38,17 @@ def check_intrinsics(K: np.ndarray) -> np.ndarray:
     """Validate pinhole intrinsics (3, 3) with fx, fy > 0; returns float64."""
     if K is None:
         raise ValueError("an RGB-D frame needs intrinsics K (3x3), got None")
-    K = np.asarray(K, dtype=np.float64)
+    try:
+        K = np.asarray(K, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"K must be a numeric 3x3 matrix: {e}") from None
     if K.shape != (3, 3):
         raise ValueError(f"K must be a 3x3 matrix, got shape {K.shape}")
     if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ValueError(f"K must be finite with fx, fy > 0, got fx={K[0, 0]}, fy={K[1, 1]}")
+    if not np.allclose(K[2], [0.0, 0.0, 1.0]) or K[1, 0] != 0.0:
+        raise ValueError(f"K must be a pinhole matrix [[fx s cx] [0 fy cy] [0 0 1]], got rows "
+                         f"{K[1].tolist()} and {K[2].tolist()}")
     return K
 
 
@@ -51,8 +57,8 @@ def depth_to_metres(depth: np.ndarray, depth_scale: float) -> np.ndarray:
     if depth.dtype == np.uint16:
         d = depth.astype(np.float32) / np.float32(depth_scale)
         d[depth == np.iinfo(np.uint16).max] = 0.0          # 65535 = "no reading" on common sensors
-        return d
-    d = depth.astype(np.float32, copy=True)
+        return np.ascontiguousarray(d)
+    d = np.array(depth, dtype=np.float32, order="C", copy=True)      # kernels read C order
     d[~np.isfinite(d) | (d < 0)] = 0.0
     return d
 
@@ -78,7 +84,7 @@ def prepare_rgbd(frame: Frame, depth_scale: float, device: torch.device):
     K = check_intrinsics(frame.K)
     T = check_pose(frame.T_W_S)
     scale = frame.depth_scale if frame.depth_scale is not None else depth_scale
-    if not (scale > 0 and np.isfinite(scale)):
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not (scale > 0 and np.isfinite(scale)):
         raise ValueError(f"depth_scale must be a positive number, got {scale}")
     d = torch.from_numpy(depth_to_metres(depth, scale)).to(device)
     c = torch.from_numpy(np.ascontiguousarray(rgb)).to(device) if rgb is not None else None

@@ -104,12 +104,25 @@ def rgbd_band_brick_coords(depth_m: torch.Tensor, K: torch.Tensor, T_W_C: torch.
 
 def unique_coords(coords: torch.Tensor, return_inverse: bool = False):
     """torch.unique(coords, dim=0) for (N, 3) int64 coordinates, through 1-D Morton keys (much
-    faster than a row-wise unique). Results are in Morton order."""
+    faster than a row-wise unique). Results are in Morton order of coords, or of coords - their
+    per-axis minimum when coords lie outside the keys' range (LiDAR voxel coordinates far from the
+    origin: keys would wrap around); ValueError when even their spread does not fit."""
+    base = None
+    if coords.numel() and (int(coords.min()) < morton.COORD_MIN or int(coords.max()) > morton.COORD_MAX):
+        base = coords.min(dim=0).values
+        coords = coords - base + morton.COORD_MIN
+        if int(coords.max()) > morton.COORD_MAX:
+            raise ValueError(f"one frame's voxels span more than {morton.COORD_MAX - morton.COORD_MIN + 1} "
+                             "voxels per axis: the voxel size is too small for the sensor range")
     keys = morton.encode(coords)
     if return_inverse:
         u, inv = torch.unique(keys, return_inverse=True)
-        return morton.decode(u)[0], inv
-    return morton.decode(torch.unique(keys))[0]
+    else:
+        u, inv = torch.unique(keys), None
+    out = morton.decode(u)[0]
+    if base is not None:
+        out = out + base - morton.COORD_MIN
+    return (out, inv) if return_inverse else out
 
 
 def rgbd_clearing_slots(octree: SparseVoxelOctree, depth_m: torch.Tensor, K: torch.Tensor,

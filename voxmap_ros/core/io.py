@@ -28,6 +28,10 @@ _DTYPES = {"float16": torch.float16, "float32": torch.float32, "uint8": torch.ui
 def save_octree(octree: SparseVoxelOctree, path: str | Path, extra: dict | None = None) -> Path:
     """Write the octree (all attributes) and `extra` JSON metadata to `path` (.npz)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot save the map to {path}: it is a directory (give a file name such as {path / 'map.npz'})")
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot save the map to {path}: folder {path.parent} does not exist")
     octree.flush_summaries()
     keys, ids = octree.table.items()
     order = torch.argsort(keys)
@@ -55,9 +59,12 @@ def save_octree(octree: SparseVoxelOctree, path: str | Path, extra: dict | None 
         # numpy has no bfloat16; everything registered here maps 1:1 onto a numpy dtype.
         arrays[f"attr_{name}"] = a.cpu().numpy()
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        tmp.replace(path)          # atomic: a reader never sees half a file
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -91,6 +98,7 @@ def load_octree(path: str | Path, device: str | torch.device = "cpu",
             arrays[name] = arr
     if int(arrays["node_is_brick"].sum()) != n_bricks:
         raise ValueError(f"{path}: header says {n_bricks} bricks, node table marks {int(arrays['node_is_brick'].sum())}")
+    _check_node_keys(arrays["node_key"], arrays["node_is_brick"], h["levels"], path)
     octree = SparseVoxelOctree(h["voxel_size_m"], h["levels"], device, initial_bricks=max(16, n_bricks),
                                free_logodds=h["free_logodds"],
                                reserve_bricks=max(reserve_bricks, 2 * n_bricks) if reserve_bricks else 0)
@@ -112,6 +120,21 @@ def load_octree(path: str | Path, device: str | torch.device = "cpu",
         octree.attrs[s.name][slots] = torch.from_numpy(arrays[f"attr_{s.name}"]).to(dev)
     octree.brick_dirty[slots] = True
     return octree, h
+
+
+def _check_node_keys(keys: np.ndarray, is_brick: np.ndarray, levels: int, path) -> None:
+    """Keys (N,) int64 must be valid (level in 0..levels, nothing above the level bits), unique,
+    and of level 0 exactly where the file marks a brick: otherwise loading would merge or
+    misplace nodes silently."""
+    from . import morton
+    level = keys >> morton.LEVEL_SHIFT
+    if keys.size and (int(keys.min()) < 0 or int(level.max()) > levels):
+        raise ValueError(f"{path}: node keys outside the key layout (levels 0..{levels}); corrupted file?")
+    if np.unique(keys).size != keys.size:
+        raise ValueError(f"{path}: {keys.size - np.unique(keys).size} duplicate node keys; corrupted file?")
+    if not np.array_equal(level == 0, is_brick):
+        raise ValueError(f"{path}: node_is_brick disagrees with the node keys' levels "
+                         f"({int(np.sum((level == 0) != is_brick))} nodes); corrupted file?")
 
 
 def _open(path) -> zipfile.ZipFile:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,10 +118,12 @@ class Mapper:
     def backend(self) -> str:
         return self._backend
 
-    def refresh_params(self) -> None:
-        """Re-derive fusion numbers after run-time config changes (thresholds, weights)."""
-        self.config.validate()
-        self.params = integrate.FusionParams.from_config(self.config)
+    def set_config(self, config: VoxmapConfig) -> None:
+        """Adopt a changed config (run-time parameters: thresholds, weights); ValueError and
+        nothing changed when it is invalid."""
+        config.validate()
+        params = integrate.FusionParams.from_config(config)
+        self.config, self.params = config, params
 
     # ------------------------------------------------------------------ integration
     def integrate(self, frame: Frame) -> int:
@@ -129,6 +132,8 @@ class Mapper:
         t0 = time.perf_counter()
         rgbd = lidar = None
         try:
+            if not isinstance(frame, Frame):
+                raise ValueError(f"integrate() takes a voxmap_ros.types.Frame, got {type(frame).__name__}")
             if frame.depth is not None:
                 rgbd = frame_checks.prepare_rgbd(frame, self.config.rgbd.depth_scale, self.device)
             if frame.points is not None:
@@ -139,10 +144,14 @@ class Mapper:
             self.stats.frames_rejected += 1
             raise
         visited = []
-        if rgbd is not None:
-            visited.append(self._integrate_rgbd(*rgbd))
-        if lidar is not None and lidar[0].shape[0] > 0:
-            visited.append(self._integrate_lidar(*lidar))
+        try:               # the kernels reject what only they can see (a frame beyond the key range)
+            if rgbd is not None:
+                visited.append(self._integrate_rgbd(*rgbd))
+            if lidar is not None and lidar[0].shape[0] > 0:
+                visited.append(self._integrate_lidar(*lidar))
+        except ValueError:
+            self.stats.frames_rejected += 1
+            raise
         slots = torch.cat(visited) if visited else torch.zeros(0, dtype=torch.int64, device=self.device)
         self.octree.brick_dirty[slots] = True
         self.octree.mark_stale(slots)               # summaries refresh lazily, on the next query
@@ -171,10 +180,20 @@ class Mapper:
 
     # ------------------------------------------------------------------ memory control
     def clear_far(self, center_m, radius_m: float) -> int:
-        """Drop bricks farther than radius_m from center_m (3,). Returns bricks dropped."""
+        """Drop bricks farther than radius_m (> 0) from center_m (3,) metres in the map frame.
+        Returns bricks dropped."""
+        try:
+            c = np.asarray(center_m, dtype=np.float64)
+            r = float(radius_m)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"clear_far needs center_m (3,) and radius_m as numbers: {e}") from None
+        if c.shape != (3,) or not np.isfinite(c).all():
+            raise ValueError(f"clear_far center_m must be 3 finite numbers, got {c.tolist()}")
+        if not (math.isfinite(r) and r > 0):
+            raise ValueError(f"clear_far radius_m must be a positive number, got {radius_m}")
         slots = self.octree.alive_slots()
         centres = (self.octree.brick_coord[slots].double() + 0.5) * self.octree.brick_size_m
-        far = (centres - torch.as_tensor(center_m, dtype=torch.float64, device=self.device)).norm(dim=1) > radius_m
+        far = (centres - torch.from_numpy(c).to(self.device)).norm(dim=1) > r
         return self._erase(slots[far])
 
     def prune(self) -> int:
@@ -272,7 +291,11 @@ class Mapper:
         return occupancy.project_2d(self.octree, g.z_min_m, g.z_max_m, self._occ_threshold())
 
     def occupied_points(self, level: int = 0):
-        """(points (N, 3) float32, colors (N, 3) uint8) of occupied cells at `level`."""
+        """(points (N, 3) float32, colors (N, 3) uint8) of occupied cells at `level` (0 = voxels,
+        L in 1..map.octree_levels = octree nodes spanning 2^L bricks per axis)."""
+        top = self.octree.levels
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= top:
+            raise ValueError(f"occupied_points level must be an integer in [0, {top}], got {level!r}")
         return occupancy.occupied_voxels(self.octree, self._occ_threshold(), level)
 
     def _occ_threshold(self) -> float:

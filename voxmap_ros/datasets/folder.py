@@ -43,7 +43,14 @@ def _load_rows(path: Path, n_cols: int, what: str) -> np.ndarray:
 def _load_times_ns(path: Path, n: int, period_ns: int) -> np.ndarray:
     if not (path / "times.txt").is_file():
         return np.arange(n, dtype=np.int64) * period_ns
-    t = np.loadtxt(path / "times.txt", dtype=np.float64, ndmin=1).reshape(-1)
+    try:
+        t = np.loadtxt(path / "times.txt", dtype=np.float64, ndmin=1).reshape(-1)
+    except ValueError as e:
+        raise ValueError(f"{path / 'times.txt'}: could not parse numbers ({e}); expected one time "
+                         "(seconds) per frame") from None
+    if not np.isfinite(t).all():
+        raise ValueError(f"{path / 'times.txt'}: line {int(np.argmin(np.isfinite(t))) + 1} is not a finite "
+                         "number; expected one time (seconds) per frame")
     if len(t) != n:
         raise ValueError(f"{path / 'times.txt'} has {len(t)} times but the folder has {n} frames; "
                          "expected one time (seconds) per frame")
@@ -171,9 +178,10 @@ class LidarFolder:
     def __getitem__(self, i: int) -> Frame:
         i = _check_index(i, len(self))
         raw = np.fromfile(self.scan_files[i], dtype=np.float32)
-        if raw.size % 4:
-            raise ValueError(f"{self.scan_files[i]}: {raw.size} float32 values is not a multiple of 4; "
-                             "expected rows of x y z intensity")
+        n_bytes = self.scan_files[i].stat().st_size
+        if n_bytes % 16:                  # fromfile drops a partial float: check the bytes themselves
+            raise ValueError(f"{self.scan_files[i]}: {n_bytes} bytes is not a multiple of 16; "
+                             "expected float32 rows of x y z intensity (truncated file?)")
         points = np.ascontiguousarray(raw.reshape(-1, 4)[:, :3])
         return Frame(T_W_S=self.poses[i].copy(), points=points, stamp_ns=int(self.stamps_ns[i]),
                      frame_id=self.frame_id)

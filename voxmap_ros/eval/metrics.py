@@ -31,20 +31,36 @@ def load_mesh(mesh) -> MeshData:
         if not p.is_file():
             raise ValueError(f"mesh file {p} does not exist")
         m = o3d.io.read_triangle_mesh(str(p))
-        cols = (np.asarray(m.vertex_colors) * 255).round().astype(np.uint8) if m.has_vertex_colors() else None
         v = np.asarray(m.vertices, np.float32)
-        return MeshData(v, np.asarray(m.triangles, np.int64),
-                        cols if cols is not None else np.zeros((len(v), 3), np.uint8))
+        if len(v) == 0 and not _declares_no_vertices(p):
+            raise ValueError(f"could not read a mesh from {p} (not a mesh file Open3D reads, or corrupted)")
+        cols = (np.asarray(m.vertex_colors) * 255).round().astype(np.uint8) if m.has_vertex_colors() else None
+        return _checked_mesh(v, np.asarray(m.triangles, np.int64), cols, str(p))
     if hasattr(mesh, "vertices") and hasattr(mesh, "triangles"):
         v = np.asarray(mesh.vertices, np.float32).reshape(-1, 3)
         t = np.asarray(mesh.triangles, np.int64).reshape(-1, 3)
-        if len(t) and (t.min() < 0 or t.max() >= len(v)):
-            raise ValueError(f"triangle indices must lie in [0, {len(v)}), got [{t.min()}, {t.max()}]")
         cols = getattr(mesh, "colors", None)
-        cols = np.zeros((len(v), 3), np.uint8) if cols is None or len(cols) != len(v) else np.asarray(cols, np.uint8)
-        return MeshData(v, t, cols)
+        return _checked_mesh(v, t, None if cols is None else np.asarray(cols), "mesh")
     raise ValueError(f"expected a MeshData, a mesh file path or an object with vertices/triangles, "
                      f"got {type(mesh).__name__}")
+
+
+def _checked_mesh(v: np.ndarray, t: np.ndarray, cols: np.ndarray | None, what: str) -> MeshData:
+    if len(t) and (t.min() < 0 or t.max() >= len(v)):
+        raise ValueError(f"{what}: triangle indices must lie in [0, {len(v)}), got [{t.min()}, {t.max()}]")
+    if cols is None or len(cols) != len(v):
+        cols = np.zeros((len(v), 3), np.uint8)
+    return MeshData(v, t, np.asarray(cols, np.uint8))
+
+
+def _declares_no_vertices(path: Path) -> bool:
+    """True for a PLY file whose header says 'element vertex 0' (an empty mesh, e.g. of an empty map)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head.startswith(b"ply"):
+        return False
+    header = head.split(b"end_header")[0].decode("ascii", "replace").split()
+    return any(header[i:i + 3] == ["element", "vertex", "0"] for i in range(len(header)))
 
 
 def sample_surface(mesh: MeshData, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -55,6 +71,7 @@ def sample_surface(mesh: MeshData, n: int, rng: np.random.Generator) -> np.ndarr
     if len(tri) == 0 or n <= 0:
         return np.zeros((0, 3))
     area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    area[~np.isfinite(area)] = 0.0          # a triangle with a non-finite vertex has no samples
     total = area.sum()
     if not np.isfinite(total) or total <= 0:
         return np.zeros((0, 3))

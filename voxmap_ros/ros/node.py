@@ -826,9 +826,11 @@ class VoxmapNode(Node):
         if new is None:
             return result
         with self._lock:
+            try:
+                self.mapper.set_config(new)
+            except Exception as e:                # noqa: BLE001 - answer the request, never raise
+                return SetParametersResult(successful=False, reason=f"invalid parameters: {e}")
             self.cfg = new
-            self.mapper.config = new
-            self.mapper.refresh_params()
         if any(p.name.endswith("rate_hz") for p in params):
             self._apply_rates()
         return result
