@@ -597,6 +597,9 @@ def test_runtime_parameters(ros):
     assert r.successful, r.reason
     assert node.cfg.node.mesh_rate_hz == 5.0
     assert node.job_period_s("mesh") == 0.2
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":      # a Triton rasterizer cannot run on this CPU map
+        r = c.set_param("render.backend", "triton")
+        assert not r.successful and "triton" in r.reason and node.cfg.render.backend == "auto"
     r = c.set_param("tsdf.max_weight", 32.0)                # re-derives the fusion numbers
     assert r.successful, r.reason
     assert node.mapper.config.tsdf.max_weight == 32.0
@@ -664,8 +667,11 @@ def _bad_cases():
         st = depth_msg(c)
         c.cloud(st, np.full((500, 3), np.nan, np.float32))
 
-    def non_monotonic(c):
-        c.pub_depth.publish(conv.numpy_to_image_msg(np.full((H, W), 2.0, np.float32), "32FC1", 50 * S, CAM_FRAME))
+    def non_monotonic(c):               # half a second older than the frame before: dropped
+        st = depth_msg(c)               # (much older would be time jumping back: accepted, see future_depth)
+        c.pub_depth.publish(conv.numpy_to_image_msg(np.full((H, W), np.nan, np.float32), "32FC1", st, CAM_FRAME))
+        c.pub_depth.publish(conv.numpy_to_image_msg(np.full((H, W), 2.0, np.float32), "32FC1", st - S // 2,
+                                                    CAM_FRAME))
 
     def missing_pose(c):
         st = depth_msg(c)
@@ -687,6 +693,16 @@ def _bad_cases():
     def uncalibrated_info(c):
         c.pub_info.publish(conv.K_to_camera_info(np.diag([0.0, 0.0, 1.0]), W, H, c.stamp(), CAM_FRAME))
 
+    year_ns = 365 * 24 * 3600 * S
+
+    def future_depth(c):                # one frame stamped a year ahead must not stop mapping
+        st = c.stamp() + year_ns
+        c.pub_depth.publish(conv.numpy_to_image_msg(np.full((H, W), 2.0, np.float32), "32FC1", st, CAM_FRAME))
+
+    def future_pose(c):                 # nor one pose stamped a year ahead (it evicted every later pose)
+        c.pose(c.stamp() + year_ns, CAM_FRAME, T_cam())
+        c.poses_around(c.stamp())       # time "jumps back" to now: the buffer restarts
+
     def bad_pose(c):
         msg = conv.matrix_to_transform_stamped(T_cam(), c.stamp(), "map", CAM_FRAME)
         q = msg.transform.rotation
@@ -697,8 +713,9 @@ def _bad_cases():
     return {"wrong_encoding": (wrong_encoding, "bad_depth"), "size_mismatch": (size_mismatch, "bad_depth"),
             "zero_size": (zero_size, "bad_depth"), "truncated": (truncated, "bad_depth"),
             "unknown_encoding": (unknown_encoding, "bad_depth"),
-            "nan_depth": (nan_depth, "integrated_rgbd"), "inf_depth": (inf_depth, "integrated_rgbd"),
-            "nan_cloud": (nan_cloud, "integrated_lidar"),
+            "nan_depth": (nan_depth, "empty_rgbd"), "inf_depth": (inf_depth, "empty_rgbd"),
+            "nan_cloud": (nan_cloud, "empty_lidar"),
+            "future_depth": (future_depth, "dropped_no_pose_rgbd"), "future_pose": (future_pose, "time_jumps"),
             "non_monotonic": (non_monotonic, "dropped_non_monotonic_rgbd"),
             "missing_pose": (missing_pose, "dropped_no_pose_rgbd"),
             "cloud_without_xyz": (cloud_without_xyz, "bad_cloud"), "truncated_cloud": (truncated_cloud, "bad_cloud"),
@@ -732,7 +749,7 @@ def test_bad_input_never_changes_the_map(ros, case):
     if case == "uncalibrated_info":                            # the good intrinsics stay in use
         np.testing.assert_array_equal(node._K[0], K)
     # The node still maps good data afterwards.
-    if case in ("wrong_encoding", "missing_pose", "cloud_without_xyz", "nan_depth"):
+    if case in ("wrong_encoding", "missing_pose", "cloud_without_xyz", "nan_depth", "future_depth", "future_pose"):
         n = ros.count("integrated_rgbd")
         ros.feed_wall(lidar=case == "cloud_without_xyz")
         assert ros.count("integrated_rgbd") == n + 1
@@ -894,3 +911,52 @@ def test_clear_map_deletes_chunks(ros):
                  "an occupancy grid published after the clear")
     assert np.all(np.asarray(g.data, np.int16) == -1)
     assert g.header.frame_id == "map"
+
+
+def test_body_frame_picks_the_body_among_several_pose_streams(ros):
+    """A sensor frame without a pose stream of its own takes the body pose and the extrinsic. With
+    several child frames on the pose topic, node.body_frame says which is the body; unset, the
+    frame waits (and the node says why) instead of taking some other sensor's pose."""
+    from voxmap_ros.poses import PoseBuffer
+    from voxmap_ros.ros.node import Pending
+    node = ros.node
+    saved = node._poses, node.cfg.node.body_frame
+    try:
+        body, other = PoseBuffer(), PoseBuffer()
+        T_body = np.eye(4); T_body[:3, 3] = [1.0, 2.0, 3.0]
+        for st in (0, S):
+            body.add(st, T_body)
+            other.add(st, np.eye(4))
+        node._poses = {"base_link": body, "some_other_frame": other}
+        item = Pending("rgbd", S // 2, "camera_optical", {}, time.monotonic())
+        node.cfg.node.body_frame = ""
+        assert node._pose_for(item) == (None, "wait")
+        node.cfg.node.body_frame = "base_link"
+        T, status = node._pose_for(item)
+        assert status == "ok"
+        np.testing.assert_allclose(T, T_body @ node._extrinsic["rgbd"])
+        node._poses = {"base_link": body}                  # one stream: it is the body
+        node.cfg.node.body_frame = ""
+        assert node._pose_for(item)[1] == "ok"
+    finally:
+        node._poses, node.cfg.node.body_frame = saved
+
+
+def test_warnings_are_throttled_per_kind(ros):
+    """rclpy throttles per call site; one kind of bad input must not hide the others."""
+    node = ros.node
+    lines = []
+
+    class Log:
+        def warning(self, msg):
+            lines.append(msg)
+
+    saved = node.get_logger
+    node.get_logger = lambda: Log()
+    try:
+        for _ in range(3):
+            for key in ("bad_depth", "bad_pose", "bad_cloud"):
+                node._log_throttled(f"test_{key}", key)
+    finally:
+        node.get_logger = saved
+    assert lines == ["bad_depth", "bad_pose", "bad_cloud"]

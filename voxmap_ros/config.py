@@ -118,7 +118,12 @@ class NodeConfig:
                               "or 'transient_local' (only latched publishers, such as voxmap's bag player; a late "
                               "match still gets the poses published before it)",
                               choices=("volatile", "transient_local"))
-    pose_buffer_s: float = _f(10.0, "How long pose-topic samples are kept for interpolation, seconds", lo=0.1, hi=600.0)
+    pose_buffer_s: float = _f(10.0, "How long pose-topic samples are kept for interpolation, seconds; a stamp this "
+                                    "much older than the newest counts as time jumping back (bag loop, clock reset)",
+                              lo=0.1, hi=600.0)
+    body_frame: str = _f("", "Child frame of the body pose on pose_topic (TransformStamped / Odometry), which "
+                             "camera_extrinsic / lidar_extrinsic are relative to; sensor frames with a pose stream "
+                             "of their own use it directly. '' = the PoseStamped pose, or the only child frame")
     camera_extrinsic: list = _f([0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
                                 "T_body_camera as [x, y, z, roll, pitch, yaw] (m, rad), pose_source 'topic'")
     lidar_extrinsic: list = _f([0.0, 0.0, 0.0, 0.0, 0.0, 0.0],

@@ -114,6 +114,22 @@ def _pick_backend(backend: str, device: torch.device) -> str:
     return "cpu" if cpu_fast.available() else "reference"
 
 
+def check_backend(backend: str, device: torch.device | str) -> str:
+    """The backend that `render` would use for tensors on `device` (one of BACKENDS; 'auto'
+    resolved); ValueError when `backend` cannot run there."""
+    device = torch.device(device)
+    be = _pick_backend(backend, device)
+    if be == "cpu" and device.type != "cpu":
+        raise ValueError(f"backend 'cpu' needs CPU tensors, the voxels are on {device}")
+    if be == "triton":
+        from . import triton_raster
+        if not triton_raster.available():
+            raise ValueError(f"backend 'triton' is unavailable: {triton_raster.unavailable_reason()}")
+        if device.type != "cuda" and not triton_raster.interpreting():
+            raise ValueError("backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    return be
+
+
 def render(voxels: VoxelSet, camera: Camera, field: str = "sdf", sharpness: float | None = None,
            samples: int = 2, t_min: float = 1e-4, backend: str = "auto") -> RenderOutput:
     """Draw `voxels` from `camera` (a Camera from make_camera). See the module docstring.
@@ -126,15 +142,7 @@ def render(voxels: VoxelSet, camera: Camera, field: str = "sdf", sharpness: floa
         raise ValueError(f"camera must be a Camera (build it with make_camera), got {type(camera).__name__}")
     s, samples, t_min = _check_options(field, sharpness, samples, t_min, backend)
     check_voxels(voxels, field)
-    be = _pick_backend(backend, voxels.device)
-    if be == "cpu" and voxels.device.type != "cpu":
-        raise ValueError(f"backend 'cpu' needs CPU tensors, the voxels are on {voxels.device}")
-    if be == "triton":
-        from . import triton_raster
-        if not triton_raster.available():
-            raise ValueError(f"backend 'triton' is unavailable: {triton_raster.unavailable_reason()}")
-        if voxels.device.type != "cuda" and not triton_raster.interpreting():
-            raise ValueError("backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+    be = check_backend(backend, voxels.device)
     if be == "reference":
         from .reference import render_reference
         raw = render_reference(voxels, camera, field, s, samples, t_min)

@@ -50,6 +50,7 @@ from ..config import VoxmapConfig
 from ..core.mapper import Mapper
 from ..outputs import View, fixed_view, map_snapshot, render_snapshot, scaled_view
 from ..poses import PoseBuffer, static_extrinsic
+from ..render import check_backend as render_check_backend
 from ..types import Frame
 from . import conversions as conv
 from .params import declare_config, validate_changes
@@ -82,7 +83,8 @@ KINDS = ("rgbd", "lidar")
 BASE_COUNTERS = tuple(f"{what}_{k}" for what in ("received", "integrated", "dropped_queue", "dropped_no_pose",
                                                  "dropped_non_monotonic") for k in KINDS) + (
     "bad_depth", "bad_color", "bad_camera_info", "bad_cloud", "bad_pose", "bad_rgbd", "bad_lidar", "bad_qos",
-    "clouds_subsampled", "rgbd_without_color", "received_pose", "mesh_messages", "renders", "errors")
+    "clouds_subsampled", "rgbd_without_color", "received_pose", "mesh_messages", "renders", "errors",
+    "empty_rgbd", "empty_lidar", "time_jumps")
 
 
 @dataclass
@@ -131,7 +133,7 @@ def _guarded(what: str):
             except Exception as e:                  # noqa: BLE001 - that is the point
                 self._count("errors")
                 self._count(f"error_{what}")
-                self.get_logger().error(f"{what} failed: {e!r}", throttle_duration_sec=WARN_THROTTLE_S)
+                self._log_throttled(f"error_{what}", f"{what} failed: {e!r}", "error")
                 return None
         return wrapper
     return deco
@@ -157,6 +159,7 @@ class VoxmapNode(Node):
         self._colors: collections.deque = collections.deque(maxlen=30)
         self._K: tuple[np.ndarray, int, int] | None = None
         self._last_stamp = {k: -1 for k in KINDS}
+        self._last_log: dict[str, float] = {}              # throttle key -> monotonic time of its last log line
         self._ms_recent: collections.deque = collections.deque(maxlen=200)
         self._latency_ms: collections.deque = collections.deque(maxlen=200)
         self._pose_lag_ms: collections.deque = collections.deque(maxlen=200)
@@ -172,6 +175,7 @@ class VoxmapNode(Node):
         self._rng = np.random.default_rng(0)
 
         self.mapper = self._make_mapper()
+        render_check_backend(self.cfg.render.backend, self.mapper.device)    # ValueError: say so at start
         self.chunker = conv.MeshChunker(self.cfg.node.mesh_chunk_level)
         self._mesh_subs_seen = 0
         self._mesh_raw = True                             # publish the mesh as serialized bytes
@@ -197,6 +201,17 @@ class VoxmapNode(Node):
     def _count(self, key: str, n: int = 1) -> None:
         with self._count_lock:
             self.counters[key] += n
+
+    def _log_throttled(self, key: str, msg: str, level: str = "warning") -> None:
+        """At most one log line per `key` (a kind of problem) per WARN_THROTTLE_S: rclpy throttles
+        per call site, so one kind of bad input would hide every other kind."""
+        now = time.monotonic()
+        with self._count_lock:
+            last = self._last_log.get(key)
+            if last is not None and now - last < WARN_THROTTLE_S:
+                return
+            self._last_log[key] = now
+        getattr(self.get_logger(), level)(msg)
 
     def _make_mapper(self) -> Mapper:
         path = self.cfg.node.load_map_path
@@ -339,7 +354,7 @@ class VoxmapNode(Node):
     # ------------------------------------------------------------------ callbacks: convert + enqueue
     def _bad(self, what: str, err: Exception | str) -> None:
         self._count(f"bad_{what}")
-        self.get_logger().warning(f"{what}: {err}", throttle_duration_sec=WARN_THROTTLE_S)
+        self._log_throttled(f"bad_{what}", f"{what}: {err}")
 
     @_guarded("camera_info")
     def _on_info(self, msg: CameraInfo) -> None:
@@ -387,8 +402,8 @@ class VoxmapNode(Node):
             pts = conv.pointcloud2_msg_to_xyz(msg)
             if len(pts) > max_points:
                 self._count("clouds_subsampled")
-                self.get_logger().warning(f"cloud of {len(pts)} points subsampled to node.max_points="
-                                          f"{max_points}", throttle_duration_sec=WARN_THROTTLE_S)
+                self._log_throttled("clouds_subsampled", f"cloud of {len(pts)} points subsampled to "
+                                                         f"node.max_points={max_points}")
                 idx = self._rng.choice(len(pts), max_points, replace=False)
                 idx.sort()
                 pts = pts[idx]
@@ -403,10 +418,19 @@ class VoxmapNode(Node):
             stamp, frame, child, T = conv.pose_msg_to_matrix(msg)
             if frame and frame != self.map_frame:
                 raise ValueError(f"pose is in frame '{frame}', expected the map frame '{self.map_frame}'")
-            buf = self._poses.get(child or "")
+            child = child or ""
+            buf = self._poses.get(child)
             if buf is None:
-                buf = self._poses.setdefault(child or "", PoseBuffer(max_age_s=self.cfg.node.pose_buffer_s))
-            buf.add(stamp, T)
+                buf = self._poses.setdefault(child, PoseBuffer(max_age_s=self.cfg.node.pose_buffer_s))
+            if not buf.add(stamp, T):
+                # Older than the buffer's window behind its newest pose: time went back (a bag
+                # loop, a clock reset) or that newest pose had a bad stamp. Restart from this one.
+                buf.clear()
+                buf.add(stamp, T)
+                self._count("time_jumps")
+                self._log_throttled("pose_time_jump", f"pose stamp {stamp} is more than node.pose_buffer_s="
+                                    f"{self.cfg.node.pose_buffer_s} s older than the newest pose of "
+                                    f"'{child}': time jumped back; pose buffer restarted")
             self._count("received_pose")
             # Pose age on arrival (node clock): a pose stream that lags makes frames wait.
             self._pose_lag_ms.append((self._stamp_now() - stamp) / 1e6)
@@ -415,14 +439,19 @@ class VoxmapNode(Node):
             self._bad("pose", e)
 
     def _enqueue(self, item: Pending) -> None:
+        jump_ns = int(self.cfg.node.pose_buffer_s * 1e9)
+        jumped = 0
         with self._qlock:
             last = self._last_stamp[item.kind]
-            if item.stamp_ns <= last:
-                newer = False
-            else:
-                newer = True
+            q = self._queues[item.kind]
+            # Far older than the previous frame: time went back (a bag loop, a clock reset) or the
+            # previous frame had a bad stamp; start over from this one rather than drop every frame.
+            if last - item.stamp_ns > jump_ns:
+                jumped = len(q)
+                q.clear()
+            newer = item.stamp_ns > last or last - item.stamp_ns > jump_ns
+            if newer:
                 self._last_stamp[item.kind] = item.stamp_ns
-                q = self._queues[item.kind]
                 q.append(item)
                 dropped = 0
                 while len(q) > self.cfg.node.queue_size:
@@ -430,9 +459,16 @@ class VoxmapNode(Node):
                     dropped += 1
         if not newer:
             self._count(f"dropped_non_monotonic_{item.kind}")
-            self.get_logger().warning(f"{item.kind} stamp {item.stamp_ns} is not newer than the previous one "
-                                      f"({last}); dropped", throttle_duration_sec=WARN_THROTTLE_S)
+            self._log_throttled(f"non_monotonic_{item.kind}", f"{item.kind} stamp {item.stamp_ns} is not newer "
+                                f"than the previous one ({last}); dropped")
             return
+        if last - item.stamp_ns > jump_ns:
+            self._count("time_jumps")
+            if jumped:
+                self._count(f"dropped_queue_{item.kind}", jumped)
+            self._log_throttled(f"time_jump_{item.kind}", f"{item.kind} stamp {item.stamp_ns} is more than "
+                                f"node.pose_buffer_s={self.cfg.node.pose_buffer_s} s older than the previous "
+                                f"one ({last}): time jumped back; {jumped} queued frames dropped")
         if dropped:
             self._count(f"dropped_queue_{item.kind}", dropped)
         self._wake.set()
@@ -487,7 +523,7 @@ class VoxmapNode(Node):
             except Exception as e:                # noqa: BLE001 - the worker must survive anything
                 self._count("errors")
                 self._count("error_worker")
-                self.get_logger().error(f"worker: {e!r}", throttle_duration_sec=WARN_THROTTLE_S)
+                self._log_throttled("error_worker", f"worker: {e!r}", "error")
                 self._stop.wait(IDLE_WAIT_S)
 
     def pending_frames(self) -> int:
@@ -506,8 +542,8 @@ class VoxmapNode(Node):
             if T is None and (status == "too_old" or waited > self.cfg.node.pose_wait_s):
                 if self._pop(item, in_flight=False):
                     self._count(f"dropped_no_pose_{item.kind}")
-                    self.get_logger().warning(f"no pose for {item.kind} frame '{item.frame_id}' at {item.stamp_ns} ns "
-                                              f"({status}); dropped", throttle_duration_sec=WARN_THROTTLE_S)
+                    self._log_throttled(f"no_pose_{item.kind}", f"no pose for {item.kind} frame "
+                                        f"'{item.frame_id}' at {item.stamp_ns} ns ({status}); dropped")
                 continue
             if T is None:
                 continue
@@ -588,7 +624,15 @@ class VoxmapNode(Node):
         if item.frame_id in buffers:                 # a transform straight to the sensor frame
             buf, T_body_sensor = buffers[item.frame_id], np.eye(4)
         else:                                        # the body pose and the static extrinsic
-            buf = buffers.get("") or (next(iter(buffers.values())) if len(buffers) == 1 else None)
+            body = self.cfg.node.body_frame
+            if body:
+                buf = buffers.get(body)
+            else:
+                buf = buffers.get("") or (next(iter(buffers.values())) if len(buffers) == 1 else None)
+                if buf is None and len(buffers) > 1:
+                    self._log_throttled("ambiguous_body", f"{item.kind} frame '{item.frame_id}' has no pose stream "
+                                        f"of its own and the pose topic carries several child frames "
+                                        f"{sorted(buffers)}: set node.body_frame to the body's")
             T_body_sensor = self._extrinsic[item.kind]
         if buf is None:
             return None, "wait"
@@ -627,7 +671,7 @@ class VoxmapNode(Node):
             with self._lock:
                 t0 = time.perf_counter()
                 self._lock_wait_ms.append((t0 - t_wait) * 1000.0)
-                self.mapper.integrate(frame)
+                visited = self.mapper.integrate(frame)
                 if item.kind == "rgbd":
                     h, w = d["depth"].shape[:2]
                     self._camera = CameraView(np.asarray(d["K"], np.float64), np.asarray(d["T"], np.float64),
@@ -638,15 +682,19 @@ class VoxmapNode(Node):
         except Exception as e:                    # never let one frame kill the worker
             self._count("errors")
             self._count(f"error_{item.kind}")
-            self.get_logger().error(f"integration of {item.kind} frame failed: {e!r}",
-                                    throttle_duration_sec=WARN_THROTTLE_S)
+            self._log_throttled(f"error_{item.kind}", f"integration of {item.kind} frame failed: {e!r}", "error")
             return
         self._ms_recent.append((time.perf_counter() - t0) * 1000.0)
         # Stamp -> map updated, on the node's clock (wall time, or bag time with use_sim_time).
         self._latency_ms.append((self._stamp_now() - item.stamp_ns) / 1e6)
         if item.kind == "lidar":
             self._last_cloud_points = len(d["points"])
-        self._count(f"integrated_{item.kind}")
+        if visited == 0:              # NaN everywhere, nothing within range: the map is unchanged
+            self._count(f"empty_{item.kind}")
+            self._log_throttled(f"empty_{item.kind}", f"{item.kind} frame at {item.stamp_ns} ns has no valid "
+                                f"reading within range: nothing integrated")
+        else:
+            self._count(f"integrated_{item.kind}")
         self._last_integrated_stamp_ns = max(self._last_integrated_stamp_ns, item.stamp_ns)
 
     # ------------------------------------------------------------------ publishing
@@ -827,6 +875,7 @@ class VoxmapNode(Node):
             return result
         with self._lock:
             try:
+                render_check_backend(new.render.backend, self.mapper.device)
                 self.mapper.set_config(new)
             except Exception as e:                # noqa: BLE001 - answer the request, never raise
                 return SetParametersResult(successful=False, reason=f"invalid parameters: {e}")
