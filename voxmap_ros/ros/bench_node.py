@@ -282,8 +282,8 @@ def _run_one(kind: str, rate_hz: float, messages, info, params: dict, quiet: boo
             received = client.num(f"received_{kind}")
             if received != last_received:
                 last_received, still_since = received, time.monotonic()
-            done = client.num(f"integrated_{kind}") + sum(client.num(k) for k in client.values
-                                                           if k.startswith("dropped_") or k.startswith("bad_"))
+            done = (client.num(f"integrated_{kind}") + client.num(f"empty_{kind}")
+                    + sum(client.num(k) for k in client.values if k.startswith(("dropped_", "bad_"))))
             settled = received >= n or time.monotonic() - still_since > 3.0
             if settled and client.num(f"queue_{kind}") == 0 and done >= received:
                 break
