@@ -37,14 +37,15 @@ $(STAMP): requirements.txt requirements-ros.txt setup.py | syslibs
 	@touch $(STAMP)
 
 # The CPU build of torch: where the configured indexes offer a CUDA build of $(TORCH_PIN) (plain
-# PyPI on Linux), take it from PyTorch's CPU index instead of downloading gigabytes of CUDA.
-TORCH_PIN       := torch==2.13.0
+# PyPI on Linux), take it from PyTorch's CPU index instead of downloading gigabytes of CUDA; when
+# pip cannot tell (no answer from the dry run), install as the requirements say.
+TORCH_PIN       := $(shell grep -E '^torch==' requirements.txt)
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 torch-cpu:
 	@url=$$($(VPY) -m pip install --dry-run --no-deps --ignore-installed -q --report - "$(TORCH_PIN)" 2>/dev/null \
 	  | $(VPY) -c "import json, sys; print(json.load(sys.stdin)['install'][0]['download_info']['url'])" 2>/dev/null); \
 	case "$$url" in \
-	  *%2Bcpu*|*+cpu*) $(VPY) -m pip install -q "$(TORCH_PIN)" ;; \
+	  ""|*%2Bcpu*|*+cpu*) $(VPY) -m pip install -q "$(TORCH_PIN)" ;; \
 	  *) echo "$(TORCH_PIN): the configured indexes offer '$$url', not a CPU build; installing from $(TORCH_CPU_INDEX)"; \
 	     $(VPY) -m pip install -q "$(TORCH_PIN)" --index-url $(TORCH_CPU_INDEX) ;; \
 	esac

@@ -157,8 +157,11 @@ def test_an_invalid_config_change_changes_nothing(mapper_with_data):
 def test_empty_cloud_is_a_noop(mapper_with_data):
     m, (d, c, T) = mapper_with_data
     before = octree_state(m.octree)
+    n_int, n_empty = m.stats.frames_integrated, m.stats.frames_empty
     assert m.integrate(Frame(T, points=np.zeros((0, 3), np.float32))) == 0
     assert m.integrate(Frame(T, points=np.full((4, 3), np.nan, np.float32))) == 0
+    assert m.integrate(Frame(T, depth=np.full_like(d, np.nan), K=SMALL_K)) == 0
+    assert (m.stats.frames_integrated, m.stats.frames_empty) == (n_int, n_empty + 3)
     assert_same_state(before, octree_state(m.octree))
 
 

@@ -597,9 +597,11 @@ def test_runtime_parameters(ros):
     assert r.successful, r.reason
     assert node.cfg.node.mesh_rate_hz == 5.0
     assert node.job_period_s("mesh") == 0.2
-    if os.environ.get("TRITON_INTERPRET", "0") != "1":      # a Triton rasterizer cannot run on this CPU map
-        r = c.set_param("render.backend", "triton")
-        assert not r.successful and "triton" in r.reason and node.cfg.render.backend == "auto"
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":      # a Triton rasterizer cannot run on this CPU map:
+        assert c.set_param("render.backend", "triton").successful      # harmless while rendering is off,
+        r = c.set_param("render.rate_hz", 2.0)                          # refused when it would render
+        assert not r.successful and "triton" in r.reason and node.cfg.render.rate_hz == 0.0
+        assert c.set_param("render.backend", "auto").successful
     r = c.set_param("tsdf.max_weight", 32.0)                # re-derives the fusion numbers
     assert r.successful, r.reason
     assert node.mapper.config.tsdf.max_weight == 32.0
@@ -942,21 +944,44 @@ def test_body_frame_picks_the_body_among_several_pose_streams(ros):
         node._poses, node.cfg.node.body_frame = saved
 
 
-def test_warnings_are_throttled_per_kind(ros):
+def test_warnings_are_throttled_per_kind():
     """rclpy throttles per call site; one kind of bad input must not hide the others."""
-    node = ros.node
+    import types
     lines = []
-
-    class Log:
-        def warning(self, msg):
-            lines.append(msg)
-
-    saved = node.get_logger
-    node.get_logger = lambda: Log()
-    try:
-        for _ in range(3):
-            for key in ("bad_depth", "bad_pose", "bad_cloud"):
-                node._log_throttled(f"test_{key}", key)
-    finally:
-        node.get_logger = saved
+    stub = types.SimpleNamespace(_count_lock=threading.Lock(), _last_log={},
+                                 get_logger=lambda: types.SimpleNamespace(warning=lines.append))
+    for _ in range(3):
+        for key in ("bad_depth", "bad_pose", "bad_cloud"):
+            VoxmapNode._log_throttled(stub, key, key)
     assert lines == ["bad_depth", "bad_pose", "bad_cloud"]
+
+
+def test_time_going_back_restarts_the_timeline(ros):
+    """Stamps far (node.pose_buffer_s) behind the newest: one alone is a stray stamp, dropped; two
+    in a row mean time went back (a bag looped) and mapping restarts from them. The node clock
+    going back (use_sim_time, a bag played again) restarts everything at once."""
+    node, c = ros.node, ros.client
+    ros.ensure_wall()
+    ros.wait_idle()
+    n_int, n_jumps = ros.count("integrated_rgbd"), ros.count("time_jumps")
+    n_bad_pose, n_nonmono = ros.count("bad_pose"), ros.count("dropped_non_monotonic_rgbd")
+    old = c.next_stamp - 30 * S
+    for st in (old, old + S // 10):
+        for s_ in (st - 20_000_000, st + 20_000_000):
+            c.pose(s_, CAM_FRAME, T_cam())
+    ros.wait_count("time_jumps", n_jumps + 1)                     # the second old pose restarted the buffer
+    assert ros.count("bad_pose") == n_bad_pose + 1                # the first was taken for a stray stamp
+    c.info(old)
+    c.rgbd(old)                                                   # a stray stamp...
+    c.rgbd(old + S // 10)                                         # ...until a second confirms the jump
+    ros.wait_count("integrated_rgbd", n_int + 1)
+    assert ros.count("dropped_non_monotonic_rgbd") == n_nonmono + 1
+    assert ros.count("time_jumps") == n_jumps + 2
+
+    class Jump:
+        class delta:
+            nanoseconds = -5 * S
+    node._on_clock_jump(Jump())
+    assert ros.count("time_jumps") == n_jumps + 3
+    assert node.pending_frames() == 0 and all(len(b) == 0 for b in node._poses.values())
+    ros.feed_wall()                                               # and mapping goes on

@@ -109,7 +109,7 @@ def cmd_demo(args) -> int:
 
 
 def _print_summary(s: dict) -> None:
-    keys = ("frames", "frames_integrated", "frames_rejected", "ms_per_frame_median", "ms_per_frame_p95",
+    keys = ("frames", "frames_integrated", "frames_rejected", "frames_empty", "ms_per_frame_median", "ms_per_frame_p95",
             "voxels", "bricks", "map_bytes", "backend")
     for k in keys:
         if k in s:

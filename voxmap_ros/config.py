@@ -229,8 +229,8 @@ class VoxmapConfig:
         """Load a YAML file. Accepts either the plain tree or a ROS params file
         (`<node>: {ros__parameters: {...}}`) with dotted or nested keys."""
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist or is not a file")
+        if not path.exists() or path.is_dir():
+            raise ValueError(f"config file {path} does not exist or is a directory")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:

@@ -42,11 +42,13 @@ class MeshJob:
 class MapperStats:
     frames_integrated: int = 0
     frames_rejected: int = 0
+    frames_empty: int = 0             # valid frames without any reading in range: nothing fused
     ms_per_frame: list = field(default_factory=list)
 
     def summary(self) -> dict:
         ms = np.asarray(self.ms_per_frame[-10000:], dtype=np.float64)
         return {"frames_integrated": self.frames_integrated, "frames_rejected": self.frames_rejected,
+                "frames_empty": self.frames_empty,
                 "ms_per_frame_median": float(np.median(ms)) if ms.size else None,
                 "ms_per_frame_p95": float(np.percentile(ms, 95)) if ms.size else None}
 
@@ -159,7 +161,10 @@ class Mapper:
         self.last_sensor_position_m = pos
         if self.config.map.clearing_radius_m > 0:
             self.clear_far(pos, self.config.map.clearing_radius_m)
-        self.stats.frames_integrated += 1
+        if slots.numel():
+            self.stats.frames_integrated += 1
+        else:
+            self.stats.frames_empty += 1
         self.stats.ms_per_frame.append((time.perf_counter() - t0) * 1000.0)
         return int(slots.numel())
 

@@ -39,6 +39,8 @@ from geometry_msgs.msg import PoseStamped, TransformStamped
 from nav_msgs.msg import OccupancyGrid, Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data)
@@ -78,6 +80,7 @@ RENDER_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history
 WARN_THROTTLE_S = 5.0
 COLOR_WAIT_S = 0.2           # how long a depth image may wait for its colour partner (wall time)
 IDLE_WAIT_S = 0.02           # worker poll period while frames wait for their pose
+CLOCK_JUMP_BACK_NS = 100_000_000   # the node clock going back by more than this restarts the timeline
 KINDS = ("rgbd", "lidar")
 # Counters always reported (zero until something happens), so a monitor can rely on the keys.
 BASE_COUNTERS = tuple(f"{what}_{k}" for what in ("received", "integrated", "dropped_queue", "dropped_no_pose",
@@ -160,6 +163,8 @@ class VoxmapNode(Node):
         self._K: tuple[np.ndarray, int, int] | None = None
         self._last_stamp = {k: -1 for k in KINDS}
         self._last_log: dict[str, float] = {}              # throttle key -> monotonic time of its last log line
+        self._last_taken = {k: -1 for k in KINDS}          # stamp of the last frame taken for integration
+        self._jump_candidate: dict[str, int] = {}          # stream -> a stamp far behind its newest (unconfirmed)
         self._ms_recent: collections.deque = collections.deque(maxlen=200)
         self._latency_ms: collections.deque = collections.deque(maxlen=200)
         self._pose_lag_ms: collections.deque = collections.deque(maxlen=200)
@@ -175,11 +180,20 @@ class VoxmapNode(Node):
         self._rng = np.random.default_rng(0)
 
         self.mapper = self._make_mapper()
-        render_check_backend(self.cfg.render.backend, self.mapper.device)    # ValueError: say so at start
+        try:
+            render_check_backend(self.cfg.render.backend, self.mapper.device)
+        except ValueError as e:              # fatal only when rendering is on
+            if self.cfg.render.rate_hz > 0:
+                raise
+            self.get_logger().warning(f"render.backend: {e} (rendering is off: render.rate_hz 0)")
         self.chunker = conv.MeshChunker(self.cfg.node.mesh_chunk_level)
         self._mesh_subs_seen = 0
         self._mesh_raw = True                             # publish the mesh as serialized bytes
         self._setup_poses()
+        # With use_sim_time a bag played again (or looped) sends /clock back: restart the timeline.
+        self._clock_jump = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-CLOCK_JUMP_BACK_NS),
+                          on_clock_change=False), post_callback=self._on_clock_jump)
         self._setup_io()
         self._schedule = JobSchedule(self._rates(), time.monotonic())
         self.add_on_set_parameters_callback(self._on_params)
@@ -422,15 +436,21 @@ class VoxmapNode(Node):
             buf = self._poses.get(child)
             if buf is None:
                 buf = self._poses.setdefault(child, PoseBuffer(max_age_s=self.cfg.node.pose_buffer_s))
-            if not buf.add(stamp, T):
-                # Older than the buffer's window behind its newest pose: time went back (a bag
-                # loop, a clock reset) or that newest pose had a bad stamp. Restart from this one.
+            if buf.add(stamp, T):
+                self._no_jump(f"pose:{child}")
+            elif self._confirms_jump(f"pose:{child}", stamp):
+                # The second pose in a row far behind the newest: time went back (a bag loop, a
+                # clock reset) or the newest had a bad stamp. Restart from this one.
                 buf.clear()
                 buf.add(stamp, T)
                 self._count("time_jumps")
-                self._log_throttled("pose_time_jump", f"pose stamp {stamp} is more than node.pose_buffer_s="
-                                    f"{self.cfg.node.pose_buffer_s} s older than the newest pose of "
-                                    f"'{child}': time jumped back; pose buffer restarted")
+                self._log_throttled("pose_time_jump", f"poses of '{child}' went back by more than "
+                                    f"node.pose_buffer_s={self.cfg.node.pose_buffer_s} s twice in a row: time "
+                                    "jumped back; pose buffer restarted")
+            else:
+                raise ValueError(f"pose stamp {stamp} of '{child}' is more than node.pose_buffer_s="
+                                 f"{self.cfg.node.pose_buffer_s} s older than the newest; ignored (a second one "
+                                 "in a row restarts the buffer: time went back)")
             self._count("received_pose")
             # Pose age on arrival (node clock): a pose stream that lags makes frames wait.
             self._pose_lag_ms.append((self._stamp_now() - stamp) / 1e6)
@@ -439,17 +459,18 @@ class VoxmapNode(Node):
             self._bad("pose", e)
 
     def _enqueue(self, item: Pending) -> None:
-        jump_ns = int(self.cfg.node.pose_buffer_s * 1e9)
-        jumped = 0
+        jumped = None
         with self._qlock:
             last = self._last_stamp[item.kind]
             q = self._queues[item.kind]
-            # Far older than the previous frame: time went back (a bag loop, a clock reset) or the
-            # previous frame had a bad stamp; start over from this one rather than drop every frame.
-            if last - item.stamp_ns > jump_ns:
-                jumped = len(q)
+            newer = item.stamp_ns > last
+            if newer:
+                self._no_jump(item.kind)
+            elif last - item.stamp_ns > self._jump_ns() and self._confirms_jump(item.kind, item.stamp_ns):
+                # The second frame in a row far behind the previous one: time went back (a bag
+                # loop, a clock reset); start over from it rather than drop every later frame.
+                jumped, newer = len(q), True
                 q.clear()
-            newer = item.stamp_ns > last or last - item.stamp_ns > jump_ns
             if newer:
                 self._last_stamp[item.kind] = item.stamp_ns
                 q.append(item)
@@ -462,16 +483,56 @@ class VoxmapNode(Node):
             self._log_throttled(f"non_monotonic_{item.kind}", f"{item.kind} stamp {item.stamp_ns} is not newer "
                                 f"than the previous one ({last}); dropped")
             return
-        if last - item.stamp_ns > jump_ns:
+        if jumped is not None:
             self._count("time_jumps")
-            if jumped:
-                self._count(f"dropped_queue_{item.kind}", jumped)
-            self._log_throttled(f"time_jump_{item.kind}", f"{item.kind} stamp {item.stamp_ns} is more than "
-                                f"node.pose_buffer_s={self.cfg.node.pose_buffer_s} s older than the previous "
-                                f"one ({last}): time jumped back; {jumped} queued frames dropped")
+            self._count(f"dropped_queue_{item.kind}", jumped)
+            self._log_throttled(f"time_jump_{item.kind}", f"{item.kind} stamps went back by more than "
+                                f"node.pose_buffer_s={self.cfg.node.pose_buffer_s} s twice in a row: time jumped "
+                                f"back; {jumped} queued frames dropped")
         if dropped:
             self._count(f"dropped_queue_{item.kind}", dropped)
         self._wake.set()
+
+    def _jump_ns(self) -> int:
+        return int(self.cfg.node.pose_buffer_s * 1e9)
+
+    def _confirms_jump(self, stream: str, stamp_ns: int) -> bool:
+        """For a stamp far (node.pose_buffer_s) behind its stream's newest: True when the stream's
+        previous stamp was far behind too, within that window of this one. Two in a row mean time
+        went back; one alone is a stray stamp, ignored (and remembered)."""
+        with self._count_lock:
+            prev = self._jump_candidate.get(stream)
+            if prev is not None and abs(stamp_ns - prev) <= self._jump_ns():
+                del self._jump_candidate[stream]
+                return True
+            self._jump_candidate[stream] = stamp_ns
+            return False
+
+    def _no_jump(self, stream: str) -> None:
+        with self._count_lock:
+            self._jump_candidate.pop(stream, None)
+
+    def _on_clock_jump(self, jump) -> None:
+        """The node's clock went back (with use_sim_time: a bag played again, or looped): every
+        queued frame and pose belongs to the old timeline."""
+        with self._qlock:
+            dropped = {k: len(q) for k, q in self._queues.items()}
+            for q in self._queues.values():
+                q.clear()
+            self._last_stamp = {k: -1 for k in KINDS}
+            self._last_taken = {k: -1 for k in KINDS}
+        with self._count_lock:
+            self._jump_candidate.clear()
+        for buf in list(self._poses.values()):
+            buf.clear()
+        self._colors.clear()
+        self._last_integrated_stamp_ns = 0
+        self._count("time_jumps")
+        for k, n in dropped.items():
+            if n:
+                self._count(f"dropped_queue_{k}", n)
+        self.get_logger().warning(f"the clock jumped back by {-jump.delta.nanoseconds / 1e9:.3f} s: "
+                                  f"queues ({sum(dropped.values())} frames) and pose buffers restarted")
 
     # ------------------------------------------------------------------ worker
     def _on_worker(self, job: str, fn):
@@ -582,11 +643,18 @@ class VoxmapNode(Node):
             return False
 
     def _pop(self, item: Pending, in_flight: bool) -> bool:
+        """Take `item` off the head of its queue: for integration (in_flight) or dropped. A dropped
+        frame no longer counts as the newest stamp, so one bad stamp (far ahead) cannot make every
+        later frame look out of order."""
         with self._qlock:
             q = self._queues[item.kind]
             if q and q[0] is item:
                 q.popleft()
                 self._in_flight += int(in_flight)
+                if in_flight:
+                    self._last_taken[item.kind] = item.stamp_ns
+                else:
+                    self._last_stamp[item.kind] = max(self._last_taken[item.kind], q[-1].stamp_ns if q else -1)
                 return True
         return False
 
@@ -626,7 +694,7 @@ class VoxmapNode(Node):
         else:                                        # the body pose and the static extrinsic
             body = self.cfg.node.body_frame
             if body:
-                buf = buffers.get(body)
+                buf = buffers.get(body) or buffers.get("")      # '': a PoseStamped stream is the body
             else:
                 buf = buffers.get("") or (next(iter(buffers.values())) if len(buffers) == 1 else None)
                 if buf is None and len(buffers) > 1:
@@ -646,7 +714,6 @@ class VoxmapNode(Node):
 
     def _tf_pose(self, item: Pending):
         import tf2_ros
-        from rclpy.duration import Duration
         from rclpy.time import Time
         try:
             tf = self._tf_buffer.lookup_transform(self.map_frame, item.frame_id,
@@ -689,7 +756,7 @@ class VoxmapNode(Node):
         self._latency_ms.append((self._stamp_now() - item.stamp_ns) / 1e6)
         if item.kind == "lidar":
             self._last_cloud_points = len(d["points"])
-        if visited == 0:              # NaN everywhere, nothing within range: the map is unchanged
+        if visited == 0:              # NaN everywhere, nothing within range: nothing was fused
             self._count(f"empty_{item.kind}")
             self._log_throttled(f"empty_{item.kind}", f"{item.kind} frame at {item.stamp_ns} ns has no valid "
                                 f"reading within range: nothing integrated")
@@ -873,9 +940,13 @@ class VoxmapNode(Node):
             return SetParametersResult(successful=False, reason=f"invalid parameters: {e}")
         if new is None:
             return result
-        with self._lock:
+        if new.render.rate_hz > 0 and any(p.name in ("render.backend", "render.rate_hz") for p in params):
             try:
                 render_check_backend(new.render.backend, self.mapper.device)
+            except ValueError as e:
+                return SetParametersResult(successful=False, reason=f"render.backend: {e}")
+        with self._lock:
+            try:
                 self.mapper.set_config(new)
             except Exception as e:                # noqa: BLE001 - answer the request, never raise
                 return SetParametersResult(successful=False, reason=f"invalid parameters: {e}")
