@@ -133,6 +133,7 @@ class Mapper:
         raises ValueError on bad input, leaving the map unchanged. Returns bricks visited."""
         t0 = time.perf_counter()
         rgbd = lidar = None
+        visited = []
         try:
             if not isinstance(frame, Frame):
                 raise ValueError(f"integrate() takes a voxmap_ros.types.Frame, got {type(frame).__name__}")
@@ -142,11 +143,7 @@ class Mapper:
                 lidar = frame_checks.prepare_lidar(frame, self.device)
             if rgbd is None and lidar is None:
                 raise ValueError("frame has neither depth nor points")
-        except ValueError:
-            self.stats.frames_rejected += 1
-            raise
-        visited = []
-        try:               # the kernels reject what only they can see (a frame beyond the key range)
+            # The kernels reject, before writing, what only they can see (a frame beyond the key range).
             if rgbd is not None:
                 visited.append(self._integrate_rgbd(*rgbd))
             if lidar is not None and lidar[0].shape[0] > 0:
