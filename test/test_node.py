@@ -841,8 +841,7 @@ def test_flood_drops_and_bounded_queues(ros):
         if now - t0 > max_s or (now - t0 > duration_s and ros.count("dropped_queue_rgbd") > drops0 + 10):
             break
         if now < next_t:
-            with node._qlock:
-                max_queue = max(max_queue, len(node._queues["rgbd"]))
+            max_queue = max(max_queue, node._frames.depths()["rgbd"])
             time.sleep(min(next_t - now, 0.002))
             continue
         next_t += period

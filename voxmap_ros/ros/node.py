@@ -5,8 +5,9 @@ messages into numpy and append to bounded queues; one worker thread owns map upd
 the map lock briefly to pull mesh / occupancy snapshots and publish outside the lock.
 
 Locks (never taken in the opposite order): `_mesh_lock` (the mesh chunker) -> `_lock` (the mapper)
--> `_qlock` (the queues and the worker's call list) -> `_count_lock` (the counters). The mesh job's
-map read runs on the worker itself, between two frames (`_on_worker`).
+-> `_calls_lock` (the worker's call list) -> `_count_lock` (the counters). The frame queues
+(frame_queues) take their own locks inside their methods and never call back into the node. The
+mesh job's map read runs on the worker itself, between two frames (`_on_worker`).
 
 Outputs run on a thread of their own ("outputs") that keeps their schedule (schedule.JobSchedule,
 no rclpy timers), so the executor only runs the short sensor, pose and service callbacks. A long
@@ -55,6 +56,7 @@ from ..poses import PoseBuffer, static_extrinsic
 from ..render import check_backend as render_check_backend
 from ..types import Frame
 from . import conversions as conv
+from .frame_queues import FrameQueues, StampJumps
 from .params import declare_config, validate_changes
 from .schedule import JobSchedule
 
@@ -151,20 +153,17 @@ class VoxmapNode(Node):
         self.counters = Counters({k: 0 for k in BASE_COUNTERS})
         self._count_lock = threading.Lock()                 # guards the counters
         self._lock = threading.Lock()                     # guards the mapper
-        self._qlock = threading.Lock()                    # guards the queues and the in-flight count
+        self._calls_lock = threading.Lock()               # guards the worker's call list
         self._mesh_lock = threading.Lock()                # guards the chunker (mesh timer vs. services)
         self._wake = threading.Event()
         self._jobs_cond = threading.Condition()           # guards _schedule; notified on rate changes and stop
         self._stop = threading.Event()
-        self._queues = {k: collections.deque() for k in KINDS}
-        self._in_flight = 0                               # frames taken off a queue, not yet integrated
-        self._worker_calls: list[_WorkerCall] = []         # map reads waiting for the worker (under _qlock)
+        self._jumps = StampJumps()                        # stray stamp vs time going back, per stream
+        self._frames = FrameQueues(KINDS, self._jumps)
+        self._worker_calls: list[_WorkerCall] = []         # map reads waiting for the worker (under _calls_lock)
         self._colors: collections.deque = collections.deque(maxlen=30)
         self._K: tuple[np.ndarray, int, int] | None = None
-        self._last_stamp = {k: -1 for k in KINDS}
         self._last_log: dict[str, float] = {}              # throttle key -> monotonic time of its last log line
-        self._last_taken = {k: -1 for k in KINDS}          # stamp of the last frame taken for integration
-        self._jump_candidate: dict[str, int] = {}          # stream -> a stamp far behind its newest (unconfirmed)
         self._ms_recent: collections.deque = collections.deque(maxlen=200)
         self._latency_ms: collections.deque = collections.deque(maxlen=200)
         self._pose_lag_ms: collections.deque = collections.deque(maxlen=200)
@@ -437,8 +436,8 @@ class VoxmapNode(Node):
             if buf is None:
                 buf = self._poses.setdefault(child, PoseBuffer(max_age_s=self.cfg.node.pose_buffer_s))
             if buf.add(stamp, T):
-                self._no_jump(f"pose:{child}")
-            elif self._confirms_jump(f"pose:{child}", stamp):
+                self._jumps.forget(f"pose:{child}")
+            elif self._jumps.confirms(f"pose:{child}", stamp, self._jump_ns()):
                 # The second pose in a row far behind the newest: time went back (a bag loop, a
                 # clock reset) or the newest had a bad stamp. Restart from this one.
                 buf.clear()
@@ -459,70 +458,29 @@ class VoxmapNode(Node):
             self._bad("pose", e)
 
     def _enqueue(self, item: Pending) -> None:
-        jumped = None
-        with self._qlock:
-            last = self._last_stamp[item.kind]
-            q = self._queues[item.kind]
-            newer = item.stamp_ns > last
-            if newer:
-                self._no_jump(item.kind)
-            elif last - item.stamp_ns > self._jump_ns() and self._confirms_jump(item.kind, item.stamp_ns):
-                # The second frame in a row far behind the previous one: time went back (a bag
-                # loop, a clock reset); start over from it rather than drop every later frame.
-                jumped, newer = len(q), True
-                q.clear()
-            if newer:
-                self._last_stamp[item.kind] = item.stamp_ns
-                q.append(item)
-                dropped = 0
-                while len(q) > self.cfg.node.queue_size:
-                    q.popleft()
-                    dropped += 1
-        if not newer:
+        r = self._frames.push(item, self.cfg.node.queue_size, self._jump_ns())
+        if not r.accepted:
             self._count(f"dropped_non_monotonic_{item.kind}")
             self._log_throttled(f"non_monotonic_{item.kind}", f"{item.kind} stamp {item.stamp_ns} is not newer "
-                                f"than the previous one ({last}); dropped")
+                                f"than the previous one ({r.newest_ns}); dropped")
             return
-        if jumped is not None:
+        if r.restarted is not None:
             self._count("time_jumps")
-            self._count(f"dropped_queue_{item.kind}", jumped)
+            self._count(f"dropped_queue_{item.kind}", r.restarted)
             self._log_throttled(f"time_jump_{item.kind}", f"{item.kind} stamps went back by more than "
                                 f"node.pose_buffer_s={self.cfg.node.pose_buffer_s} s twice in a row: time jumped "
-                                f"back; {jumped} queued frames dropped")
-        if dropped:
-            self._count(f"dropped_queue_{item.kind}", dropped)
+                                f"back; {r.restarted} queued frames dropped")
+        if r.overflow:
+            self._count(f"dropped_queue_{item.kind}", r.overflow)
         self._wake.set()
 
     def _jump_ns(self) -> int:
         return int(self.cfg.node.pose_buffer_s * 1e9)
 
-    def _confirms_jump(self, stream: str, stamp_ns: int) -> bool:
-        """For a stamp far (node.pose_buffer_s) behind its stream's newest: True when the stream's
-        previous stamp was far behind too, within that window of this one. Two in a row mean time
-        went back; one alone is a stray stamp, ignored (and remembered)."""
-        with self._count_lock:
-            prev = self._jump_candidate.get(stream)
-            if prev is not None and abs(stamp_ns - prev) <= self._jump_ns():
-                del self._jump_candidate[stream]
-                return True
-            self._jump_candidate[stream] = stamp_ns
-            return False
-
-    def _no_jump(self, stream: str) -> None:
-        with self._count_lock:
-            self._jump_candidate.pop(stream, None)
-
     def _on_clock_jump(self, jump) -> None:
         """The node's clock went back (with use_sim_time: a bag played again, or looped): every
         queued frame and pose belongs to the old timeline."""
-        with self._qlock:
-            dropped = {k: len(q) for k, q in self._queues.items()}
-            for q in self._queues.values():
-                q.clear()
-            self._last_stamp = {k: -1 for k in KINDS}
-            self._last_taken = {k: -1 for k in KINDS}
-        with self._count_lock:
-            self._jump_candidate.clear()
+        dropped = self._frames.restart()
         for buf in list(self._poses.values()):
             buf.clear()
         self._colors.clear()
@@ -545,7 +503,7 @@ class VoxmapNode(Node):
             with self._locked(job):
                 return fn()
         call = _WorkerCall(job, fn)
-        with self._qlock:
+        with self._calls_lock:
             self._worker_calls.append(call)
         self._wake.set()
         while not call.done.wait(0.5):
@@ -556,7 +514,7 @@ class VoxmapNode(Node):
         return call.result
 
     def _run_worker_calls(self) -> None:
-        with self._qlock:
+        with self._calls_lock:
             calls, self._worker_calls = self._worker_calls, []
         for call in calls:
             try:
@@ -579,8 +537,7 @@ class VoxmapNode(Node):
                 try:
                     self._integrate(item)
                 finally:
-                    with self._qlock:
-                        self._in_flight -= 1
+                    self._frames.done()
             except Exception as e:                # noqa: BLE001 - the worker must survive anything
                 self._count("errors")
                 self._count("error_worker")
@@ -589,19 +546,16 @@ class VoxmapNode(Node):
 
     def pending_frames(self) -> int:
         """Frames queued or being integrated (0 = the worker is idle)."""
-        with self._qlock:
-            return sum(len(q) for q in self._queues.values()) + self._in_flight
+        return self._frames.pending()
 
     def _next_ready(self) -> Pending | None:
         """Oldest queued item whose pose is available, taken off its queue (in-flight count + 1);
         drops items that waited too long for their pose."""
-        with self._qlock:
-            heads = [q[0] for q in self._queues.values() if q]
-        for item in sorted(heads, key=lambda x: x.stamp_ns):
+        for item in self._frames.heads():
             T, status = self._pose_for(item)
             waited = time.monotonic() - item.enqueued_s
             if T is None and (status == "too_old" or waited > self.cfg.node.pose_wait_s):
-                if self._pop(item, in_flight=False):
+                if self._frames.drop(item):
                     self._count(f"dropped_no_pose_{item.kind}")
                     self._log_throttled(f"no_pose_{item.kind}", f"no pose for {item.kind} frame "
                                         f"'{item.frame_id}' at {item.stamp_ns} ns ({status}); dropped")
@@ -612,7 +566,7 @@ class VoxmapNode(Node):
                 continue
             if item.kind == "rgbd" and not self._attach_color(item, waited):
                 continue
-            if not self._pop(item, in_flight=True):     # pushed out of the queue meanwhile (counted there)
+            if not self._frames.take(item):     # pushed out of the queue meanwhile (counted there)
                 continue
             item.data["T"] = T
             return item
@@ -638,25 +592,9 @@ class VoxmapNode(Node):
             raise ValueError(f"no CameraInfo on '{self.cfg.node.camera_info_topic}' within "
                              f"node.pose_wait_s={self.cfg.node.pose_wait_s} s")
         except ValueError as e:
-            if self._pop(item, in_flight=False):
+            if self._frames.drop(item):
                 self._bad("depth", e)
             return False
-
-    def _pop(self, item: Pending, in_flight: bool) -> bool:
-        """Take `item` off the head of its queue: for integration (in_flight) or dropped. A dropped
-        frame no longer counts as the newest stamp, so one bad stamp (far ahead) cannot make every
-        later frame look out of order."""
-        with self._qlock:
-            q = self._queues[item.kind]
-            if q and q[0] is item:
-                q.popleft()
-                self._in_flight += int(in_flight)
-                if in_flight:
-                    self._last_taken[item.kind] = item.stamp_ns
-                else:
-                    self._last_stamp[item.kind] = max(self._last_taken[item.kind], q[-1].stamp_ns if q else -1)
-                return True
-        return False
 
     def _attach_color(self, item: Pending, waited_s: float) -> bool:
         """Pair the depth image with the nearest colour image; False = wait for it a little longer."""
@@ -861,8 +799,7 @@ class VoxmapNode(Node):
     def diagnostics_values(self) -> dict:
         with self._locked("diagnostics"):
             s = self.mapper.summary(nodes=False)     # node count would refresh the summaries first
-        with self._qlock:
-            depths = {k: len(q) for k, q in self._queues.items()}
+        depths = self._frames.depths()
         with self._count_lock:
             values = dict(self.counters)
             holds, self._lock_hold_ms = self._lock_hold_ms, {}
