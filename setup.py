@@ -24,7 +24,6 @@ setup(
     maintainer_email="voxmap@example.com",
     description="Sparse voxel octree mapping (TSDF, colour, occupancy) for ROS 2 and offline use",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "voxmap = voxmap_ros.cli:main",

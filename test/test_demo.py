@@ -40,3 +40,35 @@ def test_ros_demo_fuses_every_frame_and_leaves_no_process(tmp_path, capsys):
         assert Path(summary["outputs"][key]).is_file(), key
     assert "mesh F-score" in printed and "frames dropped" in printed
     assert set(_node_processes()) - set(before) == set(), "the demo's node and player processes are gone"
+
+
+def test_bag_player_save_map_reports_what_the_node_did(tmp_path):
+    """The README's bag recipe: the node with config/bag_replay.yaml, then
+    `voxmap_bag_player BAG --save-map` waits for the node, saves and prints the frame counts."""
+    import sys
+
+    from voxmap_ros.ros.demo import _ros_env, _stop, node_command
+    from voxmap_ros.sim.bag_writer import generate_bag
+
+    bag = tmp_path / "bag"
+    generate_bag("indoor", 3, bag, n_frames=12, n_scans=4)
+    env = _ros_env()
+    node = subprocess.Popen(node_command(tmp_path / "out"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    try:
+        player = subprocess.run([sys.executable, "-m", "voxmap_ros.ros.bag_player", str(bag), "--save-map",
+                                 "--wait-subscribers-s", "60"], env=env, capture_output=True, text=True,
+                                timeout=240)
+        assert player.returncode == 0, player.stderr
+        out = player.stdout
+        assert "frames received       RGB-D 12, LiDAR 4" in out, out
+        assert "frames integrated     RGB-D 12, LiDAR 4" in out, out
+        mesh = [ln.split()[-1] for ln in out.splitlines() if ln.startswith("mesh ")]
+        assert mesh and Path(mesh[0]).is_file() and Path(mesh[0]).parent == tmp_path / "out"
+        # A node that is not there: a one-line error, not a hang or a traceback.
+        wrong = subprocess.run([sys.executable, "-m", "voxmap_ros.ros.bag_player", str(bag), "--save-map",
+                                "--node", "no_such_node", "--wait-subscribers-s", "2"], env=env,
+                               capture_output=True, text=True, timeout=120)
+        assert wrong.returncode == 2 and "no_such_node" in wrong.stderr and "Traceback" not in wrong.stderr
+    finally:
+        _stop(node)

@@ -33,6 +33,23 @@ ACK_TIMEOUT_S = 15.0
 LATCHED = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+REPLAY_OVERLAY = "bag_replay.yaml"
+
+
+def replay_overlay() -> Path:
+    """config/bag_replay.yaml, the node's parameters for being fed by this player (from the source
+    tree, or from the installed package's share folder)."""
+    path = Path(__file__).resolve().parents[2] / "config" / REPLAY_OVERLAY
+    if path.is_file():
+        return path
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory("voxmap_ros")) / "config" / REPLAY_OVERLAY
+    except Exception as e:                     # noqa: BLE001 - no ament index: say what is missing
+        raise FileNotFoundError(f"config/{REPLAY_OVERLAY} not found next to the package ({path}) "
+                                f"nor in an installed voxmap_ros share folder ({e})") from None
+
+
 def _msg_class(type_name: str):
     mod, cls = _TYPES[type_name]
     return getattr(__import__(mod, fromlist=[cls]), cls)
@@ -144,14 +161,51 @@ def main(argv=None) -> int:
     ap.add_argument("--tf-topic", default="/pose", help="where /tf transforms are re-published (TransformStamped)")
     ap.add_argument("--wait-subscribers-s", type=float, default=20.0,
                     help="wait this long for every topic to have a subscriber, seconds (default %(default)s)")
+    ap.add_argument("--save-map", action="store_true",
+                    help="after playing, wait until the node has worked through its queues, call its ~/save_map "
+                         "and print what it did with the frames (received / integrated / dropped by reason) and "
+                         "the paths of its outputs")
+    ap.add_argument("--node", default="voxmap",
+                    help="the mapping node for --save-map (name, with its namespace if any) (default %(default)s)")
+    ap.add_argument("--drain-timeout-s", type=float, default=120.0,
+                    help="--save-map: longest wait for the node's queues to empty, seconds (default %(default)s)")
     args, ros_args = ap.parse_known_args(argv)
+    if not args.rate > 0:
+        ap.error(f"--rate must be > 0, got {args.rate}")
+    if not args.bag.exists():
+        ap.error(f"bag not found: {args.bag}")
     rclpy.init(args=ros_args)
+    watcher = None
     try:
+        if args.save_map:
+            # Subscribed before playing, so every diagnostics report is seen.
+            from .watch import NodeWatcher
+            watcher = NodeWatcher(args.node)
+            watcher.wait_ready(args.wait_subscribers_s)
         counts = play(args.bag, rate=args.rate, tf_topic=args.tf_topic, wait_subscribers_s=args.wait_subscribers_s)
-        print("published: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+        print("published: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), flush=True)
+        if watcher is not None:
+            return _report(watcher, args.drain_timeout_s)
+    except RuntimeError as e:
+        print(f"voxmap_bag_player: {e}", file=sys.stderr)
+        return 2
     finally:
+        if watcher is not None:
+            watcher.close()
         if rclpy.ok():
             rclpy.shutdown()
+    return 0
+
+
+def _report(watcher, drain_timeout_s: float) -> int:
+    if not watcher.wait_idle(drain_timeout_s):
+        print(f"voxmap_bag_player: the node still had frames queued after {drain_timeout_s:g} s; saving anyway",
+              file=sys.stderr, flush=True)
+    paths = watcher.save_map()
+    for line in watcher.frame_report():
+        print(line)
+    for k, v in paths.items():
+        print(f"{k:21s} {v}")
     return 0
 
 

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from .watch import NodeWatcher
+
 DEMO_VOXEL_M = 0.04
 DEMO_TAU_M = 0.05
 NODE_NAME = "voxmap"
@@ -38,73 +40,19 @@ def _ros_env() -> dict:
 
 
 def node_command(out_dir: Path, extra_params: dict | None = None) -> list[str]:
-    """The node process of the demo: pose topic fed by the player's TransformStamped stream."""
+    """The node process of the demo: the README's bag recipe (config/bag_replay.yaml: sim time,
+    the player's latched TransformStamped poses, reliable sensor QoS, queues that hold the bag)
+    plus the demo's voxel size, height band and output folder."""
     params = {
-        "use_sim_time": "true",
         "map.voxel_size_m": str(DEMO_VOXEL_M),
         "grid.z_min_m": "0.2", "grid.z_max_m": "1.8",
-        "node.pose_source": "topic", "node.pose_topic": "/pose", "node.pose_topic_type": "TransformStamped",
-        # The player latches its poses: a pose subscription that matches late (discovery under
-        # load took longer than the player's start delay: 22 of 26 poses were lost) still gets them.
-        "node.pose_durability": "transient_local",
-        # A reliable message lost on the way is re-sent after the writer's next heartbeat (seconds
-        # later): frames wait that long for their pose instead of being dropped.
-        "node.pose_wait_s": "8.0",
-        "node.sensor_qos": "reliable", "node.queue_size": "16",
+        "node.pose_source": "topic", "node.pose_topic": "/pose",
         "node.output_dir": str(out_dir),
     }
     params.update(extra_params or {})
+    from .bag_player import replay_overlay
     from .node import process_command
-    return process_command(NODE_NAME, params)
-
-
-class _Watcher:
-    """The demo's own rclpy node: waits for the node's services, reads /diagnostics."""
-
-    def __init__(self, domain_id: int):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from std_srvs.srv import Trigger
-        self.rclpy = rclpy
-        self.ctx = rclpy.context.Context()
-        rclpy.init(context=self.ctx, domain_id=domain_id)
-        self.node = rclpy.create_node("voxmap_demo", context=self.ctx)
-        self.values: dict[str, str] = {}
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-        self.save = self.node.create_client(Trigger, f"/{NODE_NAME}/save_map")
-        self.Trigger = Trigger
-        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-
-    def _on_diag(self, msg) -> None:
-        for st in msg.status:
-            if st.hardware_id == "voxmap":
-                self.values = {kv.key: kv.value for kv in st.values}
-
-    def spin_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=min(0.05, max(0.0, end - time.monotonic())))
-
-    def num(self, key: str) -> float:
-        try:
-            return float(self.values.get(key, 0))
-        except ValueError:
-            return 0.0
-
-    def call_save(self, timeout_s: float = 60.0):
-        fut = self.save.call_async(self.Trigger.Request())
-        end = time.monotonic() + timeout_s
-        while not fut.done() and time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.1)
-        if not fut.done():
-            raise RuntimeError("~/save_map did not answer")
-        return fut.result()
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.shutdown(context=self.ctx)
+    return process_command(NODE_NAME, params, params_file=replay_overlay())
 
 
 def _stop(proc: subprocess.Popen | None) -> None:
@@ -116,15 +64,6 @@ def _stop(proc: subprocess.Popen | None) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
-
-
-def _parse_paths(message: str) -> dict:
-    out = {}
-    for part in message.split(";"):
-        if "=" in part:
-            k, v = part.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
 
 
 def run_ros_demo(out_dir: Path, seed: int = 0, n_frames: int = 60, n_scans: int = 20, rate: float = 1.0) -> int:
@@ -148,14 +87,11 @@ def run_ros_demo(out_dir: Path, seed: int = 0, n_frames: int = 60, n_scans: int 
     try:
         print(f"[2/5] starting the mapping node (ROS_DOMAIN_ID={domain}, log {out_dir / 'node.log'})", flush=True)
         node_proc = subprocess.Popen(node_command(out_dir), env=env, stdout=node_log, stderr=subprocess.STDOUT)
-        watcher = _Watcher(domain)
-        end = time.monotonic() + READY_TIMEOUT_S
-        while not watcher.save.service_is_ready():
-            if node_proc.poll() is not None:
-                raise RuntimeError(f"the node exited with code {node_proc.returncode}; see {out_dir / 'node.log'}")
-            if time.monotonic() > end:
-                raise RuntimeError(f"the node did not come up within {READY_TIMEOUT_S:.0f} s; see {out_dir / 'node.log'}")
-            watcher.spin_for(0.2)
+        watcher = NodeWatcher(NODE_NAME, domain)
+        try:
+            watcher.wait_ready(READY_TIMEOUT_S, node_proc)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}; see {out_dir / 'node.log'}") from None
         print(f"[3/5] playing the bag into it ({n_frames} RGB-D frames at 30 Hz, {n_scans} LiDAR scans at 10 Hz)",
               flush=True)
         player = subprocess.Popen([sys.executable, "-m", "voxmap_ros.ros.bag_player", str(bag), "--rate", str(rate)],
@@ -167,20 +103,8 @@ def run_ros_demo(out_dir: Path, seed: int = 0, n_frames: int = 60, n_scans: int 
             raise RuntimeError(f"the bag player failed ({player.returncode}): {player_out}")
         print(f"      {player_out}", flush=True)
         print("[4/5] waiting for the node to work through its queues, then ~/save_map", flush=True)
-        expected = n_frames + n_scans
-        end = time.monotonic() + DRAIN_TIMEOUT_S
-        while time.monotonic() < end:
-            watcher.spin_for(0.5)
-            v = watcher
-            received = v.num("received_rgbd") + v.num("received_lidar")
-            queued = v.num("queue_rgbd") + v.num("queue_lidar")
-            if received >= expected and queued == 0:
-                break
-        watcher.spin_for(1.2)                       # one more diagnostics period
-        resp = watcher.call_save()
-        if not resp.success:
-            raise RuntimeError(f"~/save_map failed: {resp.message}")
-        paths = _parse_paths(resp.message)
+        watcher.wait_idle(DRAIN_TIMEOUT_S, expected=n_frames + n_scans)
+        paths = watcher.save_map()
         print("[5/5] scoring the mesh against the ground truth", flush=True)
         metrics = mesh_metrics(paths["mesh"], info["gt_mesh"], tau_m=DEMO_TAU_M)
         v = watcher
@@ -188,11 +112,9 @@ def run_ros_demo(out_dir: Path, seed: int = 0, n_frames: int = 60, n_scans: int 
         summary = {"diagnostics": stats, "mesh_metrics": metrics, "outputs": paths, "bag": str(bag),
                    "wall_s": time.perf_counter() - t0}
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        dropped = sum(v.num(k) for k in v.values if k.startswith("dropped_"))
         print("\nvoxmap demo summary (node over DDS, bag replayed with sim time)")
-        print(f"  frames received       RGB-D {v.num('received_rgbd'):.0f}, LiDAR {v.num('received_lidar'):.0f}")
-        print(f"  frames integrated     RGB-D {v.num('integrated_rgbd'):.0f}, LiDAR {v.num('integrated_lidar'):.0f}")
-        print(f"  frames dropped        {dropped:.0f}")
+        for line in watcher.frame_report():
+            print(f"  {line}")
         print(f"  ms per frame          median {v.num('ms_per_frame_median'):.1f}, p95 {v.num('ms_per_frame_p95'):.1f}")
         print(f"  voxels / bricks       {v.num('voxels'):.0f} / {v.num('bricks'):.0f}")
         print(f"  map bytes             {v.num('map_bytes'):.0f}")

@@ -903,11 +903,14 @@ class VoxmapNode(Node):
         super().destroy_node()
 
 
-def process_command(node_name: str, params: dict) -> list[str]:
-    """argv that runs the node as its own process (what `voxmap_node` runs) with node name and
-    parameters {name: value}; values are YAML, '' becomes an empty string."""
+def process_command(node_name: str, params: dict, params_file: Path | None = None) -> list[str]:
+    """argv that runs the node as its own process (what `voxmap_node` runs) with node name, an
+    optional ROS params file and parameters {name: value} (these win); values are YAML, '' becomes
+    an empty string."""
     cmd = [sys.executable, "-c", "from voxmap_ros.ros.node import main; main()",
            "--ros-args", "-r", f"__node:={node_name}"]
+    if params_file is not None:
+        cmd += ["--params-file", str(params_file)]
     for k, v in params.items():
         cmd += ["-p", f"{k}:={v if v != '' else repr('')}"]
     return cmd
