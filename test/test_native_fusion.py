@@ -382,3 +382,40 @@ def test_real_frames_match_torch():
         assert torch.equal(integrate.integrate_lidar_torch(a, pts_t, T_t, p),
                            native.integrate_lidar_cpp(b, pts_t, T_t, p))
     assert_maps_match(a, b)
+
+
+_MANY_BRICKS = """
+import sys, numpy as np
+from voxmap_ros.config import VoxmapConfig
+from voxmap_ros.core.mapper import Mapper
+from voxmap_ros.types import Frame
+backend = sys.argv[1]
+W, H = 320, 64
+K = np.array([[250., 0, W / 2], [0, 250, H / 2], [0, 0, 1]])
+depth = np.random.default_rng(0).uniform(0.5, 5.0, (H, W)).astype(np.float32)    # a cluttered scene
+out = []
+for kind in ("rgbd", "lidar"):
+    cfg = VoxmapConfig(); cfg.map.voxel_size_m = 0.01; cfg.map.backend = backend; cfg.map.reserve_bricks = 0
+    cfg.lidar.max_range_m = 5000.0
+    m = Mapper(cfg)
+    frame = (Frame(np.eye(4), depth=depth, K=K) if kind == "rgbd"
+             else Frame(np.eye(4), points=np.array([[1500.0, 0.001, 0.001]], np.float32)))   # one 1.5 km ray
+    m.integrate(frame)
+    out.append(str(m.octree.num_bricks))
+print(" ".join(out))
+"""
+
+
+def test_frames_touching_more_bricks_than_the_first_table_holds():
+    """More distinct bricks in one frame (over 2^14, in an RGB-D frame and along one 1.5 km LiDAR
+    ray at 1 cm) than the kernel's first brick table holds: the table grows and the result equals
+    the torch path's. Once this never returned (the full table was probed forever), so each backend
+    runs in a process of its own with a time limit."""
+    counts = {}
+    for backend in ("torch", "cpp"):
+        r = subprocess.run([sys.executable, "-c", _MANY_BRICKS, backend], capture_output=True, text=True,
+                           timeout=120, env=dict(os.environ, OMP_NUM_THREADS="2"))
+        assert r.returncode == 0, r.stderr[-2000:]
+        counts[backend] = r.stdout.split()
+    assert counts["cpp"] == counts["torch"]
+    assert int(counts["cpp"][0]) > 2 ** 14 and int(counts["cpp"][1]) > 2 ** 14

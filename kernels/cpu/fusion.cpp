@@ -166,7 +166,9 @@ struct BrickSet {
             std::memset(cells.data(), 0, used * BRICK_VOX * sizeof(uint32_t));
             cells_dirty = false;
         }
-        if (new_bits != bits || keys.empty()) {
+        // After an overflow, slots claimed past max_items hold keys without coordinates, which
+        // clear_used cannot find: start from an empty table then.
+        if (new_bits != bits || keys.empty() || overflow.load()) {
             bits = new_bits;
             mask = (uint64_t(1) << bits) - 1;
             keys = std::vector<std::atomic<uint64_t>>(size_t(1) << bits);
@@ -224,6 +226,13 @@ struct BrickSet {
                 return v;
             }
             if (k == EMPTY_KEY) {
+                // Full (max_items is half the slots): say so without claiming a slot, so the table
+                // never fills up and every probe ends at an empty slot. Threads racing past this
+                // check claim at most one slot each beyond max_items (handled below).
+                if (count.load(std::memory_order_relaxed) >= max_items) {
+                    overflow.store(1, std::memory_order_relaxed);
+                    return -1;
+                }
                 uint64_t expected = EMPTY_KEY;
                 // Claim the slot; the value becomes visible once published below.
                 if (keys[h].compare_exchange_strong(expected, key, std::memory_order_acq_rel)) {
