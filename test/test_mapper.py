@@ -410,3 +410,27 @@ def test_reserve_bricks_reaches_every_octree_the_mapper_makes(tmp_path):
     assert Mapper.load(tmp_path / "map.vxm", reserve_bricks=0).octree.reserve_bricks == 0   # this host's choice
     cfg.map.reserve_bricks = 0
     assert Mapper(cfg).octree.reserve_bricks == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_frame_with_depth_and_a_scan_beyond_the_key_range_changes_nothing(backend):
+    """The RGB-D part of a frame is valid, its LiDAR part reaches past the key range: the frame is
+    rejected as a whole, before its depth is fused."""
+    from voxmap_ros.core import native
+    if backend == "cpp" and not native.available():
+        pytest.skip(f"compiled kernels unavailable: {native.unavailable_reason()}")
+    m = Mapper(make_config(0.01, map__backend=backend, map__reserve_bricks=0))
+    edge_m = (morton.COORD_MAX + 1) * BRICK * 0.01
+    T = np.eye(4)
+    T[0, 3] = edge_m - 5.0                              # 5 m inside the +x edge of the key range
+    K = np.array([[30.0, 0, 16], [0, 30.0, 12], [0, 0, 1]])
+    depth = np.full((24, 32), 1.0, np.float32)          # a wall 1 m ahead (+z): well inside
+    before = octree_state(m.octree)
+    with pytest.raises(ValueError, match="key range"):
+        m.integrate(Frame(T, depth=depth, K=K, points=np.array([[10.0, 0, 0]], np.float32)))
+    assert_same_state(before, octree_state(m.octree))
+    assert m.stats.frames_rejected == 1 and m.stats.frames_integrated == 0
+    # Each part alone: the depth is fused, the scan refused.
+    assert m.integrate(Frame(T, depth=depth, K=K)) > 0
+    with pytest.raises(ValueError):
+        m.integrate(Frame(T, points=np.array([[10.0, 0, 0]], np.float32)))

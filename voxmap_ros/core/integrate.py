@@ -227,6 +227,28 @@ def lidar_rays(points: torch.Tensor, T_W_L: torch.Tensor, p: FusionParams):
     return t, dirs, torch.where(hit, r, torch.full_like(r, p.lidar_max_m)), hit
 
 
+def check_lidar_extent(points: torch.Tensor, T_W_L: torch.Tensor, p: FusionParams, span_limit: bool) -> None:
+    """ValueError when a scan would be refused by the LiDAR integration for its extent: a brick
+    of a ray (origin to end, clipped to max range, plus the truncation band; one brick of margin)
+    outside the key range, or, with span_limit (the torch path's unique_coords), voxels spanning
+    more than the keys' range per axis. points (N, 3) float32 sensor frame, T_W_L (4, 4) float64,
+    on the map device. The integration refuses such scans itself, before it writes; Mapper calls
+    this first for a frame that also carries depth, so that its RGB-D part is not fused either."""
+    origin, dirs, ranges, _hit = lidar_rays(points, T_W_L, p)
+    if dirs.shape[0] == 0:
+        return
+    ends = torch.cat([origin[None].double(), origin.double() + dirs.double() * (ranges.double() + p.trunc_m)[:, None]])
+    brick_m = p.voxel_size_m * BRICK
+    lo, hi = torch.floor(ends.min(0).values / brick_m) - 1, torch.floor(ends.max(0).values / brick_m) + 1
+    if float(lo.min()) < morton.COORD_MIN or float(hi.max()) > morton.COORD_MAX:
+        raise ValueError(f"LiDAR scan reaches bricks {lo.tolist()} .. {hi.tolist()}, outside the key range "
+                         f"[{morton.COORD_MIN}, {morton.COORD_MAX}] (the map is too large for the voxel size)")
+    span_vox = float(((ends.max(0).values - ends.min(0).values) / p.voxel_size_m).max()) + 2
+    if span_limit and span_vox > morton.COORD_MAX - morton.COORD_MIN:
+        raise ValueError(f"one frame's voxels span more than {morton.COORD_MAX - morton.COORD_MIN + 1} "
+                         "voxels per axis: the voxel size is too small for the sensor range")
+
+
 def ray_voxels(origin: torch.Tensor, dirs: torch.Tensor, t_end: torch.Tensor, voxel_size_m: float):
     """Every voxel that the segments origin + t * dirs, t in [0, t_end), pass through (exact
     traversal): from the voxel of the origin, the segment crosses voxel boundaries at computed

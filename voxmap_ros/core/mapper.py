@@ -143,7 +143,10 @@ class Mapper:
                 lidar = frame_checks.prepare_lidar(frame, self.device)
             if rgbd is None and lidar is None:
                 raise ValueError("frame has neither depth nor points")
-            # The kernels reject, before writing, what only they can see (a frame beyond the key range).
+            # The kernels reject, before writing, what only they can see (a frame beyond the key range);
+            # with both parts, the LiDAR part's extent is checked before the RGB-D part is fused.
+            if rgbd is not None and lidar is not None and lidar[0].shape[0] > 0:
+                integrate.check_lidar_extent(*lidar, self.params, span_limit=self._backend != "cpp")
             if rgbd is not None:
                 visited.append(self._integrate_rgbd(*rgbd))
             if lidar is not None and lidar[0].shape[0] > 0:
