@@ -434,3 +434,45 @@ def test_frame_with_depth_and_a_scan_beyond_the_key_range_changes_nothing(backen
     assert m.integrate(Frame(T, depth=depth, K=K)) > 0
     with pytest.raises(ValueError):
         m.integrate(Frame(T, points=np.array([[10.0, 0, 0]], np.float32)))
+
+
+def _shell_scan(radius_m: float = 0.15, n: int = 2000) -> np.ndarray:
+    d = np.random.default_rng(0).normal(size=(n, 3))
+    return (d / np.linalg.norm(d, axis=1, keepdims=True) * radius_m).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_bricks_beyond_the_mesh_range_and_at_the_map_edge_do_not_break_meshing(backend):
+    """The weld's edge keys reach +-2^19 voxels, the octree 4x farther: bricks beyond are left out
+    of the mesh (counted in the summary), the rest is meshed as without them, on both mesh paths;
+    bricks at the very edge of the key range (whose neighbours are outside it) are no error."""
+    from voxmap_ros.core import native
+    from voxmap_ros.core.marching_cubes import KEY_COORD_MAX
+    if backend == "cpp" and not native.available():
+        pytest.skip(f"compiled kernels unavailable: {native.unavailable_reason()}")
+    cfg = make_config(0.01, map__backend=backend, map__reserve_bricks=0, lidar__min_range_m=0.0)
+    near, both = Mapper(cfg), Mapper(cfg)
+    T_near, T_far, T_edge = np.eye(4), np.eye(4), np.eye(4)
+    T_far[0, 3] = (KEY_COORD_MAX + 1000) * 0.01                       # ~5.25 km: beyond the mesh range
+    T_edge[0, 3] = (morton.COORD_MAX + 1) * BRICK * 0.01 - 0.2        # 20 cm inside the key range
+    for m, poses in ((near, [T_near]), (both, [T_near, T_far, T_edge])):
+        for T in poses:
+            m.integrate(Frame(T, points=_shell_scan()))
+    assert both.summary()["bricks_beyond_mesh_range"] > 0 and near.summary()["bricks_beyond_mesh_range"] == 0
+    a, b = near.extract_mesh(), both.extract_mesh()
+    assert len(a.triangles) > 100
+    assert torch.equal(torch.as_tensor(a.vertices), torch.as_tensor(b.vertices))
+    assert both.update_mesh().mesh.tri_vertices.shape[0] == near.update_mesh().mesh.tri_vertices.shape[0]
+
+
+def test_a_failed_mesh_update_keeps_the_changes_for_the_next_one(monkeypatch):
+    from voxmap_ros.core import mesh as mesh_mod
+    m = Mapper(make_config(0.01, lidar__min_range_m=0.0))
+    m.integrate(Frame(np.eye(4), points=_shell_scan()))
+    real = mesh_mod.gather
+    monkeypatch.setattr(mesh_mod, "gather", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    with pytest.raises(RuntimeError):
+        m.update_mesh()
+    monkeypatch.setattr(mesh_mod, "gather", real)
+    assert m.update_mesh().mesh.tri_vertices.shape[0] > 100
+    assert m.mesh_store().tri_vertices.shape[0] == len(m.extract_mesh().triangles) > 0

@@ -131,5 +131,10 @@ def test_bad_inputs_raise_value_error():
         native.mesh_bricks_cpp(t, t, c, nb, torch.zeros((2, 3), dtype=torch.int64), 0.05, 1.0)
     with pytest.raises(ValueError, match="weight"):
         native.mesh_bricks_cpp(t, t[:1], c, nb, org, 0.05, 1.0)
+    # Beyond the edge keys' range (once: 20-bit fields overflowed into each other, welding far apart
+    # vertices together).
+    from voxmap_ros.core.marching_cubes import KEY_COORD_MAX
+    with pytest.raises(ValueError, match="edge keys"):
+        native.mesh_bricks_cpp(t, t, c, nb, torch.tensor([[0, KEY_COORD_MAX - 4, 0]]), 0.05, 1.0)
     v, cols, keys, blk = native.mesh_bricks_cpp(t, t, None, nb[:0], org[:0], 0.05, 1.0)
     assert v.shape == (0, 3, 3) and cols.shape == (0, 3, 3) and keys.shape == (0, 3) and blk.shape == (0,)

@@ -87,8 +87,15 @@ def test_allocate_lookup_erase_bricks():
     s3, new3 = o.allocate_bricks(gone[:5])
     assert bool(new3.all()) and bool((o.attrs["weight"][s3] == 0).all())
     assert o.lookup_bricks(torch.tensor([[10 ** 5, 0, 0]])).item() == -1
+    # Outside the key range nothing can be allocated: -1 too (neighbours of the map's edge bricks).
+    edge = torch.tensor([[morton.COORD_MAX, 0, 0]])
+    s_edge, _ = o.allocate_bricks(edge)
+    probe = torch.tensor([[morton.COORD_MAX + 1, 0, 0], [morton.COORD_MAX, 0, 0], [0, morton.COORD_MIN - 1, 0]])
+    assert o.lookup_bricks(probe).tolist() == [-1, int(s_edge), -1]
     with pytest.raises(ValueError, match="outside"):
-        o.lookup_bricks(torch.tensor([[10 ** 6, 0, 0]]))
+        o.allocate_bricks(torch.tensor([[10 ** 6, 0, 0]]))
+    with pytest.raises(ValueError, match="int32 or int64"):
+        o.lookup_bricks(torch.tensor([[1.5, 0, 0]]))
 
 
 def test_pools_grow_and_keep_contents():

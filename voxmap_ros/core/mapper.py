@@ -247,10 +247,8 @@ class Mapper:
         o = self.octree
         dirty = o.brick_dirty.nonzero().squeeze(1)
         todo = mesh.affected_by(o, dirty)
-        o.brick_dirty[dirty] = False
         removed = (torch.unique(torch.cat(self._removed_since_mesh)) if self._removed_since_mesh
                    else torch.zeros(0, dtype=torch.int64, device=self.device))
-        self._removed_since_mesh = []
         # Removing a brick also changes the cells of its -x/-y/-z neighbours.
         if removed.numel():
             from . import morton
@@ -262,9 +260,13 @@ class Mapper:
         # Every brick in `keys` loses its old triangles; only those that can have a surface are meshed.
         nb = mesh.block_neighbours(o, todo)
         wmin, backend = self.config.tsdf.min_weight_mesh, self._mesh_backend()
-        has = mesh.may_have_surface(o, todo, wmin, backend, nb=nb)
-        return MeshJob(mesh.gather(o, todo[has], wmin, backend=backend, nb=nb[has], max_jump=self._mesh_max_jump()),
-                       keys, removed)
+        has = mesh.may_have_surface(o, todo, wmin, backend, nb=nb) & mesh.inside_edge_key_range(o, todo)
+        job = MeshJob(mesh.gather(o, todo[has], wmin, backend=backend, nb=nb[has], max_jump=self._mesh_max_jump()),
+                      keys, removed)
+        # Only now, with nothing left to fail: a failed call leaves the changes for the next one.
+        o.brick_dirty[dirty] = False
+        self._removed_since_mesh = []
+        return job
 
     def finish_mesh_update(self, job: MeshJob) -> MeshUpdate:
         """Second half of update_mesh: marching cubes on the gathered blocks, merged into the mesh
@@ -280,7 +282,9 @@ class Mapper:
 
     def extract_mesh(self) -> MeshData:
         """Full-map mesh, welded, freshly computed from every brick."""
-        return mesh.mesh_bricks(self.octree, self.octree.alive_slots(), self.config.tsdf.min_weight_mesh,
+        slots = self.octree.alive_slots()
+        slots = slots[mesh.inside_edge_key_range(self.octree, slots)]
+        return mesh.mesh_bricks(self.octree, slots, self.config.tsdf.min_weight_mesh,
                                 backend=self._mesh_backend(), max_jump=self._mesh_max_jump()).to_mesh()
 
     def _mesh_max_jump(self) -> float:
@@ -312,6 +316,8 @@ class Mapper:
         s = self.stats.summary()
         if nodes:
             s["nodes"] = self.octree.num_nodes      # first: the refresh may grow the node pool
+        alive = self.octree.alive_slots()
+        s["bricks_beyond_mesh_range"] = int((~mesh.inside_edge_key_range(self.octree, alive)).sum())
         s.update({"voxels": self.octree.num_voxels, "bricks": self.octree.num_bricks,
                   "map_bytes": self.octree.nbytes, "device": str(self.device), "backend": self._backend,
                   "voxel_size_m": self.config.map.voxel_size_m})

@@ -117,8 +117,14 @@ def _check_inputs(sdf, valid, colors, origins_vox, voxel_size_m, iso) -> None:
         raise ValueError(f"voxel_size_m must be a finite number > 0, got {voxel_size_m!r}")
     if not (isinstance(iso, (int, float)) and math.isfinite(iso)):
         raise ValueError(f"iso must be a finite number, got {iso!r}")
-    if shape[0]:
-        lo, hi = int(origins_vox.min()), int(origins_vox.max()) + shape[1] - 1
+    check_edge_key_range(origins_vox, shape[1])
+
+
+def check_edge_key_range(origins_vox: torch.Tensor, block_vox: int) -> None:
+    """ValueError unless blocks of block_vox^3 samples at origins_vox (B, 3) int64 (voxel index of
+    sample (0, 0, 0)) lie inside the edge keys' range."""
+    if origins_vox.shape[0]:
+        lo, hi = int(origins_vox.min()), int(origins_vox.max()) + block_vox - 1
         if lo < KEY_COORD_MIN or hi > KEY_COORD_MAX:
             raise ValueError(f"block voxel coordinates span [{lo}, {hi}] but edge keys only represent "
                              f"[{KEY_COORD_MIN}, {KEY_COORD_MAX}] per axis")

@@ -587,6 +587,9 @@ def mesh_bricks_cpp(tsdf: torch.Tensor, weight: torch.Tensor, color: torch.Tenso
     _check_tensor("origins_vox", origins_vox, (torch.int64,), (B, 3))
     if B and (int(nb.max()) >= U or int(nb.min()) < -1):
         raise ValueError(f"nb rows must lie in [-1, {U}), got [{int(nb.min())}, {int(nb.max())}]")
+    from .marching_cubes import check_edge_key_range
+    from .octree import BRICK
+    check_edge_key_range(origins_vox, BRICK + 1)  # a brick's cells read one voxel of the next bricks
     tsdf, weight, nb, origins_vox = (t.contiguous() for t in (tsdf, weight, nb, origins_vox))
     color = color.contiguous() if color is not None else None
     lib, _ = _lib()

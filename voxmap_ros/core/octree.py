@@ -271,8 +271,17 @@ class SparseVoxelOctree:
         return morton.encode(coords, 0)
 
     def lookup_bricks(self, coords: torch.Tensor) -> torch.Tensor:
-        """Brick coordinates (N, 3) int32/int64 -> brick slots (N,) int64, -1 where not allocated."""
-        nodes = self.table.lookup(self.brick_keys(coords.to(self.device)))
+        """Brick coordinates (N, 3) int32/int64 -> brick slots (N,) int64, -1 where not allocated,
+        which includes coordinates outside the key range (no brick can be there: the neighbours of
+        a brick at the map's edge)."""
+        coords = coords.to(self.device)
+        if coords.ndim == 2 and coords.shape[1] == 3 and not coords.is_floating_point() and coords.numel():
+            inside = ((coords >= morton.COORD_MIN) & (coords <= morton.COORD_MAX)).all(1)
+            if not bool(inside.all()):
+                out = torch.full((coords.shape[0],), -1, dtype=torch.int64, device=self.device)
+                out[inside] = self.lookup_bricks(coords[inside])
+                return out
+        nodes = self.table.lookup(self.brick_keys(coords))
         out = torch.full(nodes.shape, -1, dtype=torch.int64, device=self.device)
         ok = nodes >= 0
         out[ok] = self.node_brick[nodes[ok].long()].long()
