@@ -220,6 +220,17 @@ def test_occupancy_at_levels():
     assert l.item() == pytest.approx(2.5) and bool(k)
     l, k = o.occupancy_at(torch.tensor([[100.0, 0.0, 0.0]]), level=2)
     assert l.item() == 0 and not bool(k)
+    # Far outside the key range (once: keys wrapped around onto the bricks near the origin).
+    far = (morton.COORD_MAX + 1) * bm
+    for lvl in (0, 1):
+        l, k = o.occupancy_at(torch.tensor([[13.5 * VOXEL_M + 4 * far, 0.5 * VOXEL_M, 0.5 * VOXEL_M],
+                                            [13.5 * VOXEL_M, 0.5 * VOXEL_M, 0.5 * VOXEL_M]]), level=lvl)
+        assert not bool(k[0]) and l[0].item() == 0 and bool(k[1]) and l[1].item() == pytest.approx(2.5)
+    for bad, match in ((torch.tensor([[math.nan, 0.0, 0.0]]), "finite"), (torch.zeros(3), r"\(N, 3\)")):
+        with pytest.raises(ValueError, match=match):
+            o.occupancy_at(bad)
+    with pytest.raises(ValueError, match="level"):
+        o.occupancy_at(torch.zeros((1, 3)), level=o.levels + 1)
 
 
 def test_occupancy_at_matches_brute_force_random():

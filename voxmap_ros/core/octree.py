@@ -524,9 +524,25 @@ class SparseVoxelOctree:
     def occupancy_at(self, points_m: torch.Tensor, level: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Occupancy log-odds at world points (N, 3) float, at `level` (0 = voxel; L >= 1 = max over
         the level-L node containing the point). Returns (logodds (N,) float32, known (N,) bool),
-        on the map device. Inside pruned free subtrees the answer is the free value."""
-        self.flush_summaries()
+        on the map device. Inside pruned free subtrees the answer is the free value; outside the
+        map's key range it is unknown. ValueError for a bad shape, non-finite points or level."""
+        if not isinstance(points_m, torch.Tensor) or points_m.ndim != 2 or points_m.shape[1] != 3:
+            raise ValueError(f"points_m must be a (N, 3) tensor, got {getattr(points_m, 'shape', type(points_m))}")
+        if isinstance(level, bool) or not hasattr(level, "__index__") or not 0 <= level <= self.levels:
+            raise ValueError(f"level must be an integer in [0, {self.levels}], got {level!r}")
+        level = int(level)
         p = points_m.to(self.device, torch.float64)
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError("points_m must be finite (NaN or inf found)")
+        brick_f = torch.floor(p / (self.voxel_size_m * BRICK))
+        inside = ((brick_f >= morton.COORD_MIN) & (brick_f <= morton.COORD_MAX)).all(1)
+        if not bool(inside.all()):               # encoding would wrap into other keys
+            out = torch.zeros(p.shape[0], dtype=torch.float32, device=self.device)
+            known = torch.zeros(p.shape[0], dtype=torch.bool, device=self.device)
+            if bool(inside.any()):
+                out[inside], known[inside] = self.occupancy_at(p[inside], level)
+            return out, known
+        self.flush_summaries()
         vox = torch.floor(p / self.voxel_size_m).long()
         brick = vox >> BRICK_SHIFT
         out = torch.zeros(p.shape[0], dtype=torch.float32, device=self.device)
