@@ -246,3 +246,27 @@ def test_save_to_a_bad_path_says_so_and_leaves_nothing(saved_map, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         m.save(tmp_path / "no" / "such" / "map.npz")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float64, torch.int16, torch.bool, torch.int64])
+def test_every_registrable_attribute_dtype_round_trips(tmp_path, dtype):
+    """Once int8 / float64 attributes saved fine and then could not be loaded."""
+    from voxmap_ros.core.octree import SparseVoxelOctree
+    o = SparseVoxelOctree(0.05, 3, "cpu", initial_bricks=16)
+    slots, _ = o.allocate_bricks(torch.tensor([[0, 0, 0], [1, 2, 3]]))
+    o.register_attribute(AttributeSpec("extra", dtype, (2,), 1))
+    o.attrs["extra"][slots[1], 7] = torch.tensor([0, 1]).to(dtype)
+    o2, _ = mapio.load_octree(mapio.save_octree(o, tmp_path / "m.npz"))
+    assert o2.attrs["extra"].dtype == dtype
+    for c in ([0, 0, 0], [1, 2, 3]):
+        a, b = o.lookup_bricks(torch.tensor([c])), o2.lookup_bricks(torch.tensor([c]))
+        assert torch.equal(o.attrs["extra"][a], o2.attrs["extra"][b])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.uint16])
+def test_attribute_dtypes_a_map_file_cannot_hold_are_refused_up_front(dtype):
+    from voxmap_ros.core.octree import SparseVoxelOctree
+    o = SparseVoxelOctree(0.05, 3, "cpu", initial_bricks=16)
+    with pytest.raises(ValueError, match="is not one of"):
+        o.register_attribute(AttributeSpec("extra", dtype))
+    assert "extra" not in o.attrs and "extra" not in o.specs

@@ -15,14 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .octree import AttributeSpec, BRICK_VOXELS, SparseVoxelOctree
+from .octree import ATTRIBUTE_DTYPES, AttributeSpec, BRICK_VOXELS, SparseVoxelOctree
 
 FORMAT = "voxmap_ros.map"
 VERSION = 1
 _HEADER_FIELDS = {"voxel_size_m": (int, float), "levels": int, "free_logodds": (int, float),
                   "num_nodes": int, "num_bricks": int, "attributes": list, "extra": dict}
-_DTYPES = {"float16": torch.float16, "float32": torch.float32, "uint8": torch.uint8, "int16": torch.int16,
-           "int32": torch.int32, "int64": torch.int64, "bool": torch.bool}
 
 
 def save_octree(octree: SparseVoxelOctree, path: str | Path, extra: dict | None = None) -> Path:
@@ -56,7 +54,7 @@ def save_octree(octree: SparseVoxelOctree, path: str | Path, extra: dict | None 
     }
     for name, t in octree.attrs.items():
         a = t[brick_slots]
-        # numpy has no bfloat16; everything registered here maps 1:1 onto a numpy dtype.
+        # Every registrable dtype maps 1:1 onto a numpy dtype (octree.ATTRIBUTE_DTYPES).
         arrays[f"attr_{name}"] = a.cpu().numpy()
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -86,9 +84,9 @@ def load_octree(path: str | Path, device: str | torch.device = "cpu",
                   "node_observed": ("bool", (n_nodes,)), "node_free_mask": ("uint8", (n_nodes,))}
         specs = []
         for a in h["attributes"]:
-            if a["dtype"] not in _DTYPES:
+            if a["dtype"] not in ATTRIBUTE_DTYPES:
                 raise ValueError(f"{path}: attribute '{a['name']}' has unsupported dtype {a['dtype']}")
-            specs.append(AttributeSpec(a["name"], _DTYPES[a["dtype"]], tuple(a["channels"]), a["fill"]))
+            specs.append(AttributeSpec(a["name"], ATTRIBUTE_DTYPES[a["dtype"]], tuple(a["channels"]), a["fill"]))
             expect[f"attr_{a['name']}"] = (a["dtype"], (n_bricks, BRICK_VOXELS, *a["channels"]))
         arrays = {}
         for name, (dtype, shape) in expect.items():

@@ -36,6 +36,13 @@ VOXEL_OFFSETS = torch.stack([torch.arange(BRICK_VOXELS) % BRICK, (torch.arange(B
                              torch.arange(BRICK_VOXELS) // (BRICK * BRICK)], dim=1)
 
 
+# dtypes a per-voxel attribute may have: each maps 1:1 onto a numpy dtype of the same name, so map
+# files store it as is (numpy has no bfloat16; torch's uint16/32/64 lack the ops the pools need).
+ATTRIBUTE_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float16, torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.bool)}
+
+
 @dataclass(frozen=True)
 class AttributeSpec:
     """A per-voxel attribute: `channels` () for scalars or (C,) for vectors; `fill` for new voxels."""
@@ -221,7 +228,10 @@ class SparseVoxelOctree:
 
     # ------------------------------------------------------------------ attributes
     def register_attribute(self, spec: AttributeSpec) -> None:
-        """Add a per-voxel attribute; existing bricks get `spec.fill`."""
+        """Add a per-voxel attribute; existing bricks get `spec.fill`. ValueError for a dtype map
+        files cannot store (ATTRIBUTE_DTYPES) or a name already taken by another spec."""
+        if spec.dtype not in ATTRIBUTE_DTYPES.values():
+            raise ValueError(f"attribute '{spec.name}': dtype {spec.dtype} is not one of {sorted(ATTRIBUTE_DTYPES)}")
         if spec.name in self.specs:
             if self.specs[spec.name] != spec:
                 raise ValueError(f"attribute '{spec.name}' already registered as {self.specs[spec.name]}")
