@@ -292,6 +292,10 @@ def test_bricks_in_aabb_brute_force():
         blo = o.brick_coord[s].double().numpy() * bm
         ref = {int(x) for x, bl in zip(s.tolist(), blo) if np.all(bl + bm >= lo) and np.all(bl <= hi)}
         assert got == ref
+    for lo, hi, match in (([1.0, 1.0, 1.0], [0.0, 2.0, 2.0], "must be <="), ([0.0, 0.0], [1.0, 1.0], r"\(3,\)"),
+                          ([0.0, 0.0, math.nan], [1.0, 1.0, 1.0], "finite")):
+        with pytest.raises(ValueError, match=match):
+            o.bricks_in_aabb(lo, hi)
 
 
 def _frustum_planes(K, T, W, H, near, far):
@@ -339,6 +343,14 @@ def test_bricks_in_frustum_brute_force():
         bad = got - set(s[torch.from_numpy(ok)].tolist())
         assert not bad, f"view {i}: {len(bad)} bricks returned that lie outside the frustum"
         assert len(must) > 0
+    K0, T0 = np.array([[100.0, 0, 80], [0, 100.0, 60], [0, 0, 1]]), np.eye(4)
+    for args, match in (((np.diag([0.0, 100.0, 1.0]), T0, 160, 120, 0.1, 5.0), "fx, fy > 0"),
+                        ((K0, np.zeros((4, 4)), 160, 120, 0.1, 5.0), "T_W_C"),
+                        ((K0, T0, 0, 120, 0.1, 5.0), "at least 1x1"),
+                        ((K0, T0, 160, 120, 5.0, 1.0), "near_m < far_m")):
+        with pytest.raises(ValueError, match=match):
+            o.bricks_in_frustum(*args)
+    assert o.bricks_in_frustum(torch.as_tensor(K0), torch.as_tensor(T0), 160, 120, 0.1, 5.0).numel() > 0
 
 
 def _free_block(o, lo, n=4):

@@ -601,10 +601,15 @@ class SparseVoxelOctree:
         return torch.sort(k).values
 
     def bricks_in_aabb(self, lo_m, hi_m) -> torch.Tensor:
-        """Slots (M,) int64 of bricks that overlap the box [lo_m, hi_m] (each (3,) metres)."""
+        """Slots (M,) int64 of bricks that overlap the box [lo_m, hi_m] (each (3,) metres, faces
+        included). ValueError unless both are finite (3,) with lo_m <= hi_m."""
+        lo = torch.as_tensor(lo_m, dtype=torch.float64).to(self.device)
+        hi = torch.as_tensor(hi_m, dtype=torch.float64).to(self.device)
+        if lo.shape != (3,) or hi.shape != (3,) or not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+            raise ValueError(f"box corners must be finite (3,) vectors, got {lo.tolist()} and {hi.tolist()}")
+        if not bool((lo <= hi).all()):
+            raise ValueError(f"box lo_m {lo.tolist()} must be <= hi_m {hi.tolist()} on every axis")
         slots = self.alive_slots()
-        lo = torch.as_tensor(lo_m, dtype=torch.float64, device=self.device)
-        hi = torch.as_tensor(hi_m, dtype=torch.float64, device=self.device)
         b_lo = self.brick_coord[slots].double() * self.brick_size_m
         b_hi = b_lo + self.brick_size_m
         inside = ((b_hi >= lo) & (b_lo <= hi)).all(1)
@@ -614,10 +619,17 @@ class SparseVoxelOctree:
         """Slots (M,) int64 of bricks whose bounding sphere meets the pinhole frustum of camera
         K (3, 3), pose T_W_C (4, 4), image width x height (pixel edges at -0.5 and width - 0.5),
         depth range [near_m, far_m]. Every brick that meets the frustum is returned (a sphere
-        against the six planes: bricks near an edge of the frustum may come along)."""
+        against the six planes: bricks near an edge of the frustum may come along). ValueError
+        for a bad K or pose, a size below 1 pixel or a depth range other than 0 <= near_m < far_m."""
+        from .frames import check_intrinsics, check_pose
+        as_np = lambda x: x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x   # noqa: E731
+        K = torch.from_numpy(check_intrinsics(as_np(K))).to(self.device)
+        T = torch.from_numpy(check_pose(as_np(T_W_C), "T_W_C")).to(self.device)
+        if not (int(width) >= 1 and int(height) >= 1):
+            raise ValueError(f"image size must be at least 1x1 pixels, got {width}x{height}")
+        if not (math.isfinite(near_m) and math.isfinite(far_m) and 0 <= near_m < far_m):
+            raise ValueError(f"depth range must satisfy 0 <= near_m < far_m, got [{near_m}, {far_m}]")
         slots = self.alive_slots()
-        K = torch.as_tensor(K, dtype=torch.float64, device=self.device)
-        T = torch.as_tensor(T_W_C, dtype=torch.float64, device=self.device)
         c_w = (self.brick_coord[slots].double() + 0.5) * self.brick_size_m
         c = (c_w - T[:3, 3]) @ T[:3, :3]                    # world -> camera: R^T (p - t)
         r = math.sqrt(3) * self.brick_size_m / 2
