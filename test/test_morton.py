@@ -91,6 +91,11 @@ def test_neighbours():
     face = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 0, 1]])
     nb6 = morton.neighbours(keys, face)
     assert torch.equal(morton.decode(nb6.reshape(-1))[0].reshape(500, 3, 3), c[:, None, :] + face[None])
+    edge = morton.encode(torch.tensor([[morton.COORD_MAX, 0, morton.COORD_MIN]]), 0)
+    with pytest.raises(ValueError, match="outside"):              # once: wrapped onto a level-1 key
+        morton.neighbours(edge)
+    assert morton.decode(morton.neighbours(edge, torch.tensor([[-1, 0, 1]])).reshape(-1))[0].tolist() == [
+        [morton.COORD_MAX - 1, 0, morton.COORD_MIN + 1]]
 
 
 def _zorder_key_python(x, y, z):

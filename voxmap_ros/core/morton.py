@@ -139,12 +139,14 @@ def child_index(keys: torch.Tensor) -> torch.Tensor:
 
 def neighbours(keys: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
     """Keys (N,) int64 -> (N, M) int64 keys of the same-level neighbours at `offsets` (M, 3)
-    (default: the 26-neighbourhood)."""
+    (default: the 26-neighbourhood). ValueError when a neighbour lies outside the key range (keys
+    at its edge): its key would wrap around onto another node's."""
     offsets = NEIGHBOUR_OFFSETS if offsets is None else offsets
     coords, level = decode(keys)
-    nb = coords[:, None, :] + offsets.to(keys.device)[None]
+    nb = (coords[:, None, :] + offsets.to(keys.device)[None]).reshape(-1, 3)
+    check_coords(nb)
     m = offsets.shape[0]
-    return encode(nb.reshape(-1, 3), level.repeat_interleave(m)).reshape(-1, m)
+    return encode(nb, level.repeat_interleave(m)).reshape(-1, m)
 
 
 def ancestor(keys: torch.Tensor, levels_up: int) -> torch.Tensor:
