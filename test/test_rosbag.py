@@ -148,6 +148,24 @@ def test_tf_interpolation_chain_and_static(tmp_path):
     np.testing.assert_allclose(ds_base[3].T_W_S, T_base_cam, atol=POSE_TOL)
 
 
+def test_map_frame_below_the_root_needs_no_link_above_it(tmp_path):
+    """map -> odom sent once, odom -> camera at every frame: with map_frame 'odom' every frame has
+    its pose (the path ends at the common ancestor, as in tf2); from the root only the frame near
+    the one map -> odom sample has."""
+    rng = np.random.default_rng(9)
+    frames = _rgbd_frames(10, rng)
+    rgbd_ns = [T0 + i * NS // 10 for i in range(10)]
+    samples = [(T0, "map", "odom", _random_pose(rng))]
+    samples += [(t, "odom", "camera_optical", T) for t, (_, _, T) in zip(rgbd_ns, frames)]
+    bag = write_bag(tmp_path / "bag", rgbd_frames=frames, K=default_intrinsics(W, H), storage="mcap",
+                    rgbd_stamps_ns=rgbd_ns, tf_samples=samples)
+    assert len(BagDataset(bag, tf_tolerance_s=0.05)) == 1
+    ds = BagDataset(bag, map_frame="odom", tf_tolerance_s=0.05)
+    assert len(ds) == 10 and ds.summary()["skipped"]["missing_tf"] == 0
+    for f, (_, _, T) in zip(ds, frames):
+        np.testing.assert_allclose(f.T_W_S, T, atol=POSE_TOL)
+
+
 def test_slerp_matches_axis_angle():
     R0 = _rot([1, -1, 0.5], 2.0)
     axis, theta = np.array([0.0, 0.6, 0.8]), 2.5

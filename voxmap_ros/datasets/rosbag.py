@@ -205,30 +205,38 @@ class TfTree:
         ch = self.chain(frame)
         return ch[-1].parent if ch else frame
 
-    def to_root(self, frame: str, stamp_ns: int, tol_ns: int) -> np.ndarray | None:
-        """T_root_frame (4, 4) at stamp_ns, or None if some dynamic edge has no sample near it."""
+    def to_ancestor(self, frame: str, ancestor: str, stamp_ns: int, tol_ns: int) -> np.ndarray | None:
+        """T_ancestor_frame (4, 4) at stamp_ns for an ancestor of `frame` on its chain (or the
+        frame itself), or None if some dynamic edge on the way has no sample near it."""
         T = np.eye(4)
         for e in self.chain(frame):
+            if frame == ancestor:
+                break
             E = e.at(stamp_ns, tol_ns)
             if E is None:
                 return None
             T = E @ T
+            frame = e.parent
         return T
 
     def lookup(self, target: str, source: str, stamp_ns: int, tol_ns: int) -> np.ndarray | None:
         """T_target_source (4, 4) at stamp_ns, or None when the frames are not connected or a
-        stamp lies outside the samples of an edge on the path."""
+        stamp lies outside the samples of an edge on the path. Like tf2, the path goes through
+        the lowest common ancestor: links above it (map -> odom for odom -> camera) play no part."""
         if target == source:
             return np.eye(4)
-        if self.root(target) != self.root(source):
+        up_source = [source] + [e.parent for e in self.chain(source)]
+        up_target = set([target] + [e.parent for e in self.chain(target)])
+        common = next((f for f in up_source if f in up_target), None)
+        if common is None:
             return None
-        T_r_s = self.to_root(source, stamp_ns, tol_ns)
-        if T_r_s is None:
+        T_c_s = self.to_ancestor(source, common, stamp_ns, tol_ns)
+        if T_c_s is None:
             return None
-        T_r_t = self.to_root(target, stamp_ns, tol_ns)
-        if T_r_t is None:
+        T_c_t = self.to_ancestor(target, common, stamp_ns, tol_ns)
+        if T_c_t is None:
             return None
-        return _inv(T_r_t) @ T_r_s
+        return _inv(T_c_t) @ T_c_s
 
 
 def _frame(name: str) -> str:
