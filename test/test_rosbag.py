@@ -166,6 +166,34 @@ def test_map_frame_below_the_root_needs_no_link_above_it(tmp_path):
         np.testing.assert_allclose(f.T_W_S, T, atol=POSE_TOL)
 
 
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_damaged_bags_give_value_errors_only(tmp_path, storage):
+    """16 bytes overwritten at 64 places of a small bag: it opens and reads, or says it cannot
+    (ValueError); the storage libraries' own errors (apsw.CorruptError, OverflowError...) once
+    escaped as tracebacks from `voxmap replay`."""
+    rng = np.random.default_rng(10)
+    good = write_bag(tmp_path / "good", rgbd_frames=_rgbd_frames(3, rng), K=default_intrinsics(W, H),
+                     lidar_scans=_scans(2, rng), storage=storage, compress=False)
+    data_file = next(f for f in Path(good).iterdir() if f.suffix in (".db3", ".mcap"))
+    blob = data_file.read_bytes()
+    refused = 0
+    for off in np.linspace(0, len(blob) - 16, 64).astype(int):
+        bad = tmp_path / f"bad_{off}"
+        bad.mkdir()
+        for f in Path(good).iterdir():
+            (bad / f.name).write_bytes(f.read_bytes())
+        b = bytearray(blob)
+        b[off:off + 16] = b"\xff" * 16
+        (bad / data_file.name).write_bytes(bytes(b))
+        try:
+            with BagDataset(bad) as ds:
+                for i in range(len(ds)):
+                    ds[i]
+        except ValueError:
+            refused += 1
+    assert refused > 0
+
+
 def test_slerp_matches_axis_angle():
     R0 = _rot([1, -1, 0.5], 2.0)
     axis, theta = np.array([0.0, 0.6, 0.8]), 2.5

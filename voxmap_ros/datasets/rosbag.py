@@ -398,10 +398,29 @@ class BagDataset:
     def _deserialize(self, raw, msgtype: str):
         return self._typestore.deserialize_cdr(raw, msgtype)
 
+    def _messages(self, conns, **window):
+        """reader.messages(conns, **window), with storage-level corruption (sqlite, mcap: errors of
+        any type from deep inside the readers) turned into one ValueError naming the bag."""
+        it = iter(self._open().messages(conns, **window))
+        try:
+            while True:
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+                except Exception as e:  # noqa: BLE001 - apsw.CorruptError, OverflowError, struct.error, ...
+                    raise ValueError(f"{self.path}: cannot read the bag's messages, the file is damaged "
+                                     f"({type(e).__name__}: {' '.join(str(e).split())})") from None
+                yield item
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
     def _read(self, ref: _Ref):
-        reader = self._open()
+        self._open()
         conn = self._conns[ref.conn_id]
-        gen = reader.messages([conn], start=ref.bag_ns, stop=ref.bag_ns + 1)
+        gen = self._messages([conn], start=ref.bag_ns, stop=ref.bag_ns + 1)
         try:
             for k, (conn, _, raw) in enumerate(gen):
                 if k == ref.occ:
@@ -446,7 +465,7 @@ class BagDataset:
         undecodable: Counter = Counter()
         ts = self._typestore
 
-        for conn, bag_ns, raw in reader.messages(read_conns):
+        for conn, bag_ns, raw in self._messages(read_conns):
             key = (conn.id, bag_ns)
             ref = _Ref(conn.id, int(bag_ns), occ[key])
             occ[key] += 1
