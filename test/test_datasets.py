@@ -165,3 +165,23 @@ def test_truncated_scans_and_bad_times_are_named(tmp_path):
         with pytest.raises(ValueError, match=words) as info:
             LidarFolder(lid)
         assert "times.txt" in str(info.value)
+
+
+def test_unpadded_file_numbers_pair_with_the_right_pose(tmp_path):
+    """0.png ... 11.png: once sorted as text (10.png second), pairing 10 of 12 frames with another
+    frame's pose."""
+    import cv2
+    n = 12
+    (tmp_path / "depth").mkdir()
+    (tmp_path / "color").mkdir()
+    for i in range(n):
+        cv2.imwrite(str(tmp_path / "depth" / f"{i}.png"), np.full((4, 4), 1000 + i, np.uint16))
+        cv2.imwrite(str(tmp_path / "color" / f"{i}.png"), np.full((4, 4, 3), i, np.uint8))
+    np.savetxt(tmp_path / "intrinsics.txt", np.array([[2, 0, 2], [0, 2, 2], [0, 0, 1.0]]))
+    poses = np.tile(np.eye(4), (n, 1, 1))
+    poses[:, 0, 3] = np.arange(n)
+    np.savetxt(tmp_path / "poses.txt", poses.reshape(n, 16))
+    ds = RgbdFolder(tmp_path)
+    for i in range(n):
+        f = ds[i]
+        assert int(f.depth[0, 0]) - 1000 == i == int(f.T_W_S[0, 3]) == int(f.rgb[0, 0, 0])

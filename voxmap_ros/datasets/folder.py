@@ -14,6 +14,7 @@ Files in a folder are paired by sorted name; all counts must match.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -58,7 +59,15 @@ def _load_times_ns(path: Path, n: int, period_ns: int) -> np.ndarray:
 
 
 def _sorted_files(folder: Path, exts: set[str]) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    """Files of `folder` with those extensions in frame order: numbers in names compare as numbers
+    (0.png, 2.png, 10.png; zero-padded names sort the same either way), pairing the n-th file
+    with the n-th pose."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts]
+    return sorted(files, key=_natural_key)
+
+
+def _natural_key(p: Path) -> tuple:
+    return tuple((0, int(t), t) if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", p.name) if t)
 
 
 def _check_index(i: int, n: int) -> int:
