@@ -260,3 +260,51 @@ def test_an_unreadable_frame_is_skipped_not_fatal(cli_run, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert [x["frame"] for x in s["rejected"]] == [1] and "multiple of 16" in s["rejected"][0]["error"]
     assert s["frames_integrated"] == len(bins) - 1 and (out / "mesh.ply").is_file()
+
+
+def test_replay_with_no_frame_integrated_exits_non_zero(cli_run, tmp_path):
+    """Every frame rejected (here: 8-bit depth PNGs): the outputs are written, but the run fails."""
+    import shutil
+
+    import cv2
+    src = tmp_path / "rgbd"
+    shutil.copytree(cli_run["D"] / "rgbd", src)
+    pngs = sorted((src / "depth").glob("*.png"))[:3]
+    for extra in sorted((src / "depth").glob("*.png"))[3:]:
+        extra.unlink()
+    for p in sorted((src / "color").iterdir())[3:]:
+        p.unlink()
+    poses = np.loadtxt(src / "poses.txt")[:3]
+    np.savetxt(src / "poses.txt", poses)
+    (src / "times.txt").unlink(missing_ok=True)
+    for p in pngs:
+        cv2.imwrite(str(p), (cv2.imread(str(p), cv2.IMREAD_UNCHANGED) // 256).astype(np.uint8))
+    out = tmp_path / "o"
+    r = _run("replay", src, "--out", out, "--quiet", timeout=300)
+    assert r.returncode == 1 and "none of the 3 frames could be integrated" in r.stderr and "uint16" in r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["frames_integrated"] == 0 and s["frames_rejected"] == 3
+
+
+def test_replay_reports_frames_the_bag_reader_skipped(tmp_path):
+    """Frames dropped while indexing a bag (no TF near their stamps) reach summary.json and the
+    printed summary, not only a log line."""
+    from voxmap_ros.sim.bag_writer import write_bag
+    from voxmap_ros.sim.dataset_writer import default_intrinsics
+    rng = np.random.default_rng(0)
+    t0, step = 1_700_000_000 * 10 ** 9, 10 ** 8
+    frames, stamps = [], [t0 + i * step for i in range(5)]
+    for i in range(5):
+        T = np.eye(4)
+        T[0, 3] = 0.1 * i
+        frames.append((rng.uniform(1.0, 3.0, (24, 32)).astype(np.float32), None, T))
+    tf = [(t, "map", "camera_optical", T) for t, (_, _, T) in zip(stamps[:3], frames)]   # TF ends early
+    bag = write_bag(tmp_path / "bag", rgbd_frames=frames, K=default_intrinsics(32, 24), storage="mcap",
+                    rgbd_stamps_ns=stamps, tf_samples=tf)
+    out = tmp_path / "o"
+    r = _run("replay", bag, "--out", out, "--quiet", timeout=300)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["frames"] == 3 and s["source_skipped"] == {"missing_tf": 2}
+    assert s["source_summary"]["map_frame"] == "map"
+    assert "missing_tf" in r.stdout

@@ -62,6 +62,8 @@ def cmd_replay(args) -> int:
                             render_every=args.render_every)
     summary = run(args.source, _config(args), options)
     _print_summary(summary)
+    if summary.get("source_skipped"):
+        print(f"  {'skipped in the source':22s} {summary['source_skipped']}")
     r = summary.get("render")
     if r is not None:
         if r["rendered_frames"]:
@@ -70,6 +72,11 @@ def cmd_replay(args) -> int:
                   + ("n/a" if err is None else f"{err * 1000:.1f} mm") + f", coverage {r['coverage']:.2f}")
         else:
             print(f"  {'rendered views':22s} none: {r['note']}")
+    if summary["frames"] and not summary["frames_integrated"] and not summary.get("frames_empty"):
+        print(f"voxmap replay: error: none of the {summary['frames']} frames could be integrated "
+              f"(first reason: {summary['rejected'][0]['error'] if summary['rejected'] else 'unknown'}); "
+              f"the outputs in {args.out} are empty", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -92,6 +92,10 @@ def run(source: str | Path, config: VoxmapConfig, options: ReplayOptions) -> dic
     summary = {"source": str(source), "frames": len(indices), **mapper.summary(),
                "frames_rejected": len(rejected),             # unreadable files too, not only the mapper's
                "wall_s": wall_s, "rejected": rejected, "outputs": paths}
+    source_summary = getattr(dataset, "summary", None)
+    if callable(source_summary):                          # a bag: what was found, and skipped while indexing
+        summary["source_summary"] = source_summary()
+        summary["source_skipped"] = {k: v for k, v in summary["source_summary"].get("skipped", {}).items() if v}
     if options.render_every:
         summary["render"] = renders.summary()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -659,6 +659,9 @@ class BagDataset:
             log.warning("%s: %d frames skipped for missing TF (%s; map frame %r, TF frames %s)", self.path,
                         sum(missing_tf_by_frame.values()), dict(missing_tf_by_frame), self.map_frame,
                         sorted(tree.frames))
+        other = {k: v for k, v in skipped.items() if k != "missing_tf" and v}
+        if other:
+            log.warning("%s: depth frames skipped: %s (camera_info: topic %r)", self.path, other, info_topic)
         if not entries:
             raise ValueError(f"{self.path}: no frame has a pose; skipped {dict(skipped)}, map frame "
                              f"{self.map_frame!r}, sensor frames {sensor_frames}, TF frames {sorted(tree.frames)}. "
