@@ -421,3 +421,49 @@ def test_pose_topics_without_tf(tmp_path, pose_type):
     for f, (pts, T) in zip(ds, scans):
         np.testing.assert_allclose(f.T_W_S, T, atol=POSE_TOL)
         assert np.array_equal(f.points, pts)
+
+
+def _write_raw_bag(path, items):
+    """items: (bag_ns, topic, msgtype, message) with messages from bag_writer.MessageBuilder."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from voxmap_ros.sim.bag_writer import _typestore
+    ts = _typestore()
+    with Writer(path, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP) as w:
+        conns = {}
+        for bag_ns, topic, mt, msg in sorted(items, key=lambda x: x[0]):
+            if topic not in conns:
+                conns[topic] = w.add_connection(topic, mt, typestore=ts)
+            w.write(conns[topic], bag_ns, bytes(ts.serialize_cdr(msg, mt)))
+    return path
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_colour_topic_is_the_colour_camera_and_unregistered_colour_is_reported(tmp_path, aligned):
+    """A RealSense layout: colour (rgb8), infra1 (mono8) and depth under one prefix. The colour
+    camera is picked (once infra1 won on the name); colour from another frame than the depth is
+    reported (color_frame_differs)."""
+    from voxmap_ros.sim.bag_writer import MessageBuilder, _typestore
+    mk = MessageBuilder(_typestore())
+    img, info, tfm = "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo", "tf2_msgs/msg/TFMessage"
+    K = default_intrinsics(W, H)
+    depth_frame = "camera_color_optical_frame" if aligned else "camera_depth_optical_frame"
+    depth_topic = "/camera/camera/aligned_depth_to_color/image_raw" if aligned else "/camera/camera/depth/image_rect_raw"
+    items = [(T0, "/tf_static", tfm, mk.TFMessage(transforms=[
+        mk.transform(T0, "camera_link", "camera_color_optical_frame", np.eye(4)),
+        mk.transform(T0, "camera_link", "camera_depth_optical_frame", _pose(np.eye(3), [0.025, 0, 0]))]))]
+    for i in range(4):
+        t = T0 + i * NS // 10
+        items += [(t, "/tf", tfm, mk.TFMessage(transforms=[mk.transform(t, "map", "camera_link",
+                                                                          _pose(np.eye(3), [0.1 * i, 0, 0]))])),
+                  (t, depth_topic, img, mk.image(t, depth_frame, np.full((H, W), 2000, np.uint16), "16UC1")),
+                  (t, "/camera/camera/color/camera_info", info, mk.camera_info(t, depth_frame, K, W, H)),
+                  (t, "/camera/camera/color/image_raw", img,
+                   mk.image(t, "camera_color_optical_frame", np.full((H, W, 3), 200, np.uint8), "rgb8")),
+                  (t, "/camera/camera/infra1/image_rect_raw", img,
+                   mk.image(t, "camera_infra1_optical_frame", np.full((H, W), 7, np.uint8), "mono8"))]
+    ds = BagDataset(_write_raw_bag(tmp_path / "bag", items))
+    s = ds.summary()
+    assert s["topics"]["color"] == "/camera/camera/color/image_raw" and len(ds) == 4
+    assert int(ds[0].rgb[0, 0, 0]) == 200
+    assert s["color_frame_differs"] == ([] if aligned else ["camera_color_optical_frame"])

@@ -524,7 +524,11 @@ class BagDataset:
         if depth_topic is None and depth_cands:
             depth_topic = max(depth_cands, key=lambda t: ("depth" in t.lower(), len(images[t]), t))
         if color_topic is None and color_cands and depth_topic is not None:
-            color_topic = max(color_cands, key=lambda t: (_common_prefix(t, depth_topic), len(images[t]), t))
+            # A real colour encoding before mono8 (a RealSense bag's infra1 shares the colour
+            # camera's topic prefix), then the prefix shared with the depth topic.
+            color_topic = max(color_cands, key=lambda t: (enc_of(t) != "mono8", _common_prefix(t, depth_topic),
+                                                          any(w in t.lower() for w in ("color", "colour", "rgb")),
+                                                          len(images[t]), t))
         if info_topic is None and infos and depth_topic is not None:
             info_topic = max(infos, key=lambda t: (_common_prefix(t, depth_topic), len(infos[t]), t))
         if cloud_topic is None and cloud_recs:
@@ -540,6 +544,15 @@ class BagDataset:
             tree.add(parent, child, s, t, q, static=False, source=topic, only_new_edges=True)
         depth_recs = images.get(depth_topic, []) if depth_topic else []
         clouds_sel = cloud_recs.get(cloud_topic, []) if cloud_topic else []
+        # Colour is painted pixel for pixel onto the depth image: right when the depth is registered
+        # to the colour camera (the same frame id), off by the baseline otherwise.
+        depth_frames = {_frame(r.frame_id) for r in depth_recs}
+        color_frames = {_frame(r.frame_id) for r in images.get(color_topic, [])} if color_topic else set()
+        color_frame_differs = sorted(color_frames - depth_frames) if color_frames and depth_frames else []
+        if color_frame_differs:
+            log.warning("%s: colour images (%s, frame %s) are not in the depth images' frame %s: colour is "
+                        "applied as if the depth were registered to the colour camera, off by their baseline "
+                        "(record depth aligned to colour for exact colours)", self.path, color_topic, color_frame_differs, sorted(depth_frames))
         for r in depth_recs:
             r.frame_id = self._sensor_frame(depth_topic, "depth", r.frame_id)
         for r in clouds_sel:
@@ -648,6 +661,7 @@ class BagDataset:
             "skipped": {"missing_tf": 0, **dict(skipped)},
             "missing_tf_by_frame": dict(missing_tf_by_frame),
             "depth_without_color": n_unpaired,
+            "color_frame_differs": color_frame_differs,
             "color_size_mismatch": n_color_size,
             "header_stamp_zero": zero_stamps,
             "tf_conflicts": dict(tree.conflicts),
