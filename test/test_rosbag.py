@@ -467,3 +467,33 @@ def test_colour_topic_is_the_colour_camera_and_unregistered_colour_is_reported(t
     assert s["topics"]["color"] == "/camera/camera/color/image_raw" and len(ds) == 4
     assert int(ds[0].rgb[0, 0, 0]) == 200
     assert s["color_frame_differs"] == ([] if aligned else ["camera_color_optical_frame"])
+
+
+def test_robot_pose_topic_drives_a_static_sensor_chain_and_static_only_poses_are_reported(tmp_path):
+    """PoseStamped of base_link + /tf_static base_link -> cam: the pose topic moves the camera (it
+    was ignored: map frame base_link, one pose for every frame). Without the pose topic every
+    frame's pose is the same: reported (static_pose_frames)."""
+    from voxmap_ros.sim.bag_writer import MessageBuilder, _typestore
+    ts = _typestore()
+    mk = MessageBuilder(ts)
+    t_ = ts.types
+    K = default_intrinsics(W, H)
+    T_base_cam = _pose(np.eye(3), [0.0, 0.0, 0.5])
+    static = (T0, "/tf_static", "tf2_msgs/msg/TFMessage",
+              mk.TFMessage(transforms=[mk.transform(T0, "base_link", "cam", T_base_cam)]))
+    sensors, poses = [static], []
+    for i in range(5):
+        t = T0 + i * NS // 10
+        sensors += [(t, "/cam/depth", "sensor_msgs/msg/Image", mk.image(t, "cam", np.full((H, W), 2000, np.uint16), "16UC1")),
+                    (t, "/cam/info", "sensor_msgs/msg/CameraInfo", mk.camera_info(t, "cam", K, W, H))]
+        pose = t_["geometry_msgs/msg/Pose"](position=t_["geometry_msgs/msg/Point"](x=float(i), y=0.0, z=0.0),
+                                            orientation=t_["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0))
+        poses.append((t, "/robot_pose", "geometry_msgs/msg/PoseStamped",
+                      t_["geometry_msgs/msg/PoseStamped"](header=mk.header(t, "map"), pose=pose)))
+    ds = BagDataset(_write_raw_bag(tmp_path / "with_pose", sensors + poses))
+    s = ds.summary()
+    assert s["map_frame"] == "map" and "/robot_pose" in s["topics"]["pose_topics"] and len(ds) == 5
+    assert ds.poses[:, 0, 3].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and s["static_pose_frames"] == []
+    np.testing.assert_allclose(ds.poses[:, 2, 3], 0.5)
+    still = BagDataset(_write_raw_bag(tmp_path / "static_only", sensors))
+    assert still.map_frame == "base_link" and still.summary()["static_pose_frames"] == ["cam"]

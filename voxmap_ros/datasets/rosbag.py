@@ -12,7 +12,7 @@ Topics are found by message type; keyword arguments override the choice:
           geometry_msgs/msg/TransformStamped and nav_msgs/msg/Odometry topics (edge
           header.frame_id -> child_frame_id) for edges /tf does not carry, and one
           geometry_msgs/msg/PoseStamped topic (not a "goal") as the pose of a sensor frame that
-          has no parent otherwise.
+          has no parent otherwise, or of the root of its chain when that chain is all static.
 The map frame is the root of the TF tree that the sensor frames hang from (override with
 `map_frame`); a sensor's frame is the header.frame_id of its messages (override with
 `sensor_frames`). Each frame gets T_map_sensor at its header stamp by composing every edge of
@@ -550,9 +550,10 @@ class BagDataset:
         color_frames = {_frame(r.frame_id) for r in images.get(color_topic, [])} if color_topic else set()
         color_frame_differs = sorted(color_frames - depth_frames) if color_frames and depth_frames else []
         if color_frame_differs:
-            log.warning("%s: colour images (%s, frame %s) are not in the depth images' frame %s: colour is "
-                        "applied as if the depth were registered to the colour camera, off by their baseline "
-                        "(record depth aligned to colour for exact colours)", self.path, color_topic, color_frame_differs, sorted(depth_frames))
+            log.warning("%s: colour images (%s, frame %s) are not in the depth images' frame %s: colour "
+                        "is applied as if the depth were registered to the colour camera, off by their "
+                        "baseline (record depth aligned to colour for exact colours)", self.path, color_topic,
+                        color_frame_differs, sorted(depth_frames))
         for r in depth_recs:
             r.frame_id = self._sensor_frame(depth_topic, "depth", r.frame_id)
         for r in clouds_sel:
@@ -561,11 +562,21 @@ class BagDataset:
         pose_topics_used = []
         usable_pose = [t for t in pose_stamped if "goal" not in t.lower()]
         if len(usable_pose) == 1:
+            # The pose of a sensor frame without TF, or of the root of a sensor's static chain (a
+            # robot pose with the driver's base_link -> camera links on /tf_static).
+            bodies = set()
             for f in sensor_frames:
-                if f not in tree.edges and not any(e.parent == f for e in tree.edges.values()):
-                    for parent, s, t, q in pose_stamped[usable_pose[0]]:
-                        tree.add(parent, f, s, t, q, static=False, source=usable_pose[0])
-                    pose_topics_used.append(usable_pose[0])
+                chain = tree.chain(f)
+                if not chain and not any(e.parent == f for e in tree.edges.values()):
+                    bodies.add(f)
+                elif chain and all(e.static for e in chain):
+                    bodies.add(chain[-1].parent)
+            for body in sorted(bodies):
+                for parent, s, t, q in pose_stamped[usable_pose[0]]:
+                    if _frame(parent) != body:
+                        tree.add(parent, body, s, t, q, static=False, source=usable_pose[0])
+            if bodies:
+                pose_topics_used.append(usable_pose[0])
         tree.finalize()
         self.tf = tree
 
@@ -580,6 +591,16 @@ class BagDataset:
                     roots[r], -(_MAP_NAME_PREFERENCE.index(r) if r in _MAP_NAME_PREFERENCE else 99), r))
             else:
                 self.map_frame = ""
+
+        # A map frame reached by static links only (a camera driver's /tf_static, no odometry):
+        # every frame would get the same pose.
+        static_only = sorted(f for f in sensor_frames if self.map_frame and (f == self.map_frame or (
+            tree.root(f) == tree.root(self.map_frame) and all(e.static for e in tree.chain(f))
+            and all(e.static for e in tree.chain(self.map_frame)))))
+        if static_only:
+            log.warning("%s: sensor frames %s reach the map frame %r through static TF links only: every "
+                        "frame gets the same pose (no odometry / localisation in the bag?)", self.path,
+                        static_only, self.map_frame)
 
         # -- frames and their poses ----------------------------------------------------------
         skipped: Counter = Counter()
@@ -662,6 +683,7 @@ class BagDataset:
             "missing_tf_by_frame": dict(missing_tf_by_frame),
             "depth_without_color": n_unpaired,
             "color_frame_differs": color_frame_differs,
+            "static_pose_frames": static_only,
             "color_size_mismatch": n_color_size,
             "header_stamp_zero": zero_stamps,
             "tf_conflicts": dict(tree.conflicts),
