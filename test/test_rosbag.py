@@ -497,3 +497,20 @@ def test_robot_pose_topic_drives_a_static_sensor_chain_and_static_only_poses_are
     np.testing.assert_allclose(ds.poses[:, 2, 3], 0.5)
     still = BagDataset(_write_raw_bag(tmp_path / "static_only", sensors))
     assert still.map_frame == "base_link" and still.summary()["static_pose_frames"] == ["cam"]
+
+
+def test_unfinished_recording_and_broken_metadata_get_one_line_errors(tmp_path):
+    from voxmap_ros.datasets.folder import open_dataset
+    rng = np.random.default_rng(11)
+    bag = write_bag(tmp_path / "bag", rgbd_frames=_rgbd_frames(2, rng), K=default_intrinsics(W, H), storage="sqlite3")
+    meta = Path(bag) / "metadata.yaml"
+    text = meta.read_text()
+    meta.write_text(text[: len(text) // 2] + "\n  - [unclosed")
+    with pytest.raises(ValueError, match="cannot open as rosbag2") as e:
+        BagDataset(bag)
+    assert "\n" not in str(e.value)
+    meta.unlink()                                   # a recording that never wrote its metadata
+    with pytest.raises(ValueError, match="no metadata.yaml.*pass the file itself"):
+        open_dataset(bag)
+    db3 = next(Path(bag).glob("*.db3"))
+    assert len(BagDataset(db3)) == 2

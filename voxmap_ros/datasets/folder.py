@@ -211,5 +211,9 @@ def open_dataset(path, depth_scale: float = 1000.0) -> RgbdFolder | LidarFolder:
     if (p / "velodyne").is_dir():
         return LidarFolder(p)
     found = sorted(c.name for c in p.iterdir())[:10]
+    storage = sorted(c.name for c in p.iterdir() if c.suffix in (".db3", ".mcap"))
+    if storage:
+        raise ValueError(f"{p}: holds rosbag2 storage files {storage[:3]} but no metadata.yaml (a recording "
+                         f"that did not finish?); pass the file itself, e.g. {p / storage[0]}")
     raise ValueError(f"{p}: not a known dataset folder (found {found}); expected depth/ and color/ with "
                      "intrinsics.txt and poses.txt (RGB-D), or velodyne/ with poses.txt (LiDAR)")

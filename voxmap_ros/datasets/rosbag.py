@@ -357,7 +357,7 @@ class BagDataset:
             try:
                 r.open()
             except (ReaderError, KeyError, OSError) as e:
-                raise ValueError(f"{self.path}: cannot open as rosbag2 ({e})") from None
+                raise ValueError(f"{self.path}: cannot open as rosbag2 ({' '.join(str(e).split())})") from None
             self._reader = r
             self._conns = {c.id: c for c in r.connections}
         return self._reader
