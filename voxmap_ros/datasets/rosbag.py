@@ -6,7 +6,8 @@
 Topics are found by message type; keyword arguments override the choice:
   depth   sensor_msgs/msg/Image with encoding 16UC1 / mono16 (units of 1/depth_scale m) or 32FC1 (m)
   color   sensor_msgs/msg/Image with encoding rgb8 / bgr8 / rgba8 / bgra8 / mono8 (optional)
-  info    sensor_msgs/msg/CameraInfo (K from `k`; the latest at or before the depth stamp)
+  info    sensor_msgs/msg/CameraInfo (K from `k`; the latest at or before the depth stamp
+          plus pair_tolerance_s, or the first one for depth images before any)
   cloud   sensor_msgs/msg/PointCloud2 (x, y, z; float32 or float64)
   poses   tf2_msgs/msg/TFMessage on /tf (time-stamped) and /tf_static (static); also
           geometry_msgs/msg/TransformStamped and nav_msgs/msg/Odometry topics (edge
