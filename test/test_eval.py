@@ -52,6 +52,27 @@ def test_empty_prediction():
         mesh_metrics(_plane(), _plane(), tau_m=0.0)
 
 
+def test_eval_json_of_an_empty_mesh_is_standard_json(tmp_path):
+    """Infinite distances were written as the non-standard `Infinity`, which strict parsers refuse."""
+    import json
+    import subprocess
+    import sys
+    empty, gt, out = tmp_path / "empty.ply", tmp_path / "gt.ply", tmp_path / "m.json"
+    empty.write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\n"
+                     "property float z\nelement face 0\nproperty list uchar int vertex_indices\nend_header\n")
+    import open3d as o3d
+    plane = _plane()
+    o3d.io.write_triangle_mesh(str(gt), o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(np.asarray(plane.vertices, np.float64)),
+        o3d.utility.Vector3iVector(np.asarray(plane.triangles, np.int32))))
+    r = subprocess.run([sys.executable, "-m", "voxmap_ros.cli", "eval", "--mesh", str(empty), "--gt", str(gt),
+                        "--tau-m", "0.05", "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert m["accuracy_m"] is None and m["chamfer_m"] is None and m["fscore"] == 0.0
+    assert {"accuracy_m", "completeness_m", "chamfer_m", "precision", "recall", "fscore"} <= set(m)
+
+
 def test_paths_and_scene_object_removal(tmp_path):
     scene = make_scene("indoor", 0)
     gt_path = write_gt_mesh(tmp_path / "gt.ply", scene)

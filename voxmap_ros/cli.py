@@ -91,8 +91,9 @@ def cmd_eval(args) -> int:
     from .eval.metrics import mesh_metrics
     if args.json and not Path(args.json).parent.is_dir():
         raise ValueError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
+    from .jsonio import dumps
     m = mesh_metrics(args.mesh, args.gt, tau_m=args.tau_m)
-    text = json.dumps(m, indent=2)
+    text = dumps(m, indent=2)                  # an empty mesh's infinite distances as null
     if args.json:
         Path(args.json).write_text(text)
     print(text)

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import VoxmapConfig
+from .jsonio import dumps
 from .core.mapper import Mapper
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def run(source: str | Path, config: VoxmapConfig, options: ReplayOptions) -> dic
         summary["source_skipped"] = {k: v for k, v in summary["source_summary"].get("skipped", {}).items() if v}
     if options.render_every:
         summary["render"] = renders.summary()
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(dumps(summary, indent=2))
     return summary
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import math
 import os
 import platform
@@ -12,6 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ..jsonio import dumps
 
 
 def cpu_model() -> str:
@@ -251,23 +252,6 @@ def equivalent_command(args, bench: str) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _clean(o):
-    """Make a value JSON-safe: numpy scalars/arrays to Python, non-finite floats to None."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _clean(o.tolist())
-    if isinstance(o, np.generic):
-        return _clean(o.item())
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, Path):
-        return str(o)
-    return o
-
-
 def write_json(path, payload: dict) -> Path:
     """Write `payload` (made JSON-safe; non-finite numbers become null) to `path`, creating the
     folder. Adds "command" (the exact command line) and "written_utc" unless already present."""
@@ -276,7 +260,7 @@ def write_json(path, payload: dict) -> Path:
     out.setdefault("written_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(_clean(out), indent=2) + "\n")
+    p.write_text(dumps(out, indent=2) + "\n")
     return p
 
 

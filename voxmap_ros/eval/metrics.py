@@ -9,9 +9,14 @@ the sim scenes) but can reach a millimetre on metre-long sliver triangles.
     accuracy_m      mean distance, predicted samples -> ground-truth surface
     completeness_m  mean distance, ground-truth samples -> predicted surface
     chamfer_m       (accuracy_m + completeness_m) / 2
-    precision       fraction of predicted samples within tau_m of the ground truth
-    recall          fraction of ground-truth samples within tau_m of the prediction
+    precision       fraction of predicted samples closer than tau_m to the ground truth
+    recall          fraction of ground-truth samples closer than tau_m to the prediction
     fscore          harmonic mean of precision and recall
+plus tau_m, n_samples (per mesh) and n_pred_triangles. "Closer than" is the strict distance <
+tau_m on the float32 distance: a surface exactly tau_m away falls on either side by rounding.
+Distances are float32 too, so their error grows with the distance from the origin (~1 mm at
+10 km): shift georeferenced meshes near the origin first. Duplicated triangles are sampled as
+often as they appear (the area of a triangle soup).
 """
 from __future__ import annotations
 
@@ -102,8 +107,9 @@ def mesh_metrics(pred, gt, tau_m: float, n_samples: int = 200_000, seed: int = 0
     """Accuracy, completeness, Chamfer (metres) and precision / recall / F-score at `tau_m`
     between a predicted and a ground-truth mesh (MeshData or mesh file path; see module doc).
 
-    An empty (or zero-area) prediction gives accuracy_m = completeness_m = chamfer_m = inf and
-    precision = recall = fscore = 0. An empty ground truth raises ValueError.
+    An empty (or zero-area) prediction gives accuracy_m = completeness_m = chamfer_m = inf (null
+    in `voxmap eval --json`) and precision = recall = fscore = 0. An empty ground truth raises
+    ValueError.
     """
     if not tau_m > 0:
         raise ValueError(f"tau_m must be > 0 metres, got {tau_m}")
