@@ -299,11 +299,15 @@ def test_bricks_in_aabb_brute_force():
 
 
 def _frustum_planes(K, T, W, H, near, far):
-    """Inward unit normals n and offsets d (n.p + d >= 0 inside), camera frame, exact frustum."""
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    xl, xr = (-0.5 - cx) / fx, (W - 0.5 - cx) / fx
-    yt, yb = (-0.5 - cy) / fy, (H - 0.5 - cy) / fy
-    n = np.array([[1, 0, -xl], [-1, 0, xr], [0, 1, -yt], [0, -1, yb], [0, 0, 1], [0, 0, -1]], float)
+    """Inward unit normals n and offsets d (n.p + d >= 0 inside), camera frame, exact frustum: the
+    planes through the optical centre and the back-projections of two image corners per edge."""
+    Kinv = np.linalg.inv(K)
+    ray = lambda u, v: Kinv @ np.array([u, v, 1.0])                   # noqa: E731
+    tl, tr, bl, br = ray(-0.5, -0.5), ray(W - 0.5, -0.5), ray(-0.5, H - 0.5), ray(W - 0.5, H - 0.5)
+    sides = [np.cross(tl, bl), np.cross(br, tr), np.cross(tr, tl), np.cross(bl, br)]   # left, right, top, bottom
+    centre = ray((W - 1) / 2, (H - 1) / 2)
+    sides = [sd if sd @ centre > 0 else -sd for sd in sides]
+    n = np.array(sides + [[0, 0, 1], [0, 0, -1]], float)
     d = np.array([0, 0, 0, 0, -near, far], float)
     norm = np.linalg.norm(n, axis=1)
     return n / norm[:, None], d / norm
@@ -326,6 +330,8 @@ def test_bricks_in_frustum_brute_force():
         W, H = 160, 120
         f = rng.uniform(60, 200)                         # wide and narrow fields of view
         K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]])
+        if i >= 3:
+            K[0, 1] = rng.uniform(-60, 60)               # skewed pixels (once ignored: bricks lost)
         eye = rng.uniform(-2, 2, 3)
         T = look_at(eye, rng.uniform(-3, 3, 3))
         near, far = 0.2, rng.uniform(1.5, 4)

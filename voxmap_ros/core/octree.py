@@ -646,15 +646,15 @@ class SparseVoxelOctree:
 def spheres_in_frustum(centres_cam: torch.Tensor, radius_m: float, K, width: int, height: int,
                        near_m: float, far_m: float) -> torch.Tensor:
     """(N,) bool: whether spheres of radius_m around centres_cam (N, 3) float64 (camera frame,
-    optical axes) meet the pinhole frustum of K (3, 3), width x height pixels (pixel edges at -0.5
-    and width - 0.5) and depth range [near_m, far_m]; tested against the six planes, so spheres near
-    a frustum edge may come along."""
-    fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
-    xl, xr = (-0.5 - cx) / fx, (width - 0.5 - cx) / fx          # x/z of the left, right edges
-    yt, yb = (-0.5 - cy) / fy, (height - 0.5 - cy) / fy         # y/z of the top, bottom edges
-    # Inward normals of the four side planes (through the optical centre): n . p >= 0 inside.
-    n = torch.tensor([[1.0, 0.0, -xl], [-1.0, 0.0, xr], [0.0, 1.0, -yt], [0.0, -1.0, yb]],
-                     dtype=torch.float64, device=centres_cam.device)
+    optical axes) meet the pinhole frustum of K (3, 3; skew K[0, 1] included), width x height pixels
+    (pixel edges at -0.5 and width - 0.5) and depth range [near_m, far_m]; tested against the six
+    planes, so spheres near a frustum edge may come along."""
+    fx, s, fy = float(K[0, 0]), float(K[0, 1]), float(K[1, 1])
+    cx, cy = float(K[0, 2]), float(K[1, 2])
+    # Inward normals of the four side planes (through the optical centre): n . p >= 0 inside. The
+    # left edge u = fx X/Z + s Y/Z + cx = -0.5 is the plane fx X + s Y + (cx + 0.5) Z = 0, and so on.
+    n = torch.tensor([[fx, s, cx + 0.5], [-fx, -s, width - 0.5 - cx], [0.0, fy, cy + 0.5],
+                      [0.0, -fy, height - 0.5 - cy]], dtype=torch.float64, device=centres_cam.device)
     n = n / n.norm(dim=1, keepdim=True)
     c = centres_cam.double()
     return ((c @ n.T) > -radius_m).all(1) & (c[:, 2] > near_m - radius_m) & (c[:, 2] < far_m + radius_m)
