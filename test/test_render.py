@@ -195,7 +195,7 @@ def _good():
 @pytest.mark.parametrize("case", [
     "K_shape", "K_nonfinite", "K_negative_f", "K_last_row", "pose_scaled", "pose_sheared", "pose_shape",
     "pose_last_row", "pose_reflection", "width_zero", "height_zero", "huge", "width_float", "near_far",
-    "near_zero"])
+    "near_zero", "far_beyond_float32", "K_bool", "K_complex"])
 def test_bad_camera(case):
     _, K, T = _good()
     w, h, near, far = 8, 6, 0.05, 10.0
@@ -229,6 +229,12 @@ def test_bad_camera(case):
         near, far = 2.0, 1.0
     elif case == "near_zero":
         near = 0.0
+    elif case == "far_beyond_float32":               # once accepted, then an overflow in the reference
+        far = 1e39
+    elif case == "K_bool":                            # once silently an identity K
+        K = np.eye(3, dtype=bool)
+    elif case == "K_complex":                         # once the imaginary part was dropped
+        K = K.astype(complex)
     with pytest.raises(ValueError):
         make_camera(K, T, w, h, near, far)
 
@@ -286,6 +292,23 @@ def test_empty_voxel_set_renders_empty():
     for be in backends():
         out = render(vs, cam, "density", backend=be)
         assert float(out.alpha.abs().max()) == 0 and int(out.voxel_id.max()) == -1
+
+
+def test_a_view_with_nothing_in_it_still_has_gradients():
+    """Cells all behind the camera: every backend returns a zero image that backward() accepts with
+    zero gradients (the reference once returned tensors outside the graph)."""
+    vs = _two_cells(True)
+    T_away = np.eye(4)
+    T_away[2, 3] = 1.0                                 # 1 m ahead of the cells, looking away (+z)
+    cam = make_camera(_K(8, 6, 8.0), T_away, 8, 6)
+    for be in backends():
+        values = vs.values.clone().requires_grad_()
+        colors = vs.colors.clone().requires_grad_()
+        out = render(VoxelSet(vs.coords, vs.level, values, colors, vs.voxel_size_m, vs.origin_m), cam, "density",
+                     backend=be)
+        assert float(out.alpha.abs().max()) == 0
+        (out.alpha.sum() + out.depth_acc.sum() + out.color.sum()).backward()
+        assert float(values.grad.abs().max()) == 0 and float(colors.grad.abs().max()) == 0, be
 
 
 # ---------------------------------------------------------------------------------- fused maps

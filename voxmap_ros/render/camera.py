@@ -17,6 +17,7 @@ import torch
 
 MAX_IMAGE_SIDE = 16384                 # pixels per side
 MAX_IMAGE_PIXELS = 1 << 26             # 67 M pixels (8192 x 8192)
+MAX_FAR_M = 1e12                       # the backends compute ray distances in float32
 ROTATION_TOL = 2e-3                    # max |R^T R - I| and |det R - 1| for a rigid pose (poses from
                                        # files carry ~1e-4 of rounding; the rotation is re-orthonormalised)
 
@@ -25,11 +26,14 @@ def _as_matrix(x, name: str, shape: tuple[int, int]) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         t = x.detach()
     else:
+        a = np.asarray(x)
+        if a.dtype.kind not in "fiu":                # bool, complex, strings, objects
+            raise ValueError(f"{name} must be a {shape} float matrix (numpy array or tensor), got dtype {a.dtype}")
         try:
-            t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+            t = torch.as_tensor(a.astype(np.float64))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{name} must be a {shape} float matrix (numpy array or tensor): {e}") from None
-    if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64)):
+    if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64)) or t.dtype == torch.bool:
         raise ValueError(f"{name} must hold floats, got dtype {t.dtype}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
@@ -112,7 +116,7 @@ def make_camera(K, T_W_C, width, height, near_m: float = 0.05, far_m: float = 10
     K (3, 3): finite, fx, fy > 0, last row (0, 0, 1). T_W_C (4, 4): finite, rigid (orthonormal
     rotation with det +1 within ROTATION_TOL, last row (0, 0, 0, 1); the rotation is replaced by the
     nearest exact one). width, height: integers in [1, MAX_IMAGE_SIDE] with
-    at most MAX_IMAGE_PIXELS pixels. 0 < near_m < far_m, both finite."""
+    at most MAX_IMAGE_PIXELS pixels. 0 < near_m < far_m <= MAX_FAR_M."""
     if isinstance(K, Camera):
         raise ValueError("pass K, T_W_C, width, height (not a Camera) to make_camera")
     K = _as_matrix(K, "K", (3, 3))
@@ -141,6 +145,6 @@ def make_camera(K, T_W_C, width, height, near_m: float = 0.05, far_m: float = 10
         near, far = float(near_m), float(far_m)
     except (TypeError, ValueError):
         raise ValueError(f"near_m and far_m must be numbers, got {near_m!r}, {far_m!r}") from None
-    if not (math.isfinite(near) and math.isfinite(far) and 0 < near < far):
-        raise ValueError(f"need finite 0 < near_m < far_m, got near_m={near}, far_m={far}")
+    if not (math.isfinite(near) and math.isfinite(far) and 0 < near < far <= MAX_FAR_M):
+        raise ValueError(f"need finite 0 < near_m < far_m <= {MAX_FAR_M:g}, got near_m={near}, far_m={far}")
     return Camera(K, T, w, h, near, far)

@@ -124,6 +124,13 @@ def render_reference(v: VoxelSet, cam: Camera, field: str, sharpness: float, sam
         C = C.index_put((pix,), torch.cat(c_l))
         N = N.index_put((pix,), torch.cat(n_l))
         I = I.index_put((pix,), torch.cat(i_l))
+    else:
+        # Nothing drawn: still outputs of the cells' values and colours (zero gradients), as the
+        # compiled backend gives, so a training loop need not special-case an empty view.
+        none = torch.zeros(0, dtype=torch.int64, device=dev)
+        flat = v.values.reshape(-1)[:0].to(dt)
+        A, D = A.index_put((none,), flat), D.index_put((none,), flat)
+        C = C.index_put((none,), v.colors.reshape(-1, 3)[:0].to(dt))
     return {"alpha": A.reshape(H, W), "depth": D.reshape(H, W), "color": C.reshape(H, W, 3),
             "normal": N.reshape(H, W, 3), "index": I.reshape(H, W)}
 
