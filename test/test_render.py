@@ -411,3 +411,20 @@ def test_render_output_fields(fused_room):
     assert float(col_err.median()) < 20
     nrm = out.normal[drawn].norm(dim=-1)
     assert float((nrm - 1).abs().max()) < 1e-4
+
+
+def test_default_lod_pyramid_keeps_the_surface_at_its_coarsest_level(fused_room):
+    """Every brick at the coarsest default level (lod_px huge): the surface is still there. With
+    levels 2-3 at trunc 4 voxels, a quarter to most of it vanished."""
+    from voxmap_ros.render.voxels import default_max_level
+    m, _, K, fused, _ = fused_room
+    assert [default_max_level(t) for t in (1, 2, 3, 4, 5, 8, 9, 16, 100)] == [0, 0, 1, 1, 2, 2, 3, 3, 3]
+    field = TsdfField.from_mapper(m)
+    assert field.max_level == default_max_level(m.config.tsdf.trunc_vox)
+    covers = []
+    for depth, _, T in fused[::3]:
+        cam = make_camera(K, T, SIM_W, SIM_H, 0.1, 8.0)
+        out = render(field.voxels(cam, lod_px=1e9), cam, field="sdf", sharpness=field.sharpness)
+        valid = torch.from_numpy(depth) > 0
+        covers.append(float((valid & (out.alpha > 0.5)).sum()) / max(1, int(valid.sum())))
+    assert min(covers) > COVERAGE_MIN, covers
