@@ -49,6 +49,7 @@ def _bad_frames(d, c, T):
         "not a frame": (None, "takes a voxmap_ros.types.Frame"),
         "K of strings": (Frame(T, depth=d, K=np.array([["a"] * 3] * 3)), "K must be a numeric"),
         "K last row": (Frame(T, depth=d, K=Kr), "pinhole"),
+        "skewed K": (Frame(T, depth=d, K=K + np.array([[0, 5.0, 0], [0, 0, 0], [0, 0, 0]])), "skew"),
         "depth scale string": (Frame(T, depth=(d * 1000).astype(np.uint16), K=K, depth_scale="1000"), "depth_scale"),
         "pose beyond the key range": (Frame(Tfar, depth=d, rgb=c, K=K), "outside"),
         "pose beyond the key range lidar": (Frame(Tfar, points=pts), "outside"),

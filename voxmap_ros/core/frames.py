@@ -11,6 +11,7 @@ import torch
 from ..types import Frame
 
 RIGIDITY_TOL = 1e-3        # max |R^T R - I| entry and |det R - 1| accepted as a rotation
+SKEW_TOL = 1e-6            # max |K[0, 1]| / fx accepted as no skew
 
 
 def check_pose(T: np.ndarray, name: str = "T_W_S") -> np.ndarray:
@@ -34,8 +35,9 @@ def check_pose(T: np.ndarray, name: str = "T_W_S") -> np.ndarray:
     return T
 
 
-def check_intrinsics(K: np.ndarray) -> np.ndarray:
-    """Validate pinhole intrinsics (3, 3) with fx, fy > 0; returns float64."""
+def check_intrinsics(K: np.ndarray, allow_skew: bool = False) -> np.ndarray:
+    """Validate pinhole intrinsics (3, 3) with fx, fy > 0, and no skew unless allow_skew (fusion
+    projects with fx, fy, cx, cy only; geometric queries take any pinhole K); returns float64."""
     if K is None:
         raise ValueError("an RGB-D frame needs intrinsics K (3x3), got None")
     try:
@@ -49,6 +51,10 @@ def check_intrinsics(K: np.ndarray) -> np.ndarray:
     if not np.allclose(K[2], [0.0, 0.0, 1.0]) or K[1, 0] != 0.0:
         raise ValueError(f"K must be a pinhole matrix [[fx s cx] [0 fy cy] [0 0 1]], got rows "
                          f"{K[1].tolist()} and {K[2].tolist()}")
+    if not allow_skew and abs(K[0, 1]) > SKEW_TOL * K[0, 0]:
+        # The fusion kernels project with fx, fy, cx, cy only: a skewed K would be fused wrongly.
+        raise ValueError(f"K has skew K[0, 1] = {K[0, 1]}; expected 0 (rectified images, as ROS "
+                         "CameraInfo gives them)")
     return K
 
 

@@ -623,7 +623,7 @@ class SparseVoxelOctree:
         for a bad K or pose, a size below 1 pixel or a depth range other than 0 <= near_m < far_m."""
         from .frames import check_intrinsics, check_pose
         as_np = lambda x: x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x   # noqa: E731
-        K = torch.from_numpy(check_intrinsics(as_np(K))).to(self.device)
+        K = torch.from_numpy(check_intrinsics(as_np(K), allow_skew=True)).to(self.device)
         T = torch.from_numpy(check_pose(as_np(T_W_C), "T_W_C")).to(self.device)
         if not (int(width) >= 1 and int(height) >= 1):
             raise ValueError(f"image size must be at least 1x1 pixels, got {width}x{height}")
