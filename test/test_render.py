@@ -428,3 +428,19 @@ def test_default_lod_pyramid_keeps_the_surface_at_its_coarsest_level(fused_room)
         valid = torch.from_numpy(depth) > 0
         covers.append(float((valid & (out.alpha > 0.5)).sum()) / max(1, int(valid.sum())))
     assert min(covers) > COVERAGE_MIN, covers
+
+
+def test_densities_near_the_float32_limit_stay_finite():
+    """Opaque cells of density 3e38 / 6e31 (1/m): every backend gives alpha 1 and unit normals, no
+    NaN (the reference once summed inf - inf, and its normals' float32 norm overflowed to 0)."""
+    cam = _cam(_K(9, 7, 8.0), look_at((-0.5, 0.01, 0.02), (0.1, 0.0, 0.0)), 9, 7)
+    for dens in (3e38, 6e31):
+        vs = _two_cells(True, dtype=torch.float32)
+        vs = VoxelSet(vs.coords, vs.level, torch.full_like(vs.values, dens), vs.colors, vs.voxel_size_m, vs.origin_m)
+        vs = VoxelSet(vs.coords, vs.level, vs.values * torch.tensor([1.0, 1, 1, 1, 0.5, 0.5, 0.5, 0.5]), vs.colors,
+                      vs.voxel_size_m, vs.origin_m)          # a gradient along z: a defined normal
+        for be in backends():
+            out = render(vs, cam, "density", backend=be)
+            hit = out.alpha > 0.5
+            assert bool(torch.isfinite(out.alpha).all()) and int(hit.sum()) > 0, (be, dens)
+            assert torch.allclose(out.normal[hit].norm(dim=-1), torch.ones(int(hit.sum())), atol=1e-4), (be, dens)

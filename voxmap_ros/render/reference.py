@@ -29,6 +29,7 @@ from .camera import Camera
 from .voxels import CORNER_OFFSETS, SDF_X_MIN, VoxelSet, normals
 
 DIR_EPS = 1e-12            # direction components smaller than this are treated as +DIR_EPS in the slab test
+SUB_TAU_MAX = 1e4          # optical depth of one sub-segment is capped here (exp(-1e4) == 0)
 
 
 def slab(o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, size: torch.Tensor, near: float, far: float):
@@ -53,7 +54,10 @@ def sub_tau(f: torch.Tensor, t: torch.Tensor, dnorm: torch.Tensor, field: str, s
     if field == "sdf":
         sp = torch.nn.functional.softplus(-(sharpness * f).clamp_min(-SDF_X_MIN))
         return (sp[..., 1:] - sp[..., :-1]).clamp_min(0)
-    return 0.5 * (f[..., 1:] + f[..., :-1]) * (t[..., 1:] - t[..., :-1]) * dnorm
+    # Clamped so that sums of opaque segments stay finite (densities near float32's max once gave
+    # inf - inf = NaN downstream); exp(-SUB_TAU_MAX) is 0 in every float type used here.
+    # 0.5 a + 0.5 b rounds exactly as 0.5 (a + b) but cannot overflow.
+    return ((0.5 * f[..., 1:] + 0.5 * f[..., :-1]) * (t[..., 1:] - t[..., :-1]) * dnorm).clamp_max(SUB_TAU_MAX)
 
 
 def render_reference(v: VoxelSet, cam: Camera, field: str, sharpness: float, samples: int, t_min: float,

@@ -148,13 +148,14 @@ def check_voxels(v: VoxelSet, field_kind: str) -> None:
 def normals(v: VoxelSet, field_kind: str) -> torch.Tensor:
     """Unit normals (N, 3) (values' dtype, detached): the gradient of the trilinear field at the cell
     centre, pointing to free space (+grad for an SDF, -grad for a density); 0 where the field is flat."""
-    f = v.values.detach()
+    dtype = v.values.dtype
+    f = v.values.detach().double()       # in float32, the sums overflow near its max and the norm from ~1e19
     off = CORNER_OFFSETS.to(f.device)
     g = torch.stack([(f * (2 * off[:, a] - 1).to(f.dtype)).sum(1) for a in range(3)], 1)   # 4x mean diff
     if field_kind == "density":
         g = -g
     n = g.norm(dim=1, keepdim=True)
-    return torch.where(n > 0, g / n.clamp_min(1e-30), torch.zeros_like(g))
+    return torch.where(n > 0, g / n.clamp_min(1e-300), torch.zeros_like(g)).to(dtype)
 
 
 def order_coords(v: VoxelSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
