@@ -46,7 +46,6 @@ def node_command(out_dir: Path, extra_params: dict | None = None) -> list[str]:
     params = {
         "map.voxel_size_m": str(DEMO_VOXEL_M),
         "grid.z_min_m": "0.2", "grid.z_max_m": "1.8",
-        "node.pose_source": "topic", "node.pose_topic": "/pose",
         "node.output_dir": str(out_dir),
     }
     params.update(extra_params or {})
