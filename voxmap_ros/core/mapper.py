@@ -43,12 +43,13 @@ class MapperStats:
     frames_integrated: int = 0
     frames_rejected: int = 0
     frames_empty: int = 0             # valid frames without any reading in range: nothing fused
+    bricks_beyond_mesh_range: int = 0  # left out of the last extract_mesh (mesh.inside_edge_key_range)
     ms_per_frame: list = field(default_factory=list)
 
     def summary(self) -> dict:
         ms = np.asarray(self.ms_per_frame[-10000:], dtype=np.float64)
         return {"frames_integrated": self.frames_integrated, "frames_rejected": self.frames_rejected,
-                "frames_empty": self.frames_empty,
+                "frames_empty": self.frames_empty, "bricks_beyond_mesh_range": self.bricks_beyond_mesh_range,
                 "ms_per_frame_median": float(np.median(ms)) if ms.size else None,
                 "ms_per_frame_p95": float(np.percentile(ms, 95)) if ms.size else None}
 
@@ -281,10 +282,12 @@ class Mapper:
         return self._mesh_store
 
     def extract_mesh(self) -> MeshData:
-        """Full-map mesh, welded, freshly computed from every brick."""
+        """Full-map mesh, welded, freshly computed from every brick (but those beyond the weld
+        keys' range, counted in stats.bricks_beyond_mesh_range)."""
         slots = self.octree.alive_slots()
-        slots = slots[mesh.inside_edge_key_range(self.octree, slots)]
-        return mesh.mesh_bricks(self.octree, slots, self.config.tsdf.min_weight_mesh,
+        inside = mesh.inside_edge_key_range(self.octree, slots)
+        self.stats.bricks_beyond_mesh_range = int(slots.numel() - inside.sum())
+        return mesh.mesh_bricks(self.octree, slots[inside], self.config.tsdf.min_weight_mesh,
                                 backend=self._mesh_backend(), max_jump=self._mesh_max_jump()).to_mesh()
 
     def _mesh_max_jump(self) -> float:
@@ -316,8 +319,6 @@ class Mapper:
         s = self.stats.summary()
         if nodes:
             s["nodes"] = self.octree.num_nodes      # first: the refresh may grow the node pool
-        alive = self.octree.alive_slots()
-        s["bricks_beyond_mesh_range"] = int((~mesh.inside_edge_key_range(self.octree, alive)).sum())
         s.update({"voxels": self.octree.num_voxels, "bricks": self.octree.num_bricks,
                   "map_bytes": self.octree.nbytes, "device": str(self.device), "backend": self._backend,
                   "voxel_size_m": self.config.map.voxel_size_m})
