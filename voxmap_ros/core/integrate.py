@@ -102,6 +102,11 @@ def rgbd_band_brick_coords(depth_m: torch.Tensor, K: torch.Tensor, T_W_C: torch.
     return unique_coords(torch.floor(pw / (p.voxel_size_m * BRICK)).long())
 
 
+def _span_error() -> ValueError:
+    return ValueError(f"one frame's voxels span more than {morton.COORD_MAX - morton.COORD_MIN + 1} voxels per "
+                      "axis: the voxel size is too small for the sensor range")
+
+
 def unique_coords(coords: torch.Tensor, return_inverse: bool = False):
     """torch.unique(coords, dim=0) for (N, 3) int64 coordinates, through 1-D Morton keys (much
     faster than a row-wise unique). Results are in Morton order of coords, or of coords - their
@@ -112,8 +117,7 @@ def unique_coords(coords: torch.Tensor, return_inverse: bool = False):
         base = coords.min(dim=0).values
         coords = coords - base + morton.COORD_MIN
         if int(coords.max()) > morton.COORD_MAX:
-            raise ValueError(f"one frame's voxels span more than {morton.COORD_MAX - morton.COORD_MIN + 1} "
-                             "voxels per axis: the voxel size is too small for the sensor range")
+            raise _span_error()
     keys = morton.encode(coords)
     if return_inverse:
         u, inv = torch.unique(keys, return_inverse=True)
@@ -245,8 +249,7 @@ def check_lidar_extent(points: torch.Tensor, T_W_L: torch.Tensor, p: FusionParam
                          f"[{morton.COORD_MIN}, {morton.COORD_MAX}] (the map is too large for the voxel size)")
     span_vox = float(((ends.max(0).values - ends.min(0).values) / p.voxel_size_m).max()) + 2
     if span_limit and span_vox > morton.COORD_MAX - morton.COORD_MIN:
-        raise ValueError(f"one frame's voxels span more than {morton.COORD_MAX - morton.COORD_MIN + 1} "
-                         "voxels per axis: the voxel size is too small for the sensor range")
+        raise _span_error()
 
 
 def ray_voxels(origin: torch.Tensor, dirs: torch.Tensor, t_end: torch.Tensor, voxel_size_m: float):

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bench import common
+from .watch import NodeWatcher
 
 NODE = "voxmap_bench"
 READY_TIMEOUT_S = 120.0
@@ -58,30 +59,24 @@ def _node_command(params: dict) -> list[str]:
     return process_command(NODE, params)
 
 
-class _Client:
-    """This process's rclpy side: publishers for the node's inputs, mesh + diagnostics listeners."""
+class _Client(NodeWatcher):
+    """This process's rclpy side: the watcher's diagnostics (and ~/save_map client), plus publishers
+    for the node's inputs and a mesh listener, served by a spinner thread of their own."""
 
     def __init__(self, domain_id: int):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
+        super().__init__(NODE, domain_id)
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
         from std_srvs.srv import Trigger
         from visualization_msgs.msg import MarkerArray
-        self.rclpy = rclpy
-        self.ctx = rclpy.context.Context()
-        rclpy.init(context=self.ctx, domain_id=domain_id)
-        self.node = rclpy.create_node("voxmap_bench_client", context=self.ctx)
         rel = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pub = {"depth": self.node.create_publisher(Image, "/camera/depth/image_raw", rel),
                     "color": self.node.create_publisher(Image, "/camera/color/image_raw", rel),
                     "info": self.node.create_publisher(CameraInfo, "/camera/depth/camera_info", rel),
                     "cloud": self.node.create_publisher(PointCloud2, "/lidar/points", rel),
                     }
-        self.values: dict[str, str] = {}
         self.worst_lock_hold: tuple[float, str] = (0.0, "")     # longest map-lock hold by an output job
         self.mesh_latency_ms: list[float] = []
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         # Raw (serialized) mesh messages: turning them into Python objects (a Point per triangle corner)
@@ -90,8 +85,6 @@ class _Client:
         self.ready = self.node.create_client(Trigger, f"/{NODE}/clear_map")
         # Subscriptions are served by a thread of their own, so that receiving big mesh messages
         # never delays the publishing loop (which would publish in bursts).
-        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
         import threading
         self._spinner = threading.Thread(target=self._spin, name="bench_client_spin", daemon=True)
         self._spinner.start()
@@ -103,12 +96,10 @@ class _Client:
             pass
 
     def _on_diag(self, msg) -> None:
-        for st in msg.status:
-            if st.hardware_id == "voxmap":
-                self.values = {kv.key: kv.value for kv in st.values}
-                hold = self.num("lock_hold_ms_max")
-                if hold > self.worst_lock_hold[0]:
-                    self.worst_lock_hold = (hold, self.values.get("lock_hold_job", ""))
+        super()._on_diag(msg)
+        hold = self.num("lock_hold_ms_max")
+        if hold > self.worst_lock_hold[0]:
+            self.worst_lock_hold = (hold, self.values.get("lock_hold_job", ""))
 
     def _on_mesh(self, raw: bytes) -> None:
         now = time.time_ns()
@@ -121,17 +112,10 @@ class _Client:
         """Wait (the subscriptions are served by the spinner thread)."""
         time.sleep(max(0.0, seconds))
 
-    def num(self, key: str) -> float:
-        try:
-            return float(self.values.get(key, 0))
-        except ValueError:
-            return 0.0
-
     def close(self) -> None:
         self.executor.shutdown()
         self._spinner.join(timeout=5)
-        self.node.destroy_node()
-        self.rclpy.shutdown(context=self.ctx)
+        super().close()
 
 
 def mesh_stamp_ns(raw: bytes) -> int | None:
