@@ -206,38 +206,34 @@ class TfTree:
         ch = self.chain(frame)
         return ch[-1].parent if ch else frame
 
-    def to_ancestor(self, frame: str, ancestor: str, stamp_ns: int, tol_ns: int) -> np.ndarray | None:
-        """T_ancestor_frame (4, 4) at stamp_ns for an ancestor of `frame` on its chain (or the
-        frame itself), or None if some dynamic edge on the way has no sample near it."""
-        T = np.eye(4)
-        for e in self.chain(frame):
-            if frame == ancestor:
-                break
-            E = e.at(stamp_ns, tol_ns)
-            if E is None:
-                return None
-            T = E @ T
-            frame = e.parent
-        return T
+    def path(self, target: str, source: str) -> tuple[list[_Edge], list[_Edge]] | None:
+        """The edges from `source` and from `target` up to their lowest common ancestor (as tf2
+        walks: links above it, map -> odom for odom -> camera, play no part); None when the frames
+        are not connected."""
+        up_source = self.chain(source)
+        up_target = self.chain(target)
+        target_frames = [target] + [e.parent for e in up_target]
+        for i, frame in enumerate([source] + [e.parent for e in up_source]):
+            if frame in target_frames:
+                return up_source[:i], up_target[:target_frames.index(frame)]
+        return None
 
     def lookup(self, target: str, source: str, stamp_ns: int, tol_ns: int) -> np.ndarray | None:
         """T_target_source (4, 4) at stamp_ns, or None when the frames are not connected or a
-        stamp lies outside the samples of an edge on the path. Like tf2, the path goes through
-        the lowest common ancestor: links above it (map -> odom for odom -> camera) play no part."""
-        if target == source:
-            return np.eye(4)
-        up_source = [source] + [e.parent for e in self.chain(source)]
-        up_target = set([target] + [e.parent for e in self.chain(target)])
-        common = next((f for f in up_source if f in up_target), None)
-        if common is None:
+        stamp lies outside the samples of an edge on the path (see `path`)."""
+        p = self.path(target, source)
+        if p is None:
             return None
-        T_c_s = self.to_ancestor(source, common, stamp_ns, tol_ns)
-        if T_c_s is None:
-            return None
-        T_c_t = self.to_ancestor(target, common, stamp_ns, tol_ns)
-        if T_c_t is None:
-            return None
-        return _inv(T_c_t) @ T_c_s
+        T_c = []                                  # T_common_source, T_common_target
+        for edges in p:
+            T = np.eye(4)
+            for e in edges:
+                E = e.at(stamp_ns, tol_ns)
+                if E is None:
+                    return None
+                T = E @ T
+            T_c.append(T)
+        return _inv(T_c[1]) @ T_c[0]
 
 
 def _frame(name: str) -> str:
@@ -595,9 +591,8 @@ class BagDataset:
 
         # A map frame reached by static links only (a camera driver's /tf_static, no odometry):
         # every frame would get the same pose.
-        static_only = sorted(f for f in sensor_frames if self.map_frame and (f == self.map_frame or (
-            tree.root(f) == tree.root(self.map_frame) and all(e.static for e in tree.chain(f))
-            and all(e.static for e in tree.chain(self.map_frame)))))
+        paths = {f: tree.path(self.map_frame, f) for f in sensor_frames} if self.map_frame else {}
+        static_only = sorted(f for f, p in paths.items() if p is not None and all(e.static for e in p[0] + p[1]))
         if static_only:
             log.warning("%s: sensor frames %s reach the map frame %r through static TF links only: every "
                         "frame gets the same pose (no odometry / localisation in the bag?)", self.path,
