@@ -143,11 +143,20 @@ def test_foreign_files(tmp_path):
         Mapper.load(d)
 
 
+def _read_header(path):
+    with zipfile.ZipFile(path) as z:
+        return json.loads(np.load(pyio.BytesIO(z.read("header.npy"))).tobytes().decode())
+
+
 def _rewrite_header(src, dst, **changes):
+    h = _read_header(src)
+    h.update(changes)
+    _write_header(src, dst, h)
+
+
+def _write_header(src, dst, h):
     with zipfile.ZipFile(src) as z:
         members = {n: z.read(n) for n in z.namelist()}
-    h = json.loads(np.load(pyio.BytesIO(members["header.npy"])).tobytes().decode())
-    h.update(changes)
     buf = pyio.BytesIO()
     np.save(buf, np.frombuffer(json.dumps(h).encode(), np.uint8))
     members["header.npy"] = buf.getvalue()
@@ -270,3 +279,62 @@ def test_attribute_dtypes_a_map_file_cannot_hold_are_refused_up_front(dtype):
     with pytest.raises(ValueError, match="is not one of"):
         o.register_attribute(AttributeSpec("extra", dtype))
     assert "extra" not in o.attrs and "extra" not in o.specs
+
+
+def test_a_damaged_zip_version_field_is_a_value_error(saved_map, tmp_path):
+    """zipfile raises NotImplementedError for an unknown 'version needed to extract'."""
+    _, path = saved_map
+    data = bytearray(path.read_bytes())
+    data[data.index(b"PK\x01\x02") + 6] ^= 0xFF          # first central-directory entry
+    p = tmp_path / "zipver.npz"
+    p.write_bytes(bytes(data))
+    _expect_error(p, "not a voxmap map file")
+
+
+@pytest.mark.parametrize("header", [[1, 2], "voxmap", 3, None])
+def test_a_header_that_is_not_a_json_object_is_refused(saved_map, tmp_path, header):
+    p = tmp_path / "hdr.npz"
+    _write_header(saved_map[1], p, header)
+    _expect_error(p, "header is a JSON")
+
+
+def _with_attribute(src, dst, change):
+    h = _read_header(src)
+    h["attributes"] = [change(a) for a in h["attributes"]]
+    _write_header(src, dst, h)
+
+
+@pytest.mark.parametrize("name, change, words", [
+    ("fill_overflow", lambda a: {**a, "fill": 300} if a["name"] == "color" else a, ("fill 300", "uint8")),
+    ("fill_negative_uint8", lambda a: {**a, "fill": -1} if a["name"] == "color" else a, ("fill -1",)),
+    ("fill_fraction_int", lambda a: {**a, "fill": 0.5} if a["name"] == "label" else a, ("fill 0.5",)),
+    ("huge_channels", lambda a: {**a, "channels": [1 << 28]} if a["name"] == "feat" else a, ("values per voxel",)),
+])
+def test_attribute_specs_a_map_cannot_hold_are_refused_before_allocating(saved_map, tmp_path, name, change, words):
+    p = tmp_path / f"{name}.npz"
+    _with_attribute(saved_map[1], p, change)
+    _expect_error(p, *words)
+
+
+def test_a_file_without_a_core_attribute_is_refused(saved_map, tmp_path):
+    """Without 'occ' the octree would fill it with 0 (unknown) and the map would lose its occupancy."""
+    _, path = saved_map
+    h = _read_header(path)
+    h["attributes"] = [a for a in h["attributes"] if a["name"] != "occ"]
+    p = tmp_path / "no_occ.npz"
+    _write_header(path, p, h)
+    _expect_error(p, "core attribute 'occ' is missing")
+    h = _read_header(path)
+    h["attributes"] = [{**a, "dtype": "float32"} if a["name"] == "tsdf" else a for a in h["attributes"]]
+    _write_header(path, p, h)
+    _expect_error(p, "core attribute 'tsdf'")
+
+
+def test_a_config_that_disagrees_with_the_octree_is_refused(saved_map, tmp_path):
+    """extract_mesh scales by the octree's voxel size, update_mesh by the config's: they must agree."""
+    _, path = saved_map
+    h = _read_header(path)
+    h["extra"]["config"]["map"]["voxel_size_m"] = 2 * VOXEL_M
+    p = tmp_path / "voxel.npz"
+    _write_header(path, p, h)
+    _expect_error(p, "map.voxel_size_m", "corrupted")

@@ -477,3 +477,61 @@ def test_a_failed_mesh_update_keeps_the_changes_for_the_next_one(monkeypatch):
     monkeypatch.setattr(mesh_mod, "gather", real)
     assert m.update_mesh().mesh.tri_vertices.shape[0] > 100
     assert m.mesh_store().tri_vertices.shape[0] == len(m.extract_mesh().triangles) > 0
+
+
+# ------------------------------------------------------------------------------ config changes
+@pytest.mark.parametrize("name, value", [("tsdf.min_weight_mesh", 3.0), ("tsdf.mesh_max_jump_vox", 2.0)])
+def test_a_mesh_setting_changed_at_run_time_reaches_the_incremental_mesh(indoor_data, name, value):
+    import copy
+    m = Mapper(make_config(VOXEL_M))
+    for d, c, T in indoor_data.frames[:2]:
+        m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    m.update_mesh()
+    before = _store_equals_full(m)
+    new = copy.deepcopy(m.config)
+    new.set(name, value)
+    m.set_config(new)
+    m.update_mesh()
+    assert _store_equals_full(m) < before          # the setting removes triangles, from the store too
+
+
+@pytest.mark.parametrize("name, value", [("map.voxel_size_m", 0.1), ("map.backend", "cpp"),
+                                         ("tsdf.trunc_vox", 3.0), ("rgbd.pixel_lookup", "floor")])
+def test_a_config_change_beyond_runtime_parameters_is_refused(mapper_with_data, name, value):
+    """The map's voxels, kernels and stored TSDF were made with these: a change would misread them."""
+    import copy
+    m, _ = mapper_with_data
+    before = (copy.deepcopy(m.config), m.params)
+    new = copy.deepcopy(m.config)
+    new.set(name, value)
+    with pytest.raises(ValueError, match=f"{name} cannot change"):
+        m.set_config(new)
+    assert (m.config, m.params) == before
+
+
+def test_pruned_free_space_follows_a_changed_lower_clamp(mapper_with_data):
+    import copy
+    m, _ = mapper_with_data
+    new = copy.deepcopy(m.config)
+    new.occupancy.clamp_min = 0.4
+    m.set_config(new)
+    assert m.octree.free_logodds == pytest.approx(math.log(0.4 / 0.6))
+    assert m.octree.free_logodds == m.params.l_min
+
+
+def test_loading_a_map_with_a_config_keeps_what_the_file_fixes(mapper_with_data, tmp_path):
+    """A node's parameters apply to a loaded map, but for the voxel size, levels, truncation and frame."""
+    from voxmap_ros.core.mapper import MAP_FILE_FIELDS, map_file_overrides
+    m, _ = mapper_with_data
+    m.save(tmp_path / "map.npz")
+    node_cfg = make_config(2 * VOXEL_M, tsdf__max_weight=17.0, tsdf__trunc_vox=3.0, map__octree_levels=5,
+                           map__frame_id="odom", rgbd__max_range_m=2.5)
+    loaded = Mapper.load(tmp_path / "map.npz", config=node_cfg)
+    for name in MAP_FILE_FIELDS:
+        assert loaded.config.get(name) == m.config.get(name), name
+    assert loaded.config.tsdf.max_weight == 17.0 and loaded.config.rgbd.max_range_m == 2.5
+    assert loaded.params.max_weight == 17.0
+    assert len(map_file_overrides(node_cfg, loaded.config)) == 4
+    mesh = loaded.extract_mesh()
+    loaded.update_mesh()
+    assert len(loaded.mesh_store().to_mesh().triangles) == len(mesh.triangles) > 0

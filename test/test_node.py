@@ -589,6 +589,20 @@ def test_save_map(ros):
             assert other.mapper.summary()["voxels"] == want
         finally:
             other.destroy_node()
+    # The file's voxel size wins over the node's map.voxel_size_m, also after a run-time change.
+    other = VoxmapNode("voxmap_loaded", context=ros.node.context, namespace=ros.client.ns + "_l",
+                       parameter_overrides=[Parameter("node.load_map_path", value=paths["map"]),
+                                            Parameter("node.pose_source", value="topic"),
+                                            Parameter("map.voxel_size_m", value=2 * VOXEL),
+                                            Parameter("map.backend", value="torch")])
+    try:
+        assert other.cfg.map.voxel_size_m == other.mapper.config.map.voxel_size_m == VOXEL
+        assert other._on_params([Parameter("tsdf.max_weight", value=32.0)]).successful
+        assert other.mapper.config.tsdf.max_weight == 32.0
+        assert other.mapper.config.map.voxel_size_m == other.mapper.octree.voxel_size_m == VOXEL
+        assert other.mapper.params.trunc_m == pytest.approx(other.cfg.tsdf.trunc_vox * VOXEL)
+    finally:
+        other.destroy_node()
 
 
 def test_runtime_parameters(ros):

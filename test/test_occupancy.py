@@ -129,6 +129,17 @@ def test_map_server_files(wall_lidar_map, tmp_path):
     expect[g.data == occupancy.FREE] = 254
     expect[g.data == occupancy.OCCUPIED] = 0
     assert np.array_equal(img, expect[::-1])
+    # Read back with map_server's trinary rules, the files give the grid itself: unknown stays unknown.
+    p = (255.0 - img[::-1]) / 255.0
+    loaded = np.where(p > meta["occupied_thresh"], 100, np.where(p < meta["free_thresh"], 0, -1))
+    assert (g.data == occupancy.UNKNOWN).any() and np.array_equal(loaded, g.data)
+
+
+@pytest.mark.parametrize("free, occ", [(0.25, 0.65), (0.0, 0.65), (0.1, 0.1), (0.1, 1.0)])
+def test_map_server_thresholds_that_misread_pixels_are_refused(wall_lidar_map, tmp_path, free, occ):
+    with pytest.raises(ValueError, match="free_thresh"):
+        occupancy.save_map_server(wall_lidar_map.occupancy_grid(), tmp_path / "occ.pgm", occ, free)
+    assert not (tmp_path / "occ.pgm").exists()
 
 
 def test_pruned_space_stays_free_in_the_grid(wall_lidar_map):
@@ -179,3 +190,21 @@ def test_occupied_voxels_levels(wall_lidar_map, level):
         assert len(pts) == len(expect) > 0
         assert np.allclose(np.sort(pts, axis=0), np.sort(expect, axis=0), atol=1e-5)
         assert len(pts) < len(m.occupied_points(0)[0])
+
+
+@pytest.mark.parametrize("vs", [0.05, 0.1, 0.02, 0.03])
+def test_band_edges_on_voxel_centres_include_those_voxels(vs):
+    # Band edges that are centres, just past them, and random ones: against the centres themselves.
+    rng = np.random.default_rng(1)
+    ks = np.arange(-1000, 1000)                    # centres reach past +-10 m at every vs here
+    centres = (ks + 0.5) * vs
+    near = centres[(centres > -4) & (centres < 4)]
+    edges = list(near[::7]) + list(np.nextafter(near[::11], np.inf)) + list(rng.uniform(-10, 10, 200))
+    for lo in edges[::3]:
+        for hi in edges[::5]:
+            first, last = occupancy.centre_index_range(lo, hi, vs)
+            inside = ks[(centres >= lo) & (centres <= hi)]
+            if inside.size:
+                assert (first, last) == (inside[0], inside[-1]), (lo, hi)
+            else:
+                assert first > last, (lo, hi)

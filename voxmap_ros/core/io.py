@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .octree import ATTRIBUTE_DTYPES, AttributeSpec, BRICK_VOXELS, SparseVoxelOctree
+from .octree import (ATTRIBUTE_DTYPES, BRICK_VOXELS, CORE_ATTRIBUTES, AttributeSpec, SparseVoxelOctree,
+                     check_attribute_spec)
 
 FORMAT = "voxmap_ros.map"
 VERSION = 1
@@ -86,8 +87,21 @@ def load_octree(path: str | Path, device: str | torch.device = "cpu",
         for a in h["attributes"]:
             if a["dtype"] not in ATTRIBUTE_DTYPES:
                 raise ValueError(f"{path}: attribute '{a['name']}' has unsupported dtype {a['dtype']}")
-            specs.append(AttributeSpec(a["name"], ATTRIBUTE_DTYPES[a["dtype"]], tuple(a["channels"]), a["fill"]))
+            spec = AttributeSpec(a["name"], ATTRIBUTE_DTYPES[a["dtype"]], tuple(a["channels"]), a["fill"])
+            try:
+                check_attribute_spec(spec)
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
+            specs.append(spec)
             expect[f"attr_{a['name']}"] = (a["dtype"], (n_bricks, BRICK_VOXELS, *a["channels"]))
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{path}: an attribute appears twice in the header ({names})")
+        for core in CORE_ATTRIBUTES:        # a map without them would load with made-up values
+            if core not in specs:
+                found = next((s for s in specs if s.name == core.name), None)
+                raise ValueError(f"{path}: core attribute '{core.name}' is "
+                                 f"{'missing' if found is None else f'{found}, expected {core}'}")
         arrays = {}
         for name, (dtype, shape) in expect.items():
             arr = _array(z, name, path)
@@ -141,7 +155,7 @@ def _open(path) -> zipfile.ZipFile:
         raise ValueError(f"map file {path} does not exist")
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
+    except Exception as e:      # untrusted bytes: BadZipFile, OSError, NotImplementedError (a damaged version field), ...
         raise ValueError(f"{path} is not a voxmap map file (not a readable npz archive: {e}); "
                          f"truncated or foreign file?") from None
 
@@ -163,6 +177,8 @@ def _header(z: zipfile.ZipFile, path) -> dict:
         h = json.loads(raw.tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: header is not valid JSON ({e})") from None
+    if not isinstance(h, dict):
+        raise ValueError(f"{path}: not a voxmap map (header is a JSON {type(h).__name__}, expected an object)")
     if h.get("format") != FORMAT:
         raise ValueError(f"{path}: not a voxmap map (format {h.get('format')!r}, expected {FORMAT!r})")
     if h.get("version") != VERSION:

@@ -1,6 +1,7 @@
 """Mapper: owns the octree and the stages; the one API every front end (CLI, node) uses."""
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import VoxmapConfig
+from ..config import VoxmapConfig, iter_fields
 from ..types import Frame, Grid2D, MeshData
 from . import frames as frame_checks
 from . import integrate, io, mesh, occupancy
@@ -52,6 +53,25 @@ class MapperStats:
                 "frames_empty": self.frames_empty, "bricks_beyond_mesh_range": self.bricks_beyond_mesh_range,
                 "ms_per_frame_median": float(np.median(ms)) if ms.size else None,
                 "ms_per_frame_p95": float(np.percentile(ms, 95)) if ms.size else None}
+
+
+# What a map file's contents fix: its voxels have this size, its octree these levels, its TSDF
+# values are fractions of this truncation, its coordinates are in this frame.
+MAP_FILE_FIELDS = ("map.voxel_size_m", "map.octree_levels", "tsdf.trunc_vox", "map.frame_id")
+
+
+def with_map_file_fields(config: VoxmapConfig, file_config: VoxmapConfig) -> VoxmapConfig:
+    """A copy of `config` with the MAP_FILE_FIELDS of `file_config` (a map file's)."""
+    out = copy.deepcopy(config)
+    for name in MAP_FILE_FIELDS:
+        out.set(name, file_config.get(name))
+    return out
+
+
+def map_file_overrides(config: VoxmapConfig, file_config: VoxmapConfig) -> list[str]:
+    """'name=file value (not config value)' for each MAP_FILE_FIELDS entry the two differ in."""
+    return [f"{n}={file_config.get(n)!r} (not {config.get(n)!r})" for n in MAP_FILE_FIELDS
+            if config.get(n) != file_config.get(n)]
 
 
 class Mapper:
@@ -122,11 +142,24 @@ class Mapper:
         return self._backend
 
     def set_config(self, config: VoxmapConfig) -> None:
-        """Adopt a changed config (run-time parameters: thresholds, weights); ValueError and
-        nothing changed when it is invalid."""
+        """Adopt a changed config. Only run-time parameters (thresholds, weights, radii) may
+        differ from the current config: anything else (voxel size, device, backend, ...) shaped
+        the map and its kernels when they were made. ValueError and nothing changed when the
+        config is invalid or changes anything else."""
         config.validate()
+        fixed = [(n, v, new) for (n, v, f), (_, new, _) in zip(iter_fields(self.config), iter_fields(config))
+                 if not f.metadata["runtime"] and new != v]
+        if fixed:
+            n, v, new = fixed[0]
+            raise ValueError(f"{n} cannot change on a live map ({v!r} -> {new!r}): not a runtime parameter")
         params = integrate.FusionParams.from_config(config)
+        old = self.config
         self.config, self.params = config, params
+        # Pruned free space stands for voxels at the lower clamp: it follows the clamp.
+        self.octree.free_logodds = float(params.l_min)
+        if (old.tsdf.min_weight_mesh, old.tsdf.mesh_max_jump_vox) != (config.tsdf.min_weight_mesh,
+                                                                     config.tsdf.mesh_max_jump_vox):
+            self.octree.brick_dirty[self.octree.alive_slots()] = True     # every brick's mesh changes
 
     # ------------------------------------------------------------------ integration
     def integrate(self, frame: Frame) -> int:
@@ -331,11 +364,20 @@ class Mapper:
                                                          "frame_ids": frame_ids or {"map": self.config.map.frame_id}})
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, reserve_bricks: int | None = None) -> "Mapper":
-        """Read a map file written by `save`; its stored config is used, except for the settings of
-        the host it now runs on: `device` and `reserve_bricks` (map.*) when given."""
+    def load(cls, path: str | Path, device: str | None = None, reserve_bricks: int | None = None,
+             config: VoxmapConfig | None = None) -> "Mapper":
+        """Read a map file written by `save`. Without `config`, its stored config is used, except
+        for the settings of the host it now runs on: `device` and `reserve_bricks` (map.*) when
+        given. With `config` (a node's parameters), that config is used except for MAP_FILE_FIELDS,
+        which the file's contents fix; `map_file_overrides(...)` says which of them differed."""
         header = io.read_header(path)
         cfg = VoxmapConfig.from_dict(header["extra"].get("config", {}))
+        for name, key in (("map.voxel_size_m", "voxel_size_m"), ("map.octree_levels", "levels")):
+            if cfg.get(name) != header[key]:
+                raise ValueError(f"{path}: its config says {name}={cfg.get(name)!r} but its octree has "
+                                 f"{key} {header[key]!r}; corrupted file?")
+        if config is not None:
+            cfg = with_map_file_fields(config, cfg)
         if device is not None:
             cfg.map.device = device
         if reserve_bricks is not None:

@@ -37,6 +37,17 @@ def occupied_voxels(octree: SparseVoxelOctree, threshold_logodds: float, level: 
     return pts, np.full((len(pts), 3), 160, np.uint8)
 
 
+def centre_index_range(lo_m: float, hi_m: float, voxel_size_m: float) -> tuple[int, int]:
+    """(first, last) voxel index k whose centre (k + 1/2) * voxel_size_m (float64) lies in
+    [lo_m, hi_m]; first > last when none does. Decided on the centres themselves, so a band edge
+    that is a centre includes that voxel whatever lo_m / voxel_size_m rounds to."""
+    first = math.ceil(lo_m / voxel_size_m - 0.5)
+    first += 1 if (first + 0.5) * voxel_size_m < lo_m else -1 if (first - 0.5) * voxel_size_m >= lo_m else 0
+    last = math.floor(hi_m / voxel_size_m - 0.5)
+    last += -1 if (last + 0.5) * voxel_size_m > hi_m else 1 if (last + 1.5) * voxel_size_m <= hi_m else 0
+    return first, last
+
+
 def project_2d(octree: SparseVoxelOctree, z_min_m: float, z_max_m: float, threshold_logodds: float) -> Grid2D:
     """2D grid (nav_msgs/OccupancyGrid semantics) from the voxels whose centres lie in
     [z_min_m, z_max_m]: occupied if any is occupied, free if any is more likely free (log-odds < 0) and none occupied,
@@ -44,8 +55,7 @@ def project_2d(octree: SparseVoxelOctree, z_min_m: float, z_max_m: float, thresh
     octree.flush_summaries()
     vs = octree.voxel_size_m
     slots = octree.alive_slots()
-    lo_z = math.ceil(z_min_m / vs - 0.5)
-    hi_z = math.floor(z_max_m / vs - 0.5)
+    lo_z, hi_z = centre_index_range(z_min_m, z_max_m, vs)
     free_boxes = _pruned_free_boxes(octree)
     if slots.numel() == 0 and free_boxes.shape[0] == 0:
         return Grid2D(np.full((1, 1), UNKNOWN, np.int8), vs, (0.0, 0.0))
@@ -105,14 +115,31 @@ def _pruned_free_boxes(octree: SparseVoxelOctree) -> torch.Tensor:
     return torch.stack([lo, lo + size[:, None]], dim=1)
 
 
+# PGM pixel values and what map_server reads them as in trinary mode: p = (255 - pixel) / 255,
+# occupied when p > occupied_thresh, free when p < free_thresh, unknown otherwise.
+PGM_FREE, PGM_OCCUPIED, PGM_UNKNOWN = 254, 0, 205
+
+
+def pgm_occupancy_probability(pixel: int) -> float:
+    return (255 - pixel) / 255.0
+
+
 def save_map_server(grid: Grid2D, pgm_path: str | Path, occupied_thresh: float = 0.65,
-                    free_thresh: float = 0.25) -> Path:
+                    free_thresh: float = 0.196) -> Path:
     """Write a map_server pair: PGM (P5, 254 free, 0 occupied, 205 unknown; top row = max y) and a
-    YAML next to it with the same stem. Returns the YAML path."""
+    YAML next to it with the same stem. Returns the YAML path.
+
+    The thresholds must read 205 back as unknown: 205 is p = 0.196, so free_thresh <= 0.196 (the
+    ROS map_saver value; Nav2's default 0.25 would load every unknown cell as free)."""
+    p_free, p_unknown, p_occ = (pgm_occupancy_probability(v) for v in (PGM_FREE, PGM_UNKNOWN, PGM_OCCUPIED))
+    if not (p_free < free_thresh <= p_unknown <= occupied_thresh < p_occ):
+        raise ValueError(f"map_server thresholds must read free / unknown / occupied pixels back as such: need "
+                         f"{p_free:.4f} < free_thresh <= {p_unknown:.4f} <= occupied_thresh < 1, got free_thresh "
+                         f"{free_thresh}, occupied_thresh {occupied_thresh}")
     pgm_path = Path(pgm_path)
-    img = np.full(grid.data.shape, 205, np.uint8)
-    img[grid.data == FREE] = 254
-    img[grid.data == OCCUPIED] = 0
+    img = np.full(grid.data.shape, PGM_UNKNOWN, np.uint8)
+    img[grid.data == FREE] = PGM_FREE
+    img[grid.data == OCCUPIED] = PGM_OCCUPIED
     img = img[::-1]                                   # image rows go down, map y goes up
     with open(pgm_path, "wb") as f:
         f.write(f"P5\n# voxmap_ros occupancy\n{img.shape[1]} {img.shape[0]}\n255\n".encode())

@@ -56,6 +56,33 @@ class AttributeSpec:
         return math.prod(self.channels) * torch.empty((), dtype=self.dtype).element_size()
 
 
+MAX_ATTRIBUTE_VALUES = 4096          # values per voxel of one attribute (prod(channels)): 8 KiB+ per voxel is a mistake
+
+
+def check_attribute_spec(spec: AttributeSpec) -> None:
+    """ValueError unless map files can store `spec` (dtype in ATTRIBUTE_DTYPES), its channels are
+    positive and at most MAX_ATTRIBUTE_VALUES values per voxel, and its fill fits the dtype."""
+    if spec.dtype not in ATTRIBUTE_DTYPES.values():
+        raise ValueError(f"attribute '{spec.name}': dtype {spec.dtype} is not one of {sorted(ATTRIBUTE_DTYPES)}")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in spec.channels):
+        raise ValueError(f"attribute '{spec.name}': channels must be positive integers, got {spec.channels}")
+    if math.prod(spec.channels) > MAX_ATTRIBUTE_VALUES:
+        raise ValueError(f"attribute '{spec.name}': {math.prod(spec.channels)} values per voxel, at most "
+                         f"{MAX_ATTRIBUTE_VALUES}")
+    fill = spec.fill
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+        raise ValueError(f"attribute '{spec.name}': fill must be a number, got {fill!r}")
+    if spec.dtype == torch.bool:
+        ok = fill in (0, 1)
+    elif spec.dtype.is_floating_point:
+        ok = math.isnan(fill) or abs(fill) <= torch.finfo(spec.dtype).max or math.isinf(fill)
+    else:
+        info = torch.iinfo(spec.dtype)
+        ok = float(fill).is_integer() and info.min <= fill <= info.max
+    if not ok:
+        raise ValueError(f"attribute '{spec.name}': fill {fill!r} does not fit dtype {spec.dtype}")
+
+
 # Compact core layers: 2 + 2 + 3 = 7 bytes per voxel for TSDF + weight + colour, 2 more for occupancy.
 CORE_ATTRIBUTES = (
     AttributeSpec("tsdf", torch.float16, (), 1.0),      # normalised truncated SDF in [-1, 1]
@@ -228,10 +255,9 @@ class SparseVoxelOctree:
 
     # ------------------------------------------------------------------ attributes
     def register_attribute(self, spec: AttributeSpec) -> None:
-        """Add a per-voxel attribute; existing bricks get `spec.fill`. ValueError for a dtype map
-        files cannot store (ATTRIBUTE_DTYPES) or a name already taken by another spec."""
-        if spec.dtype not in ATTRIBUTE_DTYPES.values():
-            raise ValueError(f"attribute '{spec.name}': dtype {spec.dtype} is not one of {sorted(ATTRIBUTE_DTYPES)}")
+        """Add a per-voxel attribute; existing bricks get `spec.fill`. ValueError for a spec
+        check_attribute_spec refuses or a name already taken by another spec."""
+        check_attribute_spec(spec)
         if spec.name in self.specs:
             if self.specs[spec.name] != spec:
                 raise ValueError(f"attribute '{spec.name}' already registered as {self.specs[spec.name]}")

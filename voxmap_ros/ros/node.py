@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import functools
 import os
 import sys
@@ -50,7 +51,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from ..config import VoxmapConfig
-from ..core.mapper import Mapper
+from ..core.mapper import Mapper, map_file_overrides
 from ..outputs import View, fixed_view, map_snapshot, render_snapshot, scaled_view
 from ..poses import PoseBuffer, static_extrinsic
 from ..render import check_backend as render_check_backend
@@ -230,11 +231,12 @@ class VoxmapNode(Node):
         path = self.cfg.node.load_map_path
         if path:
             try:
-                m = Mapper.load(path, device=self.cfg.map.device, reserve_bricks=self.cfg.map.reserve_bricks)
+                m = Mapper.load(path, config=self.cfg)      # the node's parameters, but what the file fixes
                 self.get_logger().info(f"loaded map {path}: {m.octree.num_bricks} bricks")
-                if m.config.map.voxel_size_m != self.cfg.map.voxel_size_m:
-                    self.get_logger().warning(f"the map file's voxel size {m.config.map.voxel_size_m} m is used, not "
-                                              f"map.voxel_size_m={self.cfg.map.voxel_size_m}")
+                fixed = map_file_overrides(self.cfg, m.config)
+                if fixed:
+                    self.get_logger().warning(f"the map file fixes {', '.join(fixed)}; those values are used")
+                self.cfg = copy.deepcopy(m.config)
                 return m
             except (ValueError, OSError, KeyError) as e:
                 self.get_logger().error(f"could not load map '{path}': {e}; starting empty")
