@@ -419,3 +419,40 @@ def test_frames_touching_more_bricks_than_the_first_table_holds():
         counts[backend] = r.stdout.split()
     assert counts["cpp"] == counts["torch"]
     assert int(counts["cpp"][0]) > 2 ** 14 and int(counts["cpp"][1]) > 2 ** 14
+
+
+def test_lidar_on_a_scene_with_walls_on_voxel_boundaries_is_bit_identical():
+    """The generated room's walls and floor lie on voxel boundaries, where a last-bit difference in
+    a ray's direction flips hit / miss: both paths compute directions in the same order."""
+    from voxmap_ros.sim import lidar_trajectory, make_scene, scan_lidar
+    sc = make_scene("indoor", 0)
+    p = fusion_params(0.05)
+    a, b = SparseVoxelOctree(p.voxel_size_m, initial_bricks=16), SparseVoxelOctree(p.voxel_size_m, initial_bricks=16)
+    for T in lidar_trajectory(sc, 2, seed=0, height_m=1.2):
+        pts = torch.from_numpy(scan_lidar(sc, T, beams=8, hfov_samples=256, vfov_deg=(-30, 15)).astype(np.float32))
+        Tt = torch.from_numpy(np.asarray(T, np.float64))
+        assert torch.equal(integrate.integrate_lidar_torch(a, pts, Tt, p), native.integrate_lidar_cpp(b, pts, Tt, p))
+    alive = a.brick_alive
+    assert torch.equal(alive, b.brick_alive) and int(alive.sum()) > 50
+    for name in ("tsdf", "weight", "occ"):
+        assert torch.equal(a.attrs[name][alive], b.attrs[name][alive]), name
+
+
+@pytest.mark.parametrize("far", [[0.0, 0.0, 3.4028235e38], [3e19, 4e19, 0.0]])
+def test_a_point_whose_norm_overflows_is_a_no_return_ray(far):
+    """Some drivers mark "no return" with FLT_MAX: the norm overflows to inf, and the ray must still
+    clear free space up to max range along the point's direction, like any return beyond it."""
+    p = fusion_params(0.1)
+    T = torch.eye(4, dtype=torch.float64)
+    big = torch.tensor([far], dtype=torch.float32)
+    same_dir = torch.tensor([np.asarray(far) / np.linalg.norm(far) * 1e6], dtype=torch.float32)  # finite norm
+    maps = []
+    for pts in (big, same_dir):
+        ref, oc = SparseVoxelOctree(0.1), SparseVoxelOctree(0.1)
+        integrate.integrate_lidar_torch(ref, pts, T, p)
+        native.integrate_lidar_cpp(oc, pts, T, p)
+        assert_maps_match(ref, oc)
+        maps.append(ref)
+    observed = [int((m.attrs["occ"][m.brick_alive] != 0).sum()) for m in maps]
+    assert observed[0] == observed[1] >= int(p.lidar_max_m / p.voxel_size_m)
+    assert int((maps[0].attrs["occ"][maps[0].brick_alive] > 0).sum()) == 0          # no hit

@@ -685,7 +685,13 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
         if (!(std::isfinite(x) && std::isfinite(y) && std::isfinite(z))) continue;
         const float r = std::sqrt(std::fma(z, z, std::fma(y, y, x * x)));    // torch.norm's order
         if (!(r >= p->rmin && r > 0.0f)) continue;
-        const float n0 = x / r, n1 = y / r, n2 = z / r;
+        float n0 = x / r, n1 = y / r, n2 = z / r;
+        if (std::isinf(r)) {    // finite coordinates whose norm overflows (> 1.8e19 m): direction from scaled ones
+            const float s = std::max(std::fabs(x), std::max(std::fabs(y), std::fabs(z)));
+            const float a = x / s, b = y / s, c = z / s;
+            const float rs = std::sqrt(std::fma(c, c, std::fma(b, b, a * a)));
+            n0 = a / rs; n1 = b / rs; n2 = c / rs;
+        }
         for (int k = 0; k < 3; ++k)
             dirs.push_back((n0 * P.R[3 * k] + n1 * P.R[3 * k + 1]) + n2 * P.R[3 * k + 2]);
         const bool h = r <= p->rmax;

@@ -225,8 +225,14 @@ def lidar_rays(points: torch.Tensor, T_W_L: torch.Tensor, p: FusionParams):
     r = points.norm(dim=1)
     keep = torch.isfinite(points).all(1) & (r >= p.lidar_min_m) & (r > 0)
     pts, r = points[keep], r[keep]
+    n = pts / r[:, None]
+    huge = torch.isinf(r)         # finite coordinates whose norm overflows float32 (> 1.8e19 m): a "no return" marker
+    if bool(huge.any()):
+        scaled = pts[huge] / pts[huge].abs().amax(1, keepdim=True)
+        n[huge] = scaled / scaled.norm(dim=1, keepdim=True)
     R, t = T_W_L[:3, :3].float(), T_W_L[:3, 3].float()
-    dirs = (pts / r[:, None]) @ R.T
+    # Row k of R, term by term in the compiled kernel's order (a matmul's summation order differs in the last bit).
+    dirs = (n[:, 0:1] * R[:, 0] + n[:, 1:2] * R[:, 1]) + n[:, 2:3] * R[:, 2]
     hit = r <= p.lidar_max_m
     return t, dirs, torch.where(hit, r, torch.full_like(r, p.lidar_max_m)), hit
 
