@@ -119,6 +119,7 @@ def test_replay_bad_folder_fails_with_one_line(tmp_path):
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in r.stderr, r.stderr
         assert str(src) in lines[0]
+        assert not (tmp_path / "out").exists()            # a failed run leaves no empty output folder
 
 
 def test_eval_bad_mesh_path_fails_cleanly(tmp_path):
@@ -308,3 +309,22 @@ def test_replay_reports_frames_the_bag_reader_skipped(tmp_path):
     assert s["frames"] == 3 and s["source_skipped"] == {"missing_tf": 2}
     assert s["source_summary"]["map_frame"] == "map"
     assert "missing_tf" in r.stdout
+
+
+def test_numbers_with_an_exponent_and_no_dot_are_numbers(tmp_path):
+    """ROS's parameter parser (YAML 1.2) reads 1e-1 as 0.1; PyYAML alone reads it as a string."""
+    from voxmap_ros.cli import _config, build_parser
+    p = tmp_path / "c.yaml"
+    p.write_text("voxmap:\n  ros__parameters:\n    map.voxel_size_m: 1e-1\n    tsdf: {max_weight: 5E2}\n")
+    cfg = VoxmapConfig.load(p)
+    assert cfg.map.voxel_size_m == 0.1 and cfg.tsdf.max_weight == 500.0
+    args = build_parser().parse_args(["replay", "x", "--out", str(tmp_path), "--set", "map.voxel_size_m=2e-2",
+                                      "--set", "node.body_frame=", "--set", "map.frame_id='1e3'"])
+    cfg = _config(args)
+    assert cfg.map.voxel_size_m == 0.02 and cfg.node.body_frame == "" and cfg.map.frame_id == "1e3"
+
+
+def test_occupied_voxels_level_cannot_exceed_the_octree_levels():
+    with pytest.raises(ValueError, match=r"node\.occupied_voxels_level=7 must be at most map\.octree_levels=6"):
+        VoxmapConfig.from_dict({"node": {"occupied_voxels_level": 7}})
+    assert VoxmapConfig.from_dict({"node": {"occupied_voxels_level": 6}}).node.occupied_voxels_level == 6

@@ -122,6 +122,22 @@ def test_generate_dataset(tmp_path):
     meta = json.loads((tmp_path / "scene.json").read_text())
     assert meta["kind"] == "indoor" and meta["seed"] == 0 and "wall" in meta["label_names"].values()
     assert (tmp_path / "gt_mesh.ply").stat().st_size > 0
+    # A semantic label and an object id per ground-truth triangle, in the PLY's triangle order.
+    from voxmap_ros.eval.metrics import load_mesh
+    from voxmap_ros.sim.dataset_writer import load_gt_labels
+    scene = make_scene("indoor", 0)
+    labels, objects = load_gt_labels(tmp_path / meta["triangle_labels"])
+    gt = load_mesh(tmp_path / "gt_mesh.ply")
+    assert len(labels) == len(objects) == len(gt.triangles) == len(scene)
+    assert np.array_equal(labels, scene.labels) and np.array_equal(objects, scene.object_ids)
+    assert np.allclose(gt.vertices[gt.triangles], scene.vertices[scene.triangles], atol=1e-5)
+    assert {str(v) for v in np.unique(labels)} <= set(meta["label_names"])
+
+
+def test_generate_dataset_with_a_bad_seed_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        generate_dataset("indoor", -1, tmp_path / "ds", n_frames=1, n_scans=0)
+    assert not (tmp_path / "ds").exists()
 
 
 @pytest.mark.skipif(not (DATA / "7scenes-redkitchen").is_dir(), reason="shared data not present")

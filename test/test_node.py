@@ -430,6 +430,16 @@ def test_parameter_overrides_merge_with_config(ros):
     assert not other._worker.is_alive()
 
 
+def test_a_misspelt_parameter_is_refused_at_start(ros):
+    """ROS ignores overrides for undeclared names: a typo would run the node with the default."""
+    for bad, words in (("map.voxel_size", "unknown parameter 'map.voxel_size'"),
+                       ("tsdf.max_wait", "'tsdf' has")):
+        with pytest.raises(ValueError, match=words):
+            VoxmapNode("voxmap_typo", context=ros.node.context, namespace=ros.client.ns + "_t",
+                       parameter_overrides=[Parameter(bad, value=0.1), Parameter("use_sim_time", value=False),
+                                            Parameter("map.backend", value="torch")])
+
+
 # ============================================================================ outputs
 def test_mesh_occupancy_voxels_from_wall(ros):
     c = ros.client

@@ -30,8 +30,12 @@ def _config(args) -> VoxmapConfig:
 def parse_yaml_value(text: str, what: str):
     """A YAML scalar or list from the command line; ValueError naming `what` when it is not one."""
     import yaml
+
+    from .config import yaml_load
+    if not text.strip():
+        return ""                       # `--set node.body_frame=`: the empty string, not YAML's null
     try:
-        return yaml.safe_load(text)
+        return yaml_load(text)
     except yaml.YAMLError as e:
         raise ValueError(f"{what}: not a YAML value ({' '.join(str(e).split())})") from None
 

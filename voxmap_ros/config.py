@@ -232,7 +232,7 @@ class VoxmapConfig:
         if not path.exists() or path.is_dir():
             raise ValueError(f"config file {path} does not exist or is a directory")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml_load(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ValueError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(data, dict):
@@ -267,8 +267,26 @@ class VoxmapConfig:
                                ("render.near_m", "render.far_m")):
             if self.get(lo_key) >= self.get(hi_key):
                 raise ValueError(f"{lo_key}={self.get(lo_key)} must be below {hi_key}={self.get(hi_key)}")
+        if self.node.occupied_voxels_level > self.map.octree_levels:
+            raise ValueError(f"node.occupied_voxels_level={self.node.occupied_voxels_level} must be at most "
+                             f"map.octree_levels={self.map.octree_levels} (the map has levels 0..{self.map.octree_levels})")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.map.device):
             raise ValueError(f"map.device must be 'cpu', 'cuda' or 'cuda:N', got '{self.map.device}'")
+
+
+class _Yaml12Numbers(yaml.SafeLoader):
+    """PyYAML's safe loader, but numbers as YAML 1.2 (and ROS's parameter parser) read them:
+    PyYAML alone takes 1e-3 and 5E2 (an exponent without a dot) for strings."""
+
+
+_Yaml12Numbers.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    """yaml.safe_load with YAML 1.2 numbers (see _Yaml12Numbers); yaml.YAMLError on bad text."""
+    return yaml.load(text, Loader=_Yaml12Numbers)     # noqa: S506 - a SafeLoader subclass
 
 
 def section_names() -> list[str]:

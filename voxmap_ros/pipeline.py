@@ -68,9 +68,9 @@ def run(source: str | Path, config: VoxmapConfig, options: ReplayOptions) -> dic
     out = Path(options.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; expected a directory (created when missing)")
-    out.mkdir(parents=True, exist_ok=True)
     dataset = open_source(source, config, options.bag_options())
     mapper = Mapper(config)
+    out.mkdir(parents=True, exist_ok=True)              # only once the run can start: a failed one leaves nothing
     config.save(out / "config.yaml")                       # the effective config, next to the results
     indices = range(0, len(dataset), max(1, options.stride))
     if options.max_frames is not None:

@@ -11,7 +11,7 @@ import copy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
 
-from ..config import VoxmapConfig, iter_fields
+from ..config import VoxmapConfig, iter_fields, section_names
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
           float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
@@ -37,12 +37,27 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def check_override_names(names) -> None:
+    """ValueError for a start-up override in one of the config's sections that names no field
+    (`map.voxel_size:=0.1`, a typo): ROS would ignore it silently and the node would run with the
+    default. Names outside the sections (use_sim_time, qos_overrides.*) are ROS's to judge."""
+    known = {n for n, _, _ in iter_fields()}
+    sections = set(section_names())
+    unknown = sorted(n for n in names if n.split(".", 1)[0] in sections and n not in known)
+    if unknown:
+        section = unknown[0].split(".", 1)[0]
+        fields = sorted(n.split(".", 1)[1] for n in known if n.startswith(section + "."))
+        raise ValueError(f"unknown parameter '{unknown[0]}'" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1
+                         else "") + f"; '{section}' has {fields}")
+
+
 def declare_config(node, base: VoxmapConfig | None = None) -> VoxmapConfig:
     """Declare every config field as a parameter (defaults from `base`) and return the config
     built from the values the node was started with. Raises ValueError on invalid start values."""
     base = base or VoxmapConfig()
     cfg = copy.deepcopy(base)
     overrides = getattr(node, "_parameter_overrides", None) or {}
+    check_override_names(overrides)
     for name, value, f in iter_fields(base):
         ignore_override = False
         override = overrides.get(name)

@@ -120,6 +120,25 @@ def write_gt_mesh(path, scene: Scene) -> Path:
     return path
 
 
+GT_LABELS_FILE = "gt_labels.npz"
+
+
+def write_gt_labels(path, scene: Scene) -> Path:
+    """Write the semantic label and object id of every triangle of gt_mesh.ply, in its triangle
+    order: an .npz (no pickle) with `labels` and `object_ids`, (T,) int32 each; scene.json maps
+    them to names (`label_names`, `object_names`)."""
+    path = Path(path)
+    with open(path, "wb") as f:
+        np.savez(f, labels=scene.labels.astype(np.int32), object_ids=scene.object_ids.astype(np.int32))
+    return path
+
+
+def load_gt_labels(path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (T,) int32, object_ids (T,) int32) from a file write_gt_labels wrote."""
+    with np.load(path, allow_pickle=False) as z:
+        return z["labels"], z["object_ids"]
+
+
 def generate_dataset(kind: str, seed: int, out_dir, n_frames: int = 40, n_scans: int = 20,
                      noise: bool = True, width: int = 320, height: int = 240,
                      lidar_beams: int = 16, lidar_hfov_samples: int = 1024) -> dict:
@@ -131,8 +150,8 @@ def generate_dataset(kind: str, seed: int, out_dir, n_frames: int = 40, n_scans:
         raise ValueError(f"n_frames and n_scans must be >= 0, got {n_frames}, {n_scans}")
     t0 = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     scene = make_scene(kind, seed)
+    out.mkdir(parents=True, exist_ok=True)               # only once the scene exists: bad arguments leave nothing
     rng = np.random.default_rng(seed)
     K = default_intrinsics(width, height)
     summary: dict = {"kind": kind, "seed": int(seed), "out_dir": str(out)}
@@ -150,8 +169,10 @@ def generate_dataset(kind: str, seed: int, out_dir, n_frames: int = 40, n_scans:
                  for T in lidar_trajectory(scene, n_scans, seed)]
         summary["lidar_dir"] = str(write_lidar_folder(out / "lidar", scans))
     summary["gt_mesh"] = str(write_gt_mesh(out / "gt_mesh.ply", scene))
+    summary["gt_labels"] = str(write_gt_labels(out / GT_LABELS_FILE, scene))
     meta = {"kind": kind, "seed": int(seed), "label_names": {str(k): v for k, v in scene.label_names.items()},
             "object_names": {str(k): v for k, v in scene.object_names.items()},
+            "triangle_labels": GT_LABELS_FILE,
             "bounds_m": scene.bounds.tolist(), "n_frames": n_frames, "n_scans": n_scans,
             "image_size": [width, height], "depth_scale": 1000.0, "noise": bool(noise)}
     (out / "scene.json").write_text(json.dumps(meta, indent=2))

@@ -434,4 +434,6 @@ def make_scene(kind: str, seed: int = 0) -> Scene:
     builders = {"indoor": _indoor, "outdoor": _outdoor}
     if kind not in builders:
         raise ValueError(f"unknown scene kind {kind!r}; expected one of {sorted(builders)}")
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f"scene seed must be a non-negative integer, got {seed!r}")
     return builders[kind](int(seed))
