@@ -65,6 +65,7 @@ def _bad_frames(d, c, T):
         "K missing": (Frame(T, depth=d), "intrinsics"),
         "negative focal": (Frame(T, depth=d, rgb=c, K=Kn), "fx, fy > 0"),
         "zero focal": (Frame(T, depth=d, rgb=c, K=Kz), "fx, fy > 0"),
+        "focal overflowing float32": (Frame(T, depth=d, K=np.diag([1e39, 1e39, 1.0])), "in float32"),
         "rgb size": (Frame(T, depth=d, rgb=c[:-1], K=K), "rgb must have shape"),
         "rgb channels": (Frame(T, depth=d, rgb=c[..., :2], K=K), "rgb must have shape"),
         "rgb float": (Frame(T, depth=d, rgb=c.astype(np.float32), K=K), "rgb must be uint8"),
@@ -164,6 +165,26 @@ def test_empty_cloud_is_a_noop(mapper_with_data):
     assert m.integrate(Frame(T, depth=np.full_like(d, np.nan), K=SMALL_K)) == 0
     assert (m.stats.frames_integrated, m.stats.frames_empty) == (n_int, n_empty + 3)
     assert_same_state(before, octree_state(m.octree))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_no_reading_is_no_surface_even_with_a_zero_min_range(indoor_data, backend):
+    """Holes (0, NaN, inf, negative, uint16 0 / 65535) are 'no reading' whatever rgbd.min_range_m
+    allows: a zero minimum must not fuse them as a surface at the camera."""
+    from voxmap_ros.core import native
+    if backend == "cpp" and not native.available():
+        pytest.skip("compiled kernels unavailable")
+    d, c, T = indoor_data.frames[0]
+    m = Mapper(make_config(VOXEL_M, rgbd__min_range_m=0.0, map__backend=backend))
+    for depth in (np.zeros_like(d), np.full_like(d, np.nan), np.full_like(d, -1.0), np.full_like(d, np.inf),
+                  np.zeros(d.shape, np.uint16), np.full(d.shape, 65535, np.uint16)):
+        assert m.integrate(Frame(T, depth=depth, K=indoor_data.K)) == 0
+    assert m.octree.num_bricks == 0 and m.stats.frames_empty == 6
+    holes = d.copy()
+    holes[::3] = np.nan                               # a third of the rows without readings
+    m.integrate(Frame(T, depth=holes, K=indoor_data.K))
+    z_cam = (m.extract_mesh().vertices - T[:3, 3]) @ T[:3, 2]        # depth along the optical axis
+    assert z_cam.size and z_cam.min() > 0.9 * np.nanmin(d[d > 0])
 
 
 # ------------------------------------------------------------------------------------ meshing

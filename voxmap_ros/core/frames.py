@@ -48,6 +48,12 @@ def check_intrinsics(K: np.ndarray, allow_skew: bool = False) -> np.ndarray:
         raise ValueError(f"K must be a 3x3 matrix, got shape {K.shape}")
     if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ValueError(f"K must be finite with fx, fy > 0, got fx={K[0, 0]}, fy={K[1, 1]}")
+    with np.errstate(over="ignore"):
+        K32 = K.astype(np.float32)          # what the kernels compute with
+    if not np.isfinite(K32).all() or K32[0, 0] <= 0 or K32[1, 1] <= 0:
+        raise ValueError(f"K must be finite with fx, fy > 0 in float32 (the kernels' precision), got "
+                         f"fx={K32[0, 0]}, fy={K32[1, 1]}, cx={K32[0, 2]}, cy={K32[1, 2]} from {K[0].tolist()}, "
+                         f"{K[1].tolist()}")
     if not np.allclose(K[2], [0.0, 0.0, 1.0]) or K[1, 0] != 0.0:
         raise ValueError(f"K must be a pinhole matrix [[fx s cx] [0 fy cy] [0 0 1]], got rows "
                          f"{K[1].tolist()} and {K[2].tolist()}")

@@ -35,6 +35,11 @@ from .octree import BRICK, BRICK_SHIFT, SparseVoxelOctree, VOXEL_OFFSETS
 from .ranges import range_starts, rank_in_range
 
 
+# Depth images mark "no reading" as 0 (frames.depth_to_metres): with rgbd.min_range_m = 0 a 0 must
+# still not be a surface at the camera, so every backend takes readings from a micrometre on.
+MIN_DEPTH_READING_M = 1e-6
+
+
 def logodds(p: float) -> float:
     return math.log(p / (1.0 - p))
 
@@ -62,7 +67,7 @@ class FusionParams:
         o = cfg.occupancy
         return cls(voxel_size_m=cfg.map.voxel_size_m, trunc_m=cfg.tsdf.trunc_vox * cfg.map.voxel_size_m,
                    max_weight=cfg.tsdf.max_weight, depth_weighting=cfg.tsdf.weighting == "depth",
-                   rgbd_min_m=cfg.rgbd.min_range_m, rgbd_max_m=cfg.rgbd.max_range_m,
+                   rgbd_min_m=max(cfg.rgbd.min_range_m, MIN_DEPTH_READING_M), rgbd_max_m=cfg.rgbd.max_range_m,
                    lidar_min_m=cfg.lidar.min_range_m, lidar_max_m=cfg.lidar.max_range_m,
                    lidar_free_space=cfg.lidar.free_space,
                    l_hit=logodds(o.prob_hit), l_miss=logodds(o.prob_miss),
