@@ -540,3 +540,40 @@ def test_deepcopy_copies_capacity_not_the_reservation():
     _same_history(o, c, rounds=3, seed=4)                   # both keep working, independently
     for name, t in _pool_tensors(o, True).items():
         assert torch.equal(_pool_tensors(c, True)[name], t), name
+
+
+def test_clearing_forgets_pruned_free_space_beyond_the_radius():
+    """Pruned space lives in free bits of parent nodes; beyond the radius it must go with the bricks,
+    or a map driving along a street keeps answering 'free' (and keeps nodes) behind it for ever."""
+    o = _tree()
+    near = _free_block(o, (0, 0, 0), 4)                       # one level-2 cube at the origin
+    far = _free_block(o, (16, 0, 0), 4)                      # another one 16 bricks along x
+    assert o.prune_free(FREE_L + 1e-3) == 128 and o.num_bricks == 0
+    far_centres = (far.double() + 0.5) * BRICK * VOXEL_M
+    near_centres = (near.double() + 0.5) * BRICK * VOXEL_M
+    assert bool(o.occupancy_at(far_centres, 0)[1].all())
+    nodes_before = o.num_nodes
+    sensor = near_centres.mean(0)
+    radius = float((far_centres.mean(0) - sensor).norm()) / 2           # between the two cubes' centres
+    o.clear_outside_radius(sensor.float(), radius)
+    assert not bool(o.occupancy_at(far_centres, 0)[1].any())             # unknown now, at every level
+    assert not bool(o.occupancy_at(far_centres, 2)[1].any())
+    l, k = o.occupancy_at(near_centres, 0)                             # the near cube is still free
+    assert bool(k.all()) and torch.allclose(l, torch.full_like(l, FREE_L))
+    assert o.num_nodes < nodes_before and _free_bits_cover_no_node(o)
+
+
+def test_a_new_free_value_reaches_every_summary_above_pruned_space():
+    """free_logodds changes with the occupancy clamp (Mapper.set_config): parents must follow."""
+    o = _tree()
+    c = _free_block(o, (0, 0, 0), 2)                           # a level-1 cube of free bricks
+    s_keep, _ = o.allocate_bricks(torch.tensor([[2, 0, 0]]))    # and a neighbour not quite at the clamp
+    o.attrs["occ"][s_keep] = FREE_L + 0.5
+    o.update_summaries(s_keep)
+    assert o.prune_free(FREE_L + 1e-3) == 8
+    o.free_logodds = FREE_L / 2
+    o.refresh_free_summaries()
+    centre = (c[:1].double() + 0.5) * BRICK * VOXEL_M
+    for level in range(o.levels + 1):       # max over the cube: the new free value, above the neighbour's
+        l, k = o.occupancy_at(centre, level)
+        assert bool(k) and l.item() == pytest.approx(FREE_L / 2, abs=1e-3), level

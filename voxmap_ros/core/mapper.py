@@ -156,7 +156,9 @@ class Mapper:
         old = self.config
         self.config, self.params = config, params
         # Pruned free space stands for voxels at the lower clamp: it follows the clamp.
-        self.octree.free_logodds = float(params.l_min)
+        if self.octree.free_logodds != float(params.l_min):
+            self.octree.free_logodds = float(params.l_min)
+            self.octree.refresh_free_summaries()
         if (old.tsdf.min_weight_mesh, old.tsdf.mesh_max_jump_vox) != (config.tsdf.min_weight_mesh,
                                                                      config.tsdf.mesh_max_jump_vox):
             self.octree.brick_dirty[self.octree.alive_slots()] = True     # every brick's mesh changes
@@ -219,8 +221,8 @@ class Mapper:
 
     # ------------------------------------------------------------------ memory control
     def clear_far(self, center_m, radius_m: float) -> int:
-        """Drop bricks farther than radius_m (> 0) from center_m (3,) metres in the map frame.
-        Returns bricks dropped."""
+        """Drop bricks (and pruned free space) farther than radius_m (> 0) from center_m (3,)
+        metres in the map frame, judged by their centres. Returns bricks dropped."""
         try:
             c = np.asarray(center_m, dtype=np.float64)
             r = float(radius_m)
@@ -230,10 +232,10 @@ class Mapper:
             raise ValueError(f"clear_far center_m must be 3 finite numbers, got {c.tolist()}")
         if not (math.isfinite(r) and r > 0):
             raise ValueError(f"clear_far radius_m must be a positive number, got {radius_m}")
-        slots = self.octree.alive_slots()
-        centres = (self.octree.brick_coord[slots].double() + 0.5) * self.octree.brick_size_m
-        far = (centres - torch.from_numpy(c).to(self.device)).norm(dim=1) > r
-        return self._erase(slots[far])
+        centre = torch.from_numpy(c)
+        n = self._erase(self.octree.bricks_outside_radius(centre, r))
+        self.octree.forget_free_outside_radius(centre, r)        # pruned free space beyond r goes too
+        return n
 
     def prune(self) -> int:
         """Collapse confidently-free bricks into their parents. Returns bricks removed."""

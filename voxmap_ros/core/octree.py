@@ -547,14 +547,58 @@ class SparseVoxelOctree:
         return inside
 
     def clear_outside_radius(self, center_m: torch.Tensor, radius_m: float) -> int:
-        """Erase bricks whose centre is farther than radius_m from center_m (3,) float. Returns count."""
-        slots = self.alive_slots()
-        if slots.numel() == 0 or radius_m <= 0:
+        """Erase bricks whose centre is farther than radius_m from center_m (3,) float, and forget
+        pruned free space (free bits) whose cube centre is: the map then answers nothing beyond
+        the radius and stays bounded. Returns the number of bricks erased."""
+        if radius_m <= 0:
             return 0
+        far = self.bricks_outside_radius(center_m, radius_m)
+        self.erase_bricks(far)
+        self.forget_free_outside_radius(center_m, radius_m)
+        return int(far.numel())
+
+    def bricks_outside_radius(self, center_m: torch.Tensor, radius_m: float) -> torch.Tensor:
+        """Slots (N,) int64 of the bricks whose centre is farther than radius_m from center_m (3,)."""
+        slots = self.alive_slots()
         centres = (self.brick_coord[slots].double() + 0.5) * self.brick_size_m
-        far = (centres - center_m.to(self.device).double()).norm(dim=1) > radius_m
-        self.erase_bricks(slots[far])
-        return int(far.sum())
+        return slots[(centres - center_m.to(self.device).double()).norm(dim=1) > radius_m]
+
+    def forget_free_outside_radius(self, center_m: torch.Tensor, radius_m: float) -> None:
+        """Clear the free bits of pruned cubes whose centre is farther than radius_m from
+        center_m (3,); nodes left with neither children nor free bits go."""
+        if not bool(self.node_free_mask.any()):
+            return
+        c = center_m.to(self.device).double()
+        keys, ids = self.table.items()
+        ids = ids.long()
+        sel = self.node_free_mask[ids] != 0
+        keys, ids = keys[sel], ids[sel]
+        bits = ((self.node_free_mask[ids].long()[:, None] >> torch.arange(8, device=self.device)) & 1).bool()
+        coords, level = morton.decode(morton.children(keys).reshape(-1))          # column j <-> bit j
+        size_m = self.brick_size_m * (torch.ones_like(level) << level).double()
+        far = (((coords.double() + 0.5) * size_m[:, None] - c).norm(dim=1) > radius_m).view(-1, 8)
+        drop = bits & far
+        touched = drop.any(1)
+        if not bool(touched.any()):
+            return
+        clear = (drop.long() << torch.arange(8, device=self.device)).sum(1)
+        self.node_free_mask[ids[touched]] &= ~clear[touched].to(torch.uint8)
+        self._refresh_by_level(keys[touched], drop_empty=True)
+
+    def _refresh_by_level(self, node_keys: torch.Tensor, drop_empty: bool) -> None:
+        """Refresh the summaries of parent nodes (N,) int64 keys of any levels and their ancestors,
+        lowest level first (each pass reads the level below it fresh)."""
+        levels = morton.level_of(node_keys)
+        for lvl in torch.unique(levels).tolist():
+            self._refresh_ancestors(node_keys[levels == lvl], drop_empty)
+
+    def refresh_free_summaries(self) -> None:
+        """Recompute the summaries of every node with pruned children (and their ancestors), after
+        free_logodds changed: pruned space stands for voxels at that value."""
+        keys, ids = self.table.items()
+        sel = self.node_free_mask[ids.long()] != 0
+        if bool(sel.any()):
+            self._refresh_by_level(keys[sel], drop_empty=False)
 
     # ------------------------------------------------------------------ queries
     def occupancy_at(self, points_m: torch.Tensor, level: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
