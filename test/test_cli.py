@@ -328,3 +328,16 @@ def test_occupied_voxels_level_cannot_exceed_the_octree_levels():
     with pytest.raises(ValueError, match=r"node\.occupied_voxels_level=7 must be at most map\.octree_levels=6"):
         VoxmapConfig.from_dict({"node": {"occupied_voxels_level": 7}})
     assert VoxmapConfig.from_dict({"node": {"occupied_voxels_level": 6}}).node.occupied_voxels_level == 6
+
+
+def test_params_files_for_several_nodes_give_this_nodes_entry(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("/**:\n  ros__parameters:\n    use_sim_time: true\n    tsdf.max_weight: 20.0\n"
+                 "voxmap:\n  ros__parameters:\n    map: {voxel_size_m: 0.04}\n    qos_overrides:\n"
+                 "      /tf: {depth: 5}\n"
+                 "rviz2:\n  ros__parameters:\n    map.voxel_size_m: 9.0\n")
+    cfg = VoxmapConfig.load(p)
+    assert cfg.map.voxel_size_m == 0.04 and cfg.tsdf.max_weight == 20.0
+    p.write_text("rviz2:\n  ros__parameters: {a: 1}\nother:\n  ros__parameters: {b: 2}\n")
+    with pytest.raises(ValueError, match="without an entry for 'voxmap'"):
+        VoxmapConfig.load(p)

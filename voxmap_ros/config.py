@@ -306,18 +306,37 @@ def iter_fields(cfg: VoxmapConfig | None = None):
 ROS_OWN_PARAMETERS = ("use_sim_time", "start_type_description_service")
 
 
+# The node's name in the launch files: in a params file for several nodes, its entry (after `/**`,
+# the one for every node) is the one that applies.
+NODE_NAME = "voxmap"
+
+
 def unwrap_ros_params(data: dict) -> dict:
-    """Turn `{node: {ros__parameters: {a.b: v}}}` or `{a: {b: v}}` into the nested tree."""
-    if len(data) == 1:
-        (only,) = data.values()
-        if isinstance(only, dict) and "ros__parameters" in only:
-            data = only["ros__parameters"] or {}
+    """Turn `{node: {ros__parameters: {a.b: v}}}` or `{a: {b: v}}` into the nested tree. A
+    params file with entries for several nodes gives `/**` and then `voxmap` (or `/voxmap`)."""
+    nodes = {str(k): v for k, v in data.items() if isinstance(v, dict) and "ros__parameters" in v}
+    if nodes and len(nodes) != len(data):
+        raise ValueError(f"a params file mixes node entries ({sorted(nodes)}) with other keys "
+                         f"({sorted(str(k) for k in data if str(k) not in nodes)})")
+    if len(nodes) > 1:
+        chosen = [k for k in ("/**", NODE_NAME, "/" + NODE_NAME) if k in nodes]
+        if not any(k != "/**" for k in chosen):
+            raise ValueError(f"a params file for several nodes ({sorted(nodes)}) without an entry for "
+                             f"'{NODE_NAME}'")
+        tree: dict[str, dict] = {}
+        for k in chosen:
+            for section, values in unwrap_ros_params({k: nodes[k]}).items():
+                tree.setdefault(section, {}).update(values)
+        return tree
+    if nodes:
+        (only,) = nodes.values()
+        data = only["ros__parameters"] or {}
     if "ros__parameters" in data:
         data = data["ros__parameters"] or {}
-    tree: dict[str, dict] = {}
+    tree = {}
     for key, value in data.items():
         key = str(key)
-        if key in ROS_OWN_PARAMETERS or key.startswith("qos_overrides."):
+        if key in ROS_OWN_PARAMETERS or key == "qos_overrides" or key.startswith("qos_overrides."):
             continue                           # rclpy's own parameters may share the file
         if "." in key:
             section, leaf = key.split(".", 1)
