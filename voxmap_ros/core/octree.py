@@ -569,10 +569,7 @@ class SparseVoxelOctree:
         if not bool(self.node_free_mask.any()):
             return
         c = center_m.to(self.device).double()
-        keys, ids = self.table.items()
-        ids = ids.long()
-        sel = self.node_free_mask[ids] != 0
-        keys, ids = keys[sel], ids[sel]
+        keys, ids = self._nodes_with_free_bits()
         bits = ((self.node_free_mask[ids].long()[:, None] >> torch.arange(8, device=self.device)) & 1).bool()
         coords, level = morton.decode(morton.children(keys).reshape(-1))          # column j <-> bit j
         size_m = self.brick_size_m * (torch.ones_like(level) << level).double()
@@ -595,10 +592,15 @@ class SparseVoxelOctree:
     def refresh_free_summaries(self) -> None:
         """Recompute the summaries of every node with pruned children (and their ancestors), after
         free_logodds changed: pruned space stands for voxels at that value."""
-        keys, ids = self.table.items()
-        sel = self.node_free_mask[ids.long()] != 0
-        if bool(sel.any()):
-            self._refresh_by_level(keys[sel], drop_empty=False)
+        keys, _ = self._nodes_with_free_bits()
+        if keys.numel():
+            self._refresh_by_level(keys, drop_empty=False)
+
+    def _nodes_with_free_bits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys (N,) int64, ids (N,) int64) of the live nodes with pruned children: a pass over
+        the node pool, not the hash table (this runs every frame with a clearing radius)."""
+        ids = ((self.node_free_mask != 0) & (self.node_key >= 0)).nonzero().squeeze(1)
+        return self.node_key[ids], ids
 
     # ------------------------------------------------------------------ queries
     def occupancy_at(self, points_m: torch.Tensor, level: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
