@@ -72,3 +72,40 @@ def test_bag_player_save_map_reports_what_the_node_did(tmp_path):
         assert wrong.returncode == 2 and "no_such_node" in wrong.stderr and "Traceback" not in wrong.stderr
     finally:
         _stop(node)
+
+
+def test_bag_player_skips_topics_of_types_it_does_not_play(tmp_path, capsys):
+    """Real bags carry /imu, /rosout and the like next to the sensor topics: the player publishes
+    the types it knows and names the others once, instead of dying on the first unknown one."""
+    import rclpy
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from voxmap_ros.ros import bag_player
+    ts = get_typestore(Stores.ROS2_HUMBLE)
+    String = ts.types["std_msgs/msg/String"]
+    Point = ts.types["geometry_msgs/msg/PointStamped"]
+    Header, Time = ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    P3 = ts.types["geometry_msgs/msg/Point"]
+    Pose, Quat = ts.types["geometry_msgs/msg/Pose"], ts.types["geometry_msgs/msg/Quaternion"]
+    PoseStamped = ts.types["geometry_msgs/msg/PoseStamped"]
+    bag = tmp_path / "bag"
+    with Writer(bag, version=Writer.VERSION_LATEST) as w:
+        chatter = w.add_connection("/chatter", "std_msgs/msg/String", typestore=ts)
+        clicked = w.add_connection("/clicked_point", "geometry_msgs/msg/PointStamped", typestore=ts)
+        pose = w.add_connection("/pose", "geometry_msgs/msg/PoseStamped", typestore=ts)
+        for i in range(3):
+            w.write(chatter, 10**9 + i, bytes(ts.serialize_cdr(String(data="x"), "std_msgs/msg/String")))
+            m = Point(header=Header(stamp=Time(sec=1, nanosec=i), frame_id="map"), point=P3(x=0.0, y=0.0, z=0.0))
+            w.write(clicked, 10**9 + i, bytes(ts.serialize_cdr(m, "geometry_msgs/msg/PointStamped")))
+            ps = PoseStamped(header=Header(stamp=Time(sec=1, nanosec=i), frame_id="map"),
+                             pose=Pose(position=P3(x=0.0, y=0.0, z=0.0), orientation=Quat(x=0.0, y=0.0, z=0.0, w=1.0)))
+            w.write(pose, 10**9 + i, bytes(ts.serialize_cdr(ps, "geometry_msgs/msg/PoseStamped")))
+    rclpy.init()
+    try:
+        counts = bag_player.play(bag, wait_subscribers_s=0.0, start_delay_s=0.0)
+    finally:
+        rclpy.shutdown()
+    assert counts == {"/pose": 3}
+    err = capsys.readouterr().err
+    assert "/chatter" in err and "/clicked_point" in err and err.count("not played") == 1

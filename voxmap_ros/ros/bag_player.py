@@ -70,6 +70,11 @@ def play(bag: Path, *, rate: float = 1.0, tf_topic: str = "/pose", wait_subscrib
                         pubs[c.topic] = node.create_publisher(_msg_class(c.msgtype), c.topic, RELIABLE)
                 elif c.msgtype == "tf2_msgs/msg/TFMessage":
                     tf_conns.append(c)
+            played = [c for c in reader.connections if c.msgtype in _TYPES or c in tf_conns]
+            skipped = sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections if c not in played})
+            if skipped:
+                print(f"voxmap_bag_player: topics of types it does not play, not played: {', '.join(skipped)}",
+                      file=sys.stderr, flush=True)
             tf_pub = node.create_publisher(TransformStamped, tf_topic, LATCHED) if tf_conns else None
             clock_pub = node.create_publisher(Clock, "/clock", 10)
             # The re-published transforms matter as much as the sensor topics: a frame without its
@@ -85,7 +90,7 @@ def play(bag: Path, *, rate: float = 1.0, tf_topic: str = "/pose", wait_subscrib
             # this pause.
             time.sleep(start_delay_s)
             t0_bag, t0_wall = None, time.monotonic()
-            for conn, stamp_ns, raw in reader.messages():
+            for conn, stamp_ns, raw in reader.messages(connections=played):
                 if t0_bag is None:
                     t0_bag = stamp_ns
                 due = t0_wall + (stamp_ns - t0_bag) / 1e9 / max(rate, 1e-6)
