@@ -106,3 +106,18 @@ def test_stamp_jumps_are_kept_per_stream():
     assert not j.confirms("pose:a", 7 * S, WINDOW)          # confirmed once, then starts over
     j.forget("pose:b")
     assert not j.confirms("pose:b", 6 * S, WINDOW)
+
+
+def test_a_stream_restarted_by_a_time_jump_forgets_the_old_timeline():
+    """After push restarts a stream (time went back), dropping the new timeline's first frame must
+    not bring back the old timeline's last integrated stamp as the newest."""
+    q = FrameQueues(("rgbd",))
+    old, _ = push(q, "rgbd", 100.0)
+    assert q.take(old)
+    q.done()
+    assert not push(q, "rgbd", 0.0)[1].accepted              # a stray candidate
+    first, r = push(q, "rgbd", 0.1)                          # confirmed: the stream restarts
+    assert r.accepted and r.restarted == 0
+    assert q.drop(first)                                     # e.g. no pose at that stamp
+    _, r = push(q, "rgbd", 0.2)
+    assert r.accepted and r.newest_ns == -1

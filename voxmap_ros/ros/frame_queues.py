@@ -80,6 +80,7 @@ class FrameQueues:
             elif newest - item.stamp_ns > window_ns and self.jumps.confirms(kind, item.stamp_ns, window_ns):
                 out.accepted, out.restarted = True, len(q)
                 q.clear()
+                self._last_taken[kind] = -1          # the old timeline's frames no longer order this one
             if out.accepted:
                 self._newest[kind] = item.stamp_ns
                 q.append(item)
