@@ -1,7 +1,7 @@
 """The node's frame queues and timeline rules (voxmap_ros.ros.frame_queues), without a ROS graph."""
 from dataclasses import dataclass
 
-from voxmap_ros.ros.frame_queues import FrameQueues, StampJumps
+from voxmap_ros.ros.frame_queues import ColorBuffer, FrameQueues, StampJumps
 
 S = 1_000_000_000          # one second in ns
 WINDOW = 10 * S            # node.pose_buffer_s = 10
@@ -121,3 +121,22 @@ def test_a_stream_restarted_by_a_time_jump_forgets_the_old_timeline():
     assert q.drop(first)                                     # e.g. no pose at that stamp
     _, r = push(q, "rgbd", 0.2)
     assert r.accepted and r.newest_ns == -1
+
+
+def test_colour_images_stay_while_a_queued_depth_frame_can_pair_with_them():
+    buf = ColorBuffer(keep_recent=3)
+    tol = S // 100
+    for i in range(20):                                      # depth frame at 0 s still queued
+        buf.add(i * S // 30, f"rgb{i}", oldest_queued_ns=0, tolerance_ns=tol, max_items=100)
+    assert len(buf) == 20
+    assert buf.nearest(0, tol) == ("rgb0", 19 * S // 30)
+    buf.add(20 * S // 30, "rgb20", oldest_queued_ns=10 * S // 30, tolerance_ns=tol, max_items=100)
+    assert len(buf) == 11 and buf.nearest(0, tol)[0] is None   # older than any queued frame
+    buf.add(21 * S // 30, "rgb21", oldest_queued_ns=None, tolerance_ns=tol, max_items=100)
+    assert len(buf) == 3                                     # nothing queued: the recent ones
+    for i in range(22, 40):
+        buf.add(i * S // 30, f"rgb{i}", oldest_queued_ns=0, tolerance_ns=tol, max_items=5)
+    assert len(buf) == 5 and buf.nearest(39 * S // 30, tol)[0] == "rgb39"    # the hard cap
+    assert buf.nearest(39 * S // 30 + S, tol) == (None, 39 * S // 30)
+    buf.clear()
+    assert len(buf) == 0 and buf.nearest(0, tol) == (None, -1)

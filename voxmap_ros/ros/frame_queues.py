@@ -4,7 +4,8 @@ Each sensor kind has a bounded queue of decoded frames in stamp order. A frame o
 newest one is dropped as out of order, except when time really went back (a bag played again, a
 clock reset): one stamp far behind the newest is a stray stamp, but two in a row (within the
 window of each other) restart the stream. `StampJumps` holds that rule for any stream, so the
-node applies it to its pose topics too.
+node applies it to its pose topics too. `ColorBuffer` holds colour images for the queued depth
+frames.
 """
 from __future__ import annotations
 
@@ -132,6 +133,12 @@ class FrameQueues:
         with self._lock:
             return sum(len(q) for q in self._queues.values()) + self._in_flight
 
+    def oldest_stamp(self, kind: str) -> int | None:
+        """Stamp of the oldest queued frame of `kind`, None when none is queued."""
+        with self._lock:
+            q = self._queues[kind]
+            return q[0].stamp_ns if q else None
+
     def depths(self) -> dict[str, int]:
         """Queued frames per kind."""
         with self._lock:
@@ -147,3 +154,47 @@ class FrameQueues:
             self._reset_stamps()
         self.jumps.forget()
         return dropped
+
+
+class ColorBuffer:
+    """Recent colour images, kept until no queued depth frame can pair with them. Thread-safe.
+
+    Depth frames are paired with their colour image only when they are integrated, so while depth
+    frames wait (a busy worker, a pose that lags) every colour image from the oldest queued one on
+    must stay; a fixed count would drop them and fuse the backlog without colour.
+    """
+
+    def __init__(self, keep_recent: int = 30):
+        self.keep_recent = int(keep_recent)        # kept with nothing queued: depth may lag colour
+        self._lock = threading.Lock()
+        self._items: collections.deque = collections.deque()
+
+    def add(self, stamp_ns: int, rgb, oldest_queued_ns: int | None, tolerance_ns: int, max_items: int) -> None:
+        """Keep `rgb`; forget images that no depth frame from `oldest_queued_ns` on (None: nothing
+        queued) can pair with, and any beyond `max_items` (at least keep_recent), oldest first."""
+        cap = max(self.keep_recent, int(max_items))
+        with self._lock:
+            q = self._items
+            q.append((int(stamp_ns), rgb))
+            while len(q) > self.keep_recent and (
+                    len(q) > cap or oldest_queued_ns is None or q[0][0] < oldest_queued_ns - tolerance_ns):
+                q.popleft()
+
+    def nearest(self, stamp_ns: int, tolerance_ns: int):
+        """(the image nearest to stamp_ns within tolerance_ns or None, the newest stamp held or -1)."""
+        with self._lock:
+            items = list(self._items)
+        best = None
+        for s, rgb in items:
+            d = abs(s - stamp_ns)
+            if d <= tolerance_ns and (best is None or d < best[0]):
+                best = (d, rgb)
+        return (best[1] if best else None), (items[-1][0] if items else -1)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()

@@ -57,7 +57,7 @@ from ..poses import PoseBuffer, static_extrinsic
 from ..render import check_backend as render_check_backend
 from ..types import Frame
 from . import conversions as conv
-from .frame_queues import FrameQueues, StampJumps
+from .frame_queues import ColorBuffer, FrameQueues, StampJumps
 from .params import declare_config, validate_changes
 from .schedule import JobSchedule
 
@@ -81,6 +81,7 @@ def reliable_sensor_qos(queue_size: int) -> QoSProfile:
 # Rendered views: the latest is what matters; reliable (works for reliable and best-effort readers).
 RENDER_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 WARN_THROTTLE_S = 5.0
+COLOR_MAX_HZ = 60            # colour rate the colour buffer is sized for (see _color_cap)
 COLOR_WAIT_S = 0.2           # how long a depth image may wait for its colour partner (wall time)
 IDLE_WAIT_S = 0.02           # worker poll period while frames wait for their pose
 CLOCK_JUMP_BACK_NS = 100_000_000   # the node clock going back by more than this restarts the timeline
@@ -162,7 +163,7 @@ class VoxmapNode(Node):
         self._jumps = StampJumps()                        # stray stamp vs time going back, per stream
         self._frames = FrameQueues(KINDS, self._jumps)
         self._worker_calls: list[_WorkerCall] = []         # map reads waiting for the worker (under _calls_lock)
-        self._colors: collections.deque = collections.deque(maxlen=30)
+        self._colors = ColorBuffer()                      # colour images for queued depth frames
         self._K: tuple[np.ndarray, int, int] | None = None
         self._last_log: dict[str, float] = {}              # throttle key -> monotonic time of its last log line
         self._ms_recent: collections.deque = collections.deque(maxlen=200)
@@ -388,7 +389,8 @@ class VoxmapNode(Node):
             if rgb.ndim != 3 or rgb.size == 0:
                 raise ValueError(f"colour image on '{self.cfg.node.color_topic}' decoded to shape {rgb.shape}, "
                                  "expected (H, W, 3), not empty")
-            self._colors.append((conv.stamp_to_ns(msg.header.stamp), rgb))
+            self._colors.add(conv.stamp_to_ns(msg.header.stamp), rgb, self._frames.oldest_stamp("rgbd"),
+                             int(self.cfg.node.color_sync_tolerance_s * 1e9), self._color_cap())
         except ValueError as e:
             self._bad("color", e)
 
@@ -598,19 +600,18 @@ class VoxmapNode(Node):
                 self._bad("depth", e)
             return False
 
+    def _color_cap(self) -> int:
+        """Most colour images held: a full depth queue's partners (colour at up to twice the depth
+        rate) plus node.pose_wait_s of colour at 60 Hz, for a frame that waits for its pose."""
+        n = self.cfg.node
+        return 2 * n.queue_size + self._colors.keep_recent + int(COLOR_MAX_HZ * n.pose_wait_s)
+
     def _attach_color(self, item: Pending, waited_s: float) -> bool:
         """Pair the depth image with the nearest colour image; False = wait for it a little longer."""
         if not self.cfg.node.color_topic or "rgb" in item.data:
             return True
-        tol = int(self.cfg.node.color_sync_tolerance_s * 1e9)
-        best = None
-        colors = list(self._colors)
-        for stamp, rgb in colors:
-            d = abs(stamp - item.stamp_ns)
-            if d <= tol and (best is None or d < best[0]):
-                best = (d, rgb)
-        if best is not None:
-            rgb = best[1]
+        rgb, newest = self._colors.nearest(item.stamp_ns, int(self.cfg.node.color_sync_tolerance_s * 1e9))
+        if rgb is not None:
             if rgb.shape[:2] != item.data["depth"].shape:
                 self._bad("color", f"colour image {rgb.shape[1]}x{rgb.shape[0]} does not match depth "
                                    f"{item.data['depth'].shape[1]}x{item.data['depth'].shape[0]}; fused without colour")
@@ -618,7 +619,6 @@ class VoxmapNode(Node):
                 self._count("rgbd_without_color")
             item.data["rgb"] = rgb
             return True
-        newest = colors[-1][0] if colors else -1
         if newest < item.stamp_ns and waited_s < COLOR_WAIT_S:
             return False
         item.data["rgb"] = None
