@@ -967,6 +967,44 @@ def test_body_frame_picks_the_body_among_several_pose_streams(ros):
         node._poses, node.cfg.node.body_frame = saved
 
 
+def test_a_sensor_frame_without_a_name_still_takes_the_extrinsic(ros):
+    """A PoseStamped stream is the body pose, held under the child frame ''. A depth image or cloud
+    whose header.frame_id is empty must not read that as a transform straight to the sensor: it
+    takes the body pose and the configured extrinsic like any other unnamed sensor frame."""
+    from voxmap_ros.poses import PoseBuffer
+    from voxmap_ros.ros.node import Pending
+    node = ros.node
+    saved = node._poses, node._extrinsic["rgbd"]
+    try:
+        body = PoseBuffer()
+        T_body = np.eye(4); T_body[:3, 3] = [1.0, 2.0, 3.0]
+        for st in (0, S):
+            body.add(st, T_body)
+        node._poses = {"": body}
+        node._extrinsic["rgbd"] = np.eye(4)
+        node._extrinsic["rgbd"][:3, 3] = [0.0, 0.0, 0.5]
+        T, status = node._pose_for(Pending("rgbd", S // 2, "", {}, time.monotonic()))
+        assert status == "ok"
+        np.testing.assert_allclose(T, T_body @ node._extrinsic["rgbd"])
+    finally:
+        node._poses, node._extrinsic["rgbd"] = saved
+
+
+def test_pose_buffers_hold_pose_buffer_s_at_high_rates(ros):
+    """node.pose_buffer_s (10 s here) of poses at 400 Hz: 4001 samples, all kept."""
+    node = ros.node
+    child = "fast_imu_frame"
+    t0 = node.get_clock().now().nanoseconds - 10 * S
+    try:
+        for i in range(4001):
+            msg = conv.matrix_to_transform_stamped(np.eye(4), t0 + i * S // 400, "map", child)
+            node._on_pose(msg)
+        buf = node._poses[child]
+        assert len(buf) == 4001 and buf.newest_ns - buf.oldest_ns == 10 * S
+    finally:
+        node._poses.pop(child, None)
+
+
 def test_warnings_are_throttled_per_kind():
     """rclpy throttles per call site; one kind of bad input must not hide the others."""
     import types

@@ -175,6 +175,7 @@ def test_buffer_eviction_by_age_and_len():
     for k in range(12):
         short.add(k, pose(t=(k, 0, 0)))
     assert len(short) == 5 and short.oldest_ns == 7 and short.newest_ns == 11
+    assert short.evicted_by_count == 7 and buf.evicted_by_count == 0
     short.clear()
     assert len(short) == 0 and short.status(0) == "wait"
 

@@ -197,7 +197,8 @@ class PoseBuffer:
     """Time-ordered, bounded buffer of (stamp_ns, T_W_B) with interpolated lookups. Thread-safe.
 
     max_age_s: samples older than (newest stamp - max_age_s) are evicted.
-    max_len: at most this many samples are kept (oldest evicted first).
+    max_len: at most this many samples are kept (oldest evicted first; `evicted_by_count` counts
+        those that were still inside the age window).
     tolerance_ns: a stamp up to this far outside [oldest, newest] is served with the nearest
         end sample (no extrapolation beyond holding the end pose); 0 = exact bounds.
     """
@@ -215,6 +216,7 @@ class PoseBuffer:
         self._stamps: list[int] = []
         self._poses: list[np.ndarray] = []          # (4, 4) float64, validated
         self._quats: list[np.ndarray] = []          # (4,) cached rotation quaternions
+        self.evicted_by_count = 0                    # samples inside the age window dropped for max_len
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -261,6 +263,7 @@ class PoseBuffer:
         limit = self._stamps[-1] - self.max_age_ns
         n_old = bisect.bisect_left(self._stamps, limit)
         n_drop = max(n_old, len(self._stamps) - self.max_len)
+        self.evicted_by_count += n_drop - n_old
         if n_drop > 0:
             del self._stamps[:n_drop], self._poses[:n_drop], self._quats[:n_drop]
 

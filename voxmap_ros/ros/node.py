@@ -26,6 +26,7 @@ import contextlib
 import copy
 import functools
 import os
+import math
 import sys
 import threading
 import time
@@ -81,6 +82,8 @@ def reliable_sensor_qos(queue_size: int) -> QoSProfile:
 # Rendered views: the latest is what matters; reliable (works for reliable and best-effort readers).
 RENDER_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 WARN_THROTTLE_S = 5.0
+POSE_MAX_HZ = 1000           # pose rate the pose buffers are sized for (node.pose_buffer_s of samples)
+MIN_POSE_SAMPLES = 2000
 COLOR_MAX_HZ = 60            # colour rate the colour buffer is sized for (see _color_cap)
 COLOR_WAIT_S = 0.2           # how long a depth image may wait for its colour partner (wall time)
 IDLE_WAIT_S = 0.02           # worker poll period while frames wait for their pose
@@ -429,6 +432,11 @@ class VoxmapNode(Node):
         except ValueError as e:
             self._bad("cloud", e)
 
+    def _new_pose_buffer(self) -> PoseBuffer:
+        """A buffer holding node.pose_buffer_s of poses at up to POSE_MAX_HZ."""
+        age = self.cfg.node.pose_buffer_s
+        return PoseBuffer(max_age_s=age, max_len=max(MIN_POSE_SAMPLES, math.ceil(age * POSE_MAX_HZ) + 1))
+
     @_guarded("pose")
     def _on_pose(self, msg) -> None:
         try:
@@ -438,9 +446,14 @@ class VoxmapNode(Node):
             child = child or ""
             buf = self._poses.get(child)
             if buf is None:
-                buf = self._poses.setdefault(child, PoseBuffer(max_age_s=self.cfg.node.pose_buffer_s))
+                buf = self._poses.setdefault(child, self._new_pose_buffer())
+            evicted = buf.evicted_by_count
             if buf.add(stamp, T):
                 self._jumps.forget(f"pose:{child}")
+                if buf.evicted_by_count > evicted:
+                    self._log_throttled(f"pose_rate:{child}", f"poses of '{child}' come faster than "
+                                        f"{POSE_MAX_HZ} Hz: the buffer holds {buf.max_len} samples, less than "
+                                        f"node.pose_buffer_s={self.cfg.node.pose_buffer_s} s")
             elif self._jumps.confirms(f"pose:{child}", stamp, self._jump_ns()):
                 # The second pose in a row far behind the newest: time went back (a bag loop, a
                 # clock reset) or the newest had a bad stamp. Restart from this one.
@@ -629,7 +642,8 @@ class VoxmapNode(Node):
         if self._pose_mode == "tf":
             return self._tf_pose(item)
         buffers = dict(self._poses)
-        if item.frame_id in buffers:                 # a transform straight to the sensor frame
+        # '' holds the body pose of a PoseStamped stream: an unnamed sensor frame is not that body.
+        if item.frame_id and item.frame_id in buffers:      # a transform straight to the sensor frame
             buf, T_body_sensor = buffers[item.frame_id], np.eye(4)
         else:                                        # the body pose and the static extrinsic
             body = self.cfg.node.body_frame
