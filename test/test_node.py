@@ -938,6 +938,41 @@ def test_clear_map_deletes_chunks(ros):
     assert g.header.frame_id == "map"
 
 
+def test_chunks_removed_while_a_subscriber_joins_are_still_deleted(ros):
+    """A mesh cycle that re-sends every chunk for a new subscriber must still send the deletions of
+    that cycle: the subscribers that had the removed chunks would keep them forever."""
+    node, c = ros.node, ros.client
+    ros.ensure_wall()
+    ros.settle_mesh()
+    state: dict = {}
+    with c.lock:
+        for _, m in c.mesh:
+            apply_markers(state, m)
+    alive_ids = set(state)
+    assert alive_ids
+    pub = node.pub_mesh
+    real_count = pub.get_subscription_count
+    rate = node.cfg.node.mesh_rate_hz
+    assert node.set_parameters([Parameter("node.mesh_rate_hz", value=0.0)])[0].successful
+    try:
+        with node._mesh_lock:             # a mesh cycle still running is over
+            pass
+        n_rx = c.mesh_count()
+        res = c.call(c.clear, Trigger.Request())
+        assert res.success, res.message
+        pub.get_subscription_count = lambda: real_count() + 1          # someone joins in this cycle
+        node._publish_mesh()
+    finally:
+        pub.get_subscription_count = real_count
+        assert node.set_parameters([Parameter("node.mesh_rate_hz", value=rate)])[0].successful
+    wait_for(lambda: c.mesh_count() > n_rx, WAIT_S, "the mesh message of that cycle")
+    ros.settle_mesh()
+    with c.lock:
+        new = [m for _, m in c.mesh[n_rx:]]
+    deleted = {mk.id for m in new for mk in m.markers if mk.action == Marker.DELETE}
+    assert deleted == alive_ids
+
+
 def test_body_frame_picks_the_body_among_several_pose_streams(ros):
     """A sensor frame without a pose stream of its own takes the body pose and the extrinsic. With
     several child frames on the pose topic, node.body_frame says which is the body; unset, the

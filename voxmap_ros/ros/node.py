@@ -736,25 +736,29 @@ class VoxmapNode(Node):
             subs = self.pub_mesh.get_subscription_count()
             # Serialized output: the CDR bytes come straight from numpy (no Python object per
             # triangle corner); publish(bytes) sends them as they are.
-            if subs > self._mesh_subs_seen:         # a late subscriber gets every chunk once
-                self.chunker.update_cdr(store, update.remeshed_keys, update.removed_keys, self.map_frame, stamp)
-                data = self.chunker.full_markers_cdr(self.map_frame, stamp)
-            else:
-                data = self.chunker.update_cdr(store, update.remeshed_keys, update.removed_keys,
-                                               self.map_frame, stamp)
+            # The cycle's changes (deletions included) go out first; a late subscriber then gets
+            # every chunk once, which the others receive as a harmless repeat.
+            messages = [self.chunker.update_cdr(store, update.remeshed_keys, update.removed_keys,
+                                                self.map_frame, stamp)]
+            if subs > self._mesh_subs_seen:
+                messages.append(self.chunker.full_markers_cdr(self.map_frame, stamp))
             self._mesh_subs_seen = subs
             self._count("mesh_cycles")
-            if data is None:
-                return
-            if self._mesh_raw:
-                try:
-                    self.pub_mesh.publish(data)
-                except TypeError:                   # an rclpy whose publish() takes no serialized bytes
-                    self._mesh_raw = False
-            if not self._mesh_raw:
-                from rclpy.serialization import deserialize_message
-                self.pub_mesh.publish(deserialize_message(data, MarkerArray))
-            self._count("mesh_messages")
+            for data in messages:
+                if data is not None:
+                    self._publish_markers(data)
+
+    def _publish_markers(self, data: bytes) -> None:
+        """Publish one serialized MarkerArray on the mesh topic."""
+        if self._mesh_raw:
+            try:
+                self.pub_mesh.publish(data)
+            except TypeError:                   # an rclpy whose publish() takes no serialized bytes
+                self._mesh_raw = False
+        if not self._mesh_raw:
+            from rclpy.serialization import deserialize_message
+            self.pub_mesh.publish(deserialize_message(data, MarkerArray))
+        self._count("mesh_messages")
 
     @_guarded("occupancy")
     def _publish_occupancy(self) -> None:
