@@ -176,3 +176,17 @@ def test_values_shape_mismatch_raises():
     with pytest.raises(ValueError, match="shape"):
         t.insert(torch.tensor([1, 2, 3]), torch.zeros(2, dtype=torch.int32))
     assert len(t) == 0
+
+
+def test_negative_keys_raise_and_change_nothing():
+    """EMPTY (-1) and TOMBSTONE (-2) are the table's own marks: a negative key would match an empty
+    slot on lookup and be written as a tombstone on insert."""
+    t = HashTable()
+    t.insert(torch.tensor([3, 4]), torch.tensor([1, 2], dtype=torch.int32))
+    bad = torch.tensor([5, -1, -2])
+    for call in (lambda: t.lookup(bad), lambda: t.contains(bad), lambda: t.erase(bad),
+                 lambda: t.insert(bad, torch.zeros(3, dtype=torch.int32))):
+        with pytest.raises(ValueError, match=">= 0"):
+            call()
+    keys, values = t.items()
+    assert len(t) == 2 and sorted(keys.tolist()) == [3, 4]

@@ -577,3 +577,40 @@ def test_a_new_free_value_reaches_every_summary_above_pruned_space():
     for level in range(o.levels + 1):       # max over the cube: the new free value, above the neighbour's
         l, k = o.occupancy_at(centre, level)
         assert bool(k) and l.item() == pytest.approx(FREE_L / 2, abs=1e-3), level
+
+
+def test_slot_minus_one_from_lookup_erases_nothing():
+    o = _tree()
+    o.allocate_bricks(torch.tensor([[0, 0, 0], [1, 0, 0]]))
+    missing = o.lookup_bricks(torch.tensor([[5, 5, 5]]))
+    assert missing.tolist() == [-1]
+    o.erase_bricks(missing)
+    o.update_summaries(missing)
+    assert o.num_bricks == 2 and bool((o.lookup_bricks(torch.tensor([[0, 0, 0], [1, 0, 0]])) >= 0).all())
+    slot, _ = o.allocate_bricks(torch.tensor([[7, 7, 7]]))     # the free list was not given -1
+    assert int(slot) >= 0 and o.lookup_bricks(torch.tensor([[7, 7, 7]])).tolist() == slot.tolist()
+    with pytest.raises(ValueError, match="beyond the pool"):
+        o.erase_bricks(torch.tensor([o.brick_alive.shape[0]]))
+    assert o.num_bricks == 3
+
+
+@pytest.mark.parametrize("coords", [torch.tensor([[-0.7, 1.9, 2.5]]), torch.tensor([[1, 2, 3]], dtype=torch.int16),
+                                    torch.tensor([[True, False, True]])])
+def test_allocate_refuses_coordinates_that_are_not_int32_or_int64(coords):
+    o = _tree()
+    with pytest.raises(ValueError, match="int32 or int64"):
+        o.allocate_bricks(coords)
+    assert o.num_bricks == 0
+
+
+def test_a_brick_allocated_in_pruned_space_reads_free_at_every_level():
+    """Without any summary refresh by the caller: the new brick's parents, created when the pruned
+    node is expanded, must summarise it as free, not unknown."""
+    o = _tree()
+    _free_block(o, (0, 0, 0), 4)
+    assert o.prune_free(FREE_L + 1e-3) == 64
+    o.allocate_bricks(torch.tensor([[0, 0, 0]]))
+    centre = torch.tensor([[0.5, 0.5, 0.5]], dtype=torch.float64) * BRICK * VOXEL_M
+    for level in range(o.levels + 1):
+        l, k = o.occupancy_at(centre, level)
+        assert bool(k.all()) and l.item() == pytest.approx(FREE_L), level

@@ -213,7 +213,8 @@ class HashTable:
         return is_new
 
     def erase(self, keys: torch.Tensor) -> torch.Tensor:
-        """Remove keys (N,) int64; returns (N,) bool, True where a key was present."""
+        """Remove keys (N,) int64 (repeats allowed). Returns (U,) bool over the distinct keys in
+        ascending order, True where a key was present."""
         self._check(keys)
         keys = torch.unique(keys)
         found = torch.zeros(keys.numel(), dtype=torch.bool, device=self.device)
@@ -284,3 +285,5 @@ class HashTable:
                              f"{getattr(keys, 'dtype', type(keys))} with shape {tuple(getattr(keys, 'shape', ()))}")
         if keys.device != self.device:
             raise ValueError(f"keys are on {keys.device}, the table on {self.device}")
+        if keys.numel() and int(keys.min()) < 0:      # negative values are the EMPTY / TOMBSTONE marks
+            raise ValueError(f"keys must be >= 0, got {int(keys.min())}")

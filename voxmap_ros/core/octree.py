@@ -330,6 +330,7 @@ class SparseVoxelOctree:
         Returns (slots (N,) int64, is_new (N,) bool). New bricks start with every attribute at its
         fill value, except occupancy inside subtrees pruned as free, which starts free.
         """
+        morton.check_coords(coords)                 # before the cast: a float would be truncated
         coords = coords.to(self.device, torch.int64)
         keys = self.brick_keys(coords)
         if distinct:
@@ -359,6 +360,7 @@ class SparseVoxelOctree:
             was_free = self._expand_pruned(new_keys)
             if bool(was_free.any()):
                 self.attrs["occ"][slots[was_free]] = self.free_logodds
+                self.mark_stale(slots[was_free])   # their new parents summarise them as free
             nodes[new_at] = node_ids
         slot_u = self.node_brick[nodes].long()
         if inv is None:
@@ -373,10 +375,19 @@ class SparseVoxelOctree:
         self.node_observed[node_ids] = False
         self.node_free_mask[node_ids] = 0
 
+    def _valid_slots(self, slots: torch.Tensor) -> torch.Tensor:
+        """Distinct alive slots among (N,) integer slots; negative ones (lookup_bricks' "not
+        allocated") are skipped. ValueError for a slot beyond the pool."""
+        slots = torch.unique(torch.as_tensor(slots).to(self.device, torch.int64))
+        if slots.numel() and int(slots.max()) >= self.brick_alive.shape[0]:
+            raise ValueError(f"brick slot {int(slots.max())} is beyond the pool of {self.brick_alive.shape[0]}")
+        slots = slots[slots >= 0]
+        return slots[self.brick_alive[slots]]
+
     def erase_bricks(self, slots: torch.Tensor) -> None:
-        """Free brick slots (N,) int64 and their nodes; ancestors' summaries are refreshed."""
-        slots = torch.unique(slots.to(self.device, torch.int64))
-        slots = slots[self.brick_alive[slots]]
+        """Free brick slots (N,) int64 and their nodes; ancestors' summaries are refreshed.
+        Negative slots (lookup_bricks' "not allocated") and dead ones are skipped."""
+        slots = self._valid_slots(slots)
         if slots.numel() == 0:
             return
         nodes = self.brick_node[slots].long()
@@ -414,8 +425,7 @@ class SparseVoxelOctree:
 
         Cost is proportional to the number of bricks passed and the tree depth, not the map size.
         """
-        slots = torch.unique(slots.to(self.device, torch.int64))
-        slots = slots[self.brick_alive[slots]]
+        slots = self._valid_slots(slots)
         if slots.numel() == 0:
             return
         nodes = self.brick_node[slots].long()
