@@ -341,3 +341,20 @@ def test_params_files_for_several_nodes_give_this_nodes_entry(tmp_path):
     p.write_text("rviz2:\n  ros__parameters: {a: 1}\nother:\n  ros__parameters: {b: 2}\n")
     with pytest.raises(ValueError, match="without an entry for 'voxmap'"):
         VoxmapConfig.load(p)
+
+
+def test_a_bag_without_the_rosbags_package_says_so(tmp_path, monkeypatch):
+    """A trimmed install without rosbags: a bag is named as a bag that needs the package, not as a
+    folder without metadata.yaml."""
+    from voxmap_ros import pipeline
+    from voxmap_ros.config import VoxmapConfig
+    from voxmap_ros.datasets import rosbag
+    bag = tmp_path / "bag"
+    bag.mkdir()
+    (bag / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+
+    def no_rosbags(*a, **k):
+        raise ImportError("No module named 'rosbags'")
+    monkeypatch.setattr(rosbag, "BagDataset", no_rosbags)
+    with pytest.raises(ValueError, match="needs the 'rosbags' package"):
+        pipeline.open_source(bag, VoxmapConfig())

@@ -140,6 +140,22 @@ def test_generate_dataset_with_a_bad_seed_writes_nothing(tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
+def test_generating_into_a_previous_dataset_replaces_its_frames(tmp_path):
+    """A second run into the same folder with fewer frames and no scans: no frame, pose or scan of
+    the first run is left to mix with the new ones. A folder there that it did not write is kept."""
+    out = tmp_path / "ds"
+    generate_dataset("indoor", 0, out, n_frames=4, n_scans=2, width=32, height=24)
+    generate_dataset("outdoor", 1, out, n_frames=2, n_scans=0, width=32, height=24)
+    ds = open_dataset(out / "rgbd")
+    assert len(ds) == 2 and len(list((out / "rgbd" / "color").iterdir())) == 2
+    assert not (out / "lidar").exists()
+    (out / "lidar").mkdir()
+    (out / "lidar" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a dataset folder a previous run wrote"):
+        generate_dataset("indoor", 0, out, n_frames=1, n_scans=1, width=32, height=24)
+    assert (out / "lidar" / "notes.txt").read_text() == "mine" and len(open_dataset(out / "rgbd")) == 2
+
+
 @pytest.mark.skipif(not (DATA / "7scenes-redkitchen").is_dir(), reason="shared data not present")
 def test_real_7scenes():
     ds = open_dataset(DATA / "7scenes-redkitchen")
@@ -201,3 +217,42 @@ def test_unpadded_file_numbers_pair_with_the_right_pose(tmp_path):
     for i in range(n):
         f = ds[i]
         assert int(f.depth[0, 0]) - 1000 == i == int(f.T_W_S[0, 3]) == int(f.rgb[0, 0, 0])
+
+
+def test_one_pose_with_a_bad_bottom_row_refuses_that_frame_only(tmp_path):
+    """Like a NaN pose, one 4x4 whose last row is not 0 0 0 1 is one bad frame (named by its line
+    in the file, counted from 1 with comments); most rows bad is another layout: the file fails."""
+    frames, K = _rgbd_frames(3)
+    d = write_rgbd_folder(tmp_path / "rgbd", frames, K)
+    rows = (d / "poses.txt").read_text().splitlines()
+    bad = rows[2].split()[:15] + ["1.5"]
+    (d / "poses.txt").write_text("# T_W_C, row-major\n" + "\n".join(rows[:2] + [" ".join(bad)]) + "\n")
+    ds = RgbdFolder(d)
+    assert len(ds) == 3 and ds[0].depth is not None and ds[1].depth is not None
+    with pytest.raises(ValueError, match=r"line 4 \(pose 2\) is not a 4x4 rigid transform"):
+        ds[2]
+    flat = [p.split() for p in rows]
+    transposed = [" ".join(np.array(p, float).reshape(4, 4).T.ravel().astype(str)) for p in flat]
+    (d / "poses.txt").write_text("\n".join(transposed) + "\n")
+    with pytest.raises(ValueError, match="3 of 3 poses are not row-major"):
+        RgbdFolder(d)
+
+
+def test_colour_jpeg_pixels_are_read_as_stored_whatever_their_exif_orientation(tmp_path):
+    import cv2
+    frames, K = _rgbd_frames(1)
+    d = write_rgbd_folder(tmp_path / "rgbd", frames, K)
+    rgb = frames[0][1].copy()
+    rgb[:8] = [255, 0, 0]                                   # a red top band
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    # APP1 Exif segment: big-endian TIFF, one IFD entry, Orientation (0x0112) = 3 (rotate 180).
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x03\x00\x00" + b"\x00" * 4
+    app1 = b"Exif\x00\x00" + tiff
+    data = jpg.tobytes()
+    data = data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
+    for p in (d / "color").iterdir():
+        p.unlink()
+    (d / "color" / "000000.jpg").write_bytes(data)
+    got = RgbdFolder(d)[0].rgb
+    assert got[:8, :, 0].mean() > 200 and got[-8:, :, 0].mean() < got[:8, :, 0].mean() - 50

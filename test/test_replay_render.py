@@ -103,3 +103,20 @@ def test_render_every_off_and_invalid(replayed, capsys):
     assert cli.main(["replay", str(root / "D" / "rgbd"), "--out", str(root / "O_bad"), "--render-every", "-1",
                      "--quiet"]) == 2
     assert "--render-every" in capsys.readouterr().err
+
+
+def test_a_rejected_frame_does_not_shift_the_rendered_frames(replayed, tmp_path):
+    """Renders stay at RGB-D frames 0, N, 2N, ... of the source when a frame in between is refused."""
+    import shutil
+    root, _ = replayed
+    src = tmp_path / "rgbd"
+    shutil.copytree(root / "D" / "rgbd", src)
+    rows = (src / "poses.txt").read_text().splitlines()
+    rows[1] = " ".join(["nan"] + rows[1].split()[1:])
+    (src / "poses.txt").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "O"
+    assert cli.main(["replay", str(src), "--out", str(out), "--render-every", str(EVERY), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames_rejected"] == 1
+    assert sorted(p.name for p in (out / "render").glob("*_depth.png")) == \
+        [f"{i:06d}_depth.png" for i in range(0, N_FRAMES, EVERY)]

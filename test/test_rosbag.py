@@ -514,3 +514,41 @@ def test_unfinished_recording_and_broken_metadata_get_one_line_errors(tmp_path):
         open_dataset(bag)
     db3 = next(Path(bag).glob("*.db3"))
     assert len(BagDataset(db3)) == 2
+
+
+def _simple_rgbd_items(mk, n=4, color_size=None, K=None, info_size=None):
+    img, info, tfm = "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo", "tf2_msgs/msg/TFMessage"
+    K = default_intrinsics(W, H) if K is None else K
+    iw, ih = info_size or (W, H)
+    items = []
+    for i in range(n):
+        t = T0 + i * NS // 10
+        items += [(t, "/tf", tfm, mk.TFMessage(transforms=[mk.transform(t, "map", "cam", _pose(np.eye(3), [0.1 * i, 0, 0]))])),
+                  (t, "/cam/depth", img, mk.image(t, "cam", np.full((H, W), 2000, np.uint16), "16UC1")),
+                  (t, "/cam/info", info, mk.camera_info(t, "cam", K, iw, ih))]
+        if color_size is not None:
+            cw, ch = color_size
+            items.append((t, "/cam/color", img, mk.image(t, "cam", np.full((ch, cw, 3), 200, np.uint8), "rgb8")))
+    return items
+
+
+def test_colour_of_another_size_than_the_depth_is_warned_about(tmp_path, caplog):
+    """An unaligned RealSense bag (colour 1280x720, depth 848x480): every frame is fused without
+    colour, and that must not pass silently."""
+    from voxmap_ros.sim.bag_writer import MessageBuilder, _typestore
+    mk = MessageBuilder(_typestore())
+    with caplog.at_level("WARNING"):
+        ds = BagDataset(_write_raw_bag(tmp_path / "bag", _simple_rgbd_items(mk, color_size=(2 * W, 2 * H))))
+    assert len(ds) == 4 and ds[0].rgb is None and ds.summary()["color_size_mismatch"] == 4
+    assert any("4 depth frames fused without colour" in r.message and "another size" in r.message
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("case", ["zero_K", "info_size"])
+def test_a_bag_whose_camera_info_is_unusable_says_so_not_missing_tf(tmp_path, case):
+    from voxmap_ros.sim.bag_writer import MessageBuilder, _typestore
+    mk = MessageBuilder(_typestore())
+    kw = {"K": np.zeros((3, 3))} if case == "zero_K" else {"info_size": (W + 1, H)}
+    with pytest.raises(ValueError, match="every frame was skipped") as e:
+        BagDataset(_write_raw_bag(tmp_path / "bag", _simple_rgbd_items(mk, **kw)))
+    assert "camera_info" in str(e.value) and "/tf" not in str(e.value)

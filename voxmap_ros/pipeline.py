@@ -49,12 +49,13 @@ def open_source(source: str | Path, config: VoxmapConfig, bag_options: dict | No
     if not path.exists():
         raise ValueError(f"{path} does not exist: expected a dataset folder (color/ depth/ or velodyne/) "
                          "or a rosbag2 directory / .db3 / .mcap file")
-    try:
-        from .datasets import rosbag
-        if rosbag.is_bag(path):
+    from .datasets import rosbag
+    if rosbag.is_bag(path):
+        try:
             return rosbag.BagDataset(path, depth_scale=config.rgbd.depth_scale, **(bag_options or {}))
-    except ImportError:
-        pass
+        except ImportError as e:            # rosbags is a dependency, but a trimmed install may lack it
+            raise ValueError(f"{path} is a rosbag2; reading it needs the 'rosbags' package "
+                             f"(pip install rosbags): {e}") from None
     ds = open_dataset(path)
     if isinstance(ds, RgbdFolder):
         ds.depth_scale = config.rgbd.depth_scale
@@ -78,13 +79,18 @@ def run(source: str | Path, config: VoxmapConfig, options: ReplayOptions) -> dic
     rejected = []
     renders = RenderLog(out / "render", options.render_every, options.render_compare, config)
     t_start = time.perf_counter()
+    from .datasets.folder import RgbdFolder
+    rgbd_only = isinstance(dataset, RgbdFolder)
     for i in _progress(indices, options.progress, "integrating"):
+        frame = None
         try:
             frame = dataset[i]                            # an unreadable file is one bad frame too
             mapper.integrate(frame)
         except (ValueError, OSError) as e:                # one bad frame must not end a long run
             rejected.append({"frame": int(i), "error": str(e)})
             log.warning("frame %d rejected: %s", i, e)
+            if (frame.depth is not None) if frame is not None else rgbd_only:
+                renders.count_rejected_rgbd()             # renders stay at RGB-D frames 0, N, 2N, ...
             continue
         renders.after_integrating(mapper, int(i), frame)
     wall_s = time.perf_counter() - t_start
@@ -118,6 +124,10 @@ class RenderLog:
         self.valid_input = 0
         self.ms: list[float] = []
         self.pictures: list[str] = []
+
+    def count_rejected_rgbd(self) -> None:
+        """An RGB-D frame that was not integrated still counts in 0, N, 2N, ..."""
+        self.rgbd_seen += 1
 
     def after_integrating(self, mapper, index: int, frame) -> None:
         if not self.every or frame.depth is None:

@@ -79,19 +79,40 @@ def _check_index(i: int, n: int) -> int:
     return i
 
 
-def _poses_from_rows(rows: np.ndarray, path: Path) -> np.ndarray:
-    """(N, 12 or 16) rows -> (N, 4, 4) float64 T_W_S, checking the bottom row of 4x4 ones."""
+def _data_line_numbers(path: Path) -> list[int]:
+    """1-based line numbers of the lines np.loadtxt reads as rows (not blank, not a # comment)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return [i + 1 for i, ln in enumerate(f) if ln.split("#", 1)[0].strip()]
+
+
+def _poses_from_rows(rows: np.ndarray, path: Path) -> tuple[np.ndarray, dict[int, str]]:
+    """(N, 12 or 16) rows -> ((N, 4, 4) float64 T_W_S, {frame index: why its pose is refused}).
+
+    A 4x4 whose bottom row is not 0 0 0 1 refuses that frame only (the replay skips it, as it
+    does a NaN pose); when most rows are so, the file is another layout (column-major,
+    transposed) and ValueError says so."""
     n = len(rows)
     T = np.tile(np.eye(4), (n, 1, 1))
+    errors: dict[int, str] = {}
     if rows.shape[1] == 16:
         T[:] = rows.reshape(n, 4, 4)
         bad = np.flatnonzero(np.abs(T[:, 3] - [0, 0, 0, 1]).max(1) > _BOTTOM_ROW_TOL)
         if len(bad):
-            raise ValueError(f"{path}: row {bad[0]} is not a 4x4 rigid transform in row-major order "
-                             f"(last four numbers {T[bad[0], 3].tolist()}, expected 0 0 0 1)")
+            lines = _data_line_numbers(path)
+            for i in bad:
+                errors[int(i)] = (f"{path}: line {lines[i]} (pose {i}) is not a 4x4 rigid transform in row-major "
+                                  f"order (last four numbers {T[i, 3].tolist()}, expected 0 0 0 1)")
+            if 2 * len(bad) > n:
+                raise ValueError(f"{len(bad)} of {n} poses are not row-major 4x4 rigid transforms; first: "
+                                 f"{errors[int(bad[0])]}")
     else:
         T[:, :3] = rows.reshape(n, 3, 4)
-    return T
+    return T, errors
+
+
+def _check_pose_row(errors: dict[int, str], i: int) -> None:
+    if i in errors:
+        raise ValueError(errors[i])
 
 
 class RgbdFolder:
@@ -130,7 +151,7 @@ class RgbdFolder:
         if len(rows) != n:
             raise ValueError(f"{self.path / 'poses.txt'} has {len(rows)} poses but depth/ has {n} frames; "
                              "expected one pose per frame")
-        self.poses = _poses_from_rows(rows, self.path / "poses.txt")
+        self.poses, self.pose_errors = _poses_from_rows(rows, self.path / "poses.txt")
         self.stamps_ns = _load_times_ns(self.path, n, RGBD_FRAME_PERIOD_NS)
 
     def __len__(self) -> int:
@@ -138,6 +159,7 @@ class RgbdFolder:
 
     def __getitem__(self, i: int) -> Frame:
         i = _check_index(i, len(self))
+        _check_pose_row(self.pose_errors, i)
         depth = cv2.imread(str(self.depth_files[i]), cv2.IMREAD_UNCHANGED)
         if depth is None or depth.dtype != np.uint16 or depth.ndim != 2:
             raise ValueError(f"{self.depth_files[i]}: expected a single-channel uint16 depth image, got "
@@ -145,7 +167,8 @@ class RgbdFolder:
         depth[depth == DEPTH_NO_READING_ALT] = 0
         rgb = None
         if self.color_files is not None:
-            bgr = cv2.imread(str(self.color_files[i]), cv2.IMREAD_COLOR)
+            # The pixels as stored, like the depth: an EXIF rotation would turn colour against depth.
+            bgr = cv2.imread(str(self.color_files[i]), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
             if bgr is None:
                 raise ValueError(f"{self.color_files[i]}: could not read the colour image")
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -178,7 +201,7 @@ class LidarFolder:
         if len(rows) != n:
             raise ValueError(f"{self.path / 'poses.txt'} has {len(rows)} poses but velodyne/ has {n} scans; "
                              "expected one pose per scan")
-        self.poses = _poses_from_rows(rows, self.path / "poses.txt")
+        self.poses, self.pose_errors = _poses_from_rows(rows, self.path / "poses.txt")
         self.stamps_ns = _load_times_ns(self.path, n, LIDAR_SCAN_PERIOD_NS)
 
     def __len__(self) -> int:
@@ -186,6 +209,7 @@ class LidarFolder:
 
     def __getitem__(self, i: int) -> Frame:
         i = _check_index(i, len(self))
+        _check_pose_row(self.pose_errors, i)
         raw = np.fromfile(self.scan_files[i], dtype=np.float32)
         n_bytes = self.scan_files[i].stat().st_size
         if n_bytes % 16:                  # fromfile drops a partial float: check the bytes themselves

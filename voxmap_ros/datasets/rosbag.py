@@ -694,7 +694,18 @@ class BagDataset:
         other = {k: v for k, v in skipped.items() if k != "missing_tf" and v}
         if other:
             log.warning("%s: depth frames skipped: %s (camera_info: topic %r)", self.path, other, info_topic)
+        if n_color_size:
+            log.warning("%s: %d depth frames fused without colour: the colour images on %r are another size "
+                        "than the depth (unaligned streams: record the depth-aligned colour topic)", self.path,
+                        n_color_size, color_topic)
+        if n_unpaired:
+            log.warning("%s: %d depth frames fused without colour: no colour image within %.3f s on %r",
+                        self.path, n_unpaired, self.pair_tol_ns / 1e9, color_topic)
         if not entries:
+            if other and not skipped.get("missing_tf"):
+                raise ValueError(f"{self.path}: every frame was skipped ({other}; camera_info topic "
+                                 f"{info_topic!r}): expected a CameraInfo with the depth image's size and "
+                                 "finite positive focal lengths")
             raise ValueError(f"{self.path}: no frame has a pose; skipped {dict(skipped)}, map frame "
                              f"{self.map_frame!r}, sensor frames {sensor_frames}, TF frames {sorted(tree.frames)}. "
                              "Expected /tf (or /tf_static) connecting the sensor frames to a map frame; "

@@ -9,6 +9,7 @@ LiDAR folder:  velodyne/NNNNNN.bin (float32 rows x y z intensity, KITTI layout),
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -139,6 +140,20 @@ def load_gt_labels(path) -> tuple[np.ndarray, np.ndarray]:
         return z["labels"], z["object_ids"]
 
 
+_SENSOR_DIR_ENTRIES = {"color", "depth", "velodyne", "intrinsics.txt", "poses.txt", "times.txt"}
+
+
+def _check_replaceable(folder: Path) -> Path | None:
+    """`folder` when it holds a dataset folder that a new run replaces, None when it does not
+    exist; ValueError when it holds anything else (never delete what this writer did not write)."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir() or not {c.name for c in folder.iterdir()} <= _SENSOR_DIR_ENTRIES:
+        raise ValueError(f"{folder} exists and is not a dataset folder a previous run wrote; choose another "
+                         "output folder")
+    return folder
+
+
 def generate_dataset(kind: str, seed: int, out_dir, n_frames: int = 40, n_scans: int = 20,
                      noise: bool = True, width: int = 320, height: int = 240,
                      lidar_beams: int = 16, lidar_hfov_samples: int = 1024) -> dict:
@@ -151,7 +166,11 @@ def generate_dataset(kind: str, seed: int, out_dir, n_frames: int = 40, n_scans:
     t0 = time.perf_counter()
     out = Path(out_dir)
     scene = make_scene(kind, seed)
+    stale = [_check_replaceable(out / name) for name in ("rgbd", "lidar")]     # before anything is written
     out.mkdir(parents=True, exist_ok=True)               # only once the scene exists: bad arguments leave nothing
+    for d in stale:                                      # a previous run's frames would mix with these
+        if d is not None:
+            shutil.rmtree(d)
     rng = np.random.default_rng(seed)
     K = default_intrinsics(width, height)
     summary: dict = {"kind": kind, "seed": int(seed), "out_dir": str(out)}
