@@ -358,6 +358,7 @@ class VoxmapNode(Node):
         job is guarded: an exception is counted and logged, the loop goes on)."""
         order = [(name, cb) for name, _rate, cb in self._timer_specs()]
         while not self._stop.is_set():
+            due = ()                               # stop may come between the two checks
             with self._jobs_cond:
                 while not self._stop.is_set():
                     now = time.monotonic()
