@@ -556,3 +556,23 @@ def test_loading_a_map_with_a_config_keeps_what_the_file_fixes(mapper_with_data,
     mesh = loaded.extract_mesh()
     loaded.update_mesh()
     assert len(loaded.mesh_store().to_mesh().triangles) == len(mesh.triangles) > 0
+
+
+def test_frame_times_cover_every_frame_in_bounded_memory(monkeypatch):
+    """A node integrates for weeks: the per-frame times the summary reports must cover every frame
+    without a list that grows with them (exact while few, then 0.5 % log bins)."""
+    from voxmap_ros.core.mapper import FrameTimes
+    monkeypatch.setattr(FrameTimes, "EXACT_MAX", 1000)
+    t = FrameTimes()
+    assert t.quantile(0.5) is None
+    rng = np.random.default_rng(0)
+    few = rng.uniform(1.0, 3.0, 999)
+    for x in few:
+        t.append(x)
+    assert t.quantile(0.5) == pytest.approx(float(np.median(few)), rel=1e-12)
+    many = np.concatenate([few, rng.uniform(10.0, 30.0, 3001)])      # the early frames are 1/4
+    for x in many[999:]:
+        t.append(x)
+    assert t.count == 4000 and len(t._exact) == 0 and t._hist.size == FrameTimes.HIST_BINS
+    for q in (0.1, 0.5, 0.95):
+        assert t.quantile(q) == pytest.approx(float(np.quantile(many, q)), rel=0.005), q

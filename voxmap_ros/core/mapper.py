@@ -39,20 +39,56 @@ class MeshJob:
     removed: torch.Tensor
 
 
+class FrameTimes:
+    """Per-frame times (ms) over every frame in bounded memory: exact values for the first
+    EXACT_MAX frames, then counts in log-spaced bins (HIST_STEP apart, quantiles within 0.25 %),
+    so a node that runs for weeks does not grow a list by 30 floats a second."""
+    EXACT_MAX = 100_000
+    HIST_LO_MS, HIST_STEP, HIST_BINS = 1e-3, 1.005, 3600        # 1 us .. ~64 s; beyond lands in the ends
+
+    def __init__(self):
+        self._exact: list[float] = []
+        self._hist: np.ndarray | None = None
+        self.count = 0
+
+    def append(self, ms: float) -> None:
+        self.count += 1
+        if self._hist is None:
+            self._exact.append(float(ms))
+            if len(self._exact) > self.EXACT_MAX:
+                self._hist = np.zeros(self.HIST_BINS, np.int64)
+                np.add.at(self._hist, self._bins(np.asarray(self._exact)), 1)
+                self._exact = []
+        else:
+            self._hist[self._bins(np.asarray([ms]))[0]] += 1
+
+    def _bins(self, ms: np.ndarray) -> np.ndarray:
+        k = np.floor(np.log(np.maximum(ms, self.HIST_LO_MS) / self.HIST_LO_MS) / math.log(self.HIST_STEP))
+        return np.clip(k, 0, self.HIST_BINS - 1).astype(np.int64)
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile (0..1) of the times, None before the first frame."""
+        if self.count == 0:
+            return None
+        if self._hist is None:
+            return float(np.quantile(np.asarray(self._exact, np.float64), q))
+        k = int(np.searchsorted(np.cumsum(self._hist), q * (self.count - 1), side="right"))
+        return float(self.HIST_LO_MS * self.HIST_STEP ** (k + 0.5))       # the bin's geometric centre
+
+
 @dataclass
 class MapperStats:
     frames_integrated: int = 0
     frames_rejected: int = 0
     frames_empty: int = 0             # valid frames without any reading in range: nothing fused
     bricks_beyond_mesh_range: int = 0  # left out of the last extract_mesh (mesh.inside_edge_key_range)
-    ms_per_frame: list = field(default_factory=list)
+    ms_per_frame: FrameTimes = field(default_factory=FrameTimes)
 
     def summary(self) -> dict:
-        ms = np.asarray(self.ms_per_frame[-10000:], dtype=np.float64)
         return {"frames_integrated": self.frames_integrated, "frames_rejected": self.frames_rejected,
                 "frames_empty": self.frames_empty, "bricks_beyond_mesh_range": self.bricks_beyond_mesh_range,
-                "ms_per_frame_median": float(np.median(ms)) if ms.size else None,
-                "ms_per_frame_p95": float(np.percentile(ms, 95)) if ms.size else None}
+                "ms_per_frame_median": self.ms_per_frame.quantile(0.5),
+                "ms_per_frame_p95": self.ms_per_frame.quantile(0.95)}
 
 
 # What a map file's contents fix: its voxels have this size, its octree these levels, its TSDF
