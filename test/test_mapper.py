@@ -299,6 +299,26 @@ def test_incremental_mesh_equals_full_extraction(indoor_data):
     _store_equals_full(m)
 
 
+def test_a_map_never_meshed_keeps_no_removal_list_and_meshes_right_later(indoor_data):
+    """A node that publishes no mesh: bricks dropped by clearing are not remembered for a mesh
+    update that never comes (the list grew for ever), and a first mesh update later is still
+    the full extraction. Summary notes stay bounded without queries too."""
+    m = Mapper(make_config(VOXEL_M))
+    for d, c, T in indoor_data.frames[:4]:
+        m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    assert m.clear_far(indoor_data.frames[0][2][:3, 3], 2.0) > 0
+    assert m._removed_since_mesh == []
+    m.update_mesh()
+    _store_equals_full(m)
+    o = m.octree
+    slots = o.alive_slots()
+    for _ in range(1000):
+        o.mark_stale(slots[:50])
+    assert len(o._stale) < 300
+    o.flush_summaries()
+    assert o._stale == []
+
+
 def test_mesh_store_drops_cleared_and_pruned_bricks(indoor_data):
     m = Mapper(make_config(VOXEL_M))
     for d, c, T in indoor_data.frames[:4]:

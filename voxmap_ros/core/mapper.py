@@ -128,6 +128,7 @@ class Mapper:
         self.last_sensor_position_m: np.ndarray | None = None
         self._mesh_store = mesh.BrickMesh.empty(self.device)
         self._removed_since_mesh: list[torch.Tensor] = []
+        self._meshed_once = False                  # prepare_mesh_update has run (see _note_removed)
         self._backend = self._choose_backend()
         self._use_backend_summaries()
 
@@ -291,7 +292,10 @@ class Mapper:
         return int(slots.numel())
 
     def _note_removed(self, keys: torch.Tensor) -> None:
-        self._removed_since_mesh.append(keys)
+        # Before the first mesh update every brick is still dirty (meshed by that update), so
+        # nothing needs remembering: a node that never publishes a mesh keeps no growing list.
+        if self._meshed_once:
+            self._removed_since_mesh.append(keys)
 
     def _new_octree(self) -> SparseVoxelOctree:
         m = self.config.map
@@ -338,6 +342,7 @@ class Mapper:
         # Only now, with nothing left to fail: a failed call leaves the changes for the next one.
         o.brick_dirty[dirty] = False
         self._removed_since_mesh = []
+        self._meshed_once = True
         return job
 
     def finish_mesh_update(self, job: MeshJob) -> MeshUpdate:

@@ -29,6 +29,7 @@ BRICK = 8                                   # voxels per brick edge
 BRICK_VOXELS = BRICK ** 3
 BRICK_SHIFT = 3                             # log2(BRICK)
 UNKNOWN_OCC = float("-inf")                 # summary value of a subtree with no observed voxel
+STALE_COMPACT_CALLS = 256                   # mark_stale notes kept before they are merged into one set
 FREE_TSDF_MIN = 0.999                       # normalised TSDF at which a weighted voxel counts as free space
 
 # Voxel (x, y, z) offsets inside a brick in storage order: linear index = x + 8*y + 64*z.
@@ -412,6 +413,10 @@ class SparseVoxelOctree:
         flushes first). Frames arriving faster than queries then share one refresh per brick."""
         if slots.numel():
             self._stale.append(slots.to(self.device, torch.int64))
+            # With no query for a long time (a node that publishes nothing) the notes are folded
+            # into one distinct set, which the brick pool bounds.
+            if len(self._stale) >= STALE_COMPACT_CALLS:
+                self._stale = [torch.unique(torch.cat(self._stale))]
 
     def flush_summaries(self) -> None:
         """Refresh the summaries noted by mark_stale (update_summaries of their union)."""
