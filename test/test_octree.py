@@ -614,3 +614,13 @@ def test_a_brick_allocated_in_pruned_space_reads_free_at_every_level():
     for level in range(o.levels + 1):
         l, k = o.occupancy_at(centre, level)
         assert bool(k.all()) and l.item() == pytest.approx(FREE_L), level
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, float("nan")])
+def test_pruning_needs_a_free_threshold(threshold):
+    """At a log-odds threshold >= 0, bricks never observed (occupancy 0) would be pruned as free."""
+    o = _tree()
+    o.allocate_bricks(torch.tensor([[0, 0, 0]]))
+    with pytest.raises(ValueError, match="negative log-odds"):
+        o.prune_free(threshold)
+    assert o.num_bricks == 1

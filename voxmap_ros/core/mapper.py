@@ -276,9 +276,12 @@ class Mapper:
 
     def prune(self) -> int:
         """Collapse confidently-free bricks into their parents. Returns bricks removed."""
+        threshold = self.params.l_min + 1e-3
+        if threshold >= 0:                 # occupancy.clamp_min ~0.5: no voxel is ever confidently free
+            return 0
         before = self.octree.alive_slots()
         keys_before = self.octree.node_key[self.octree.brick_node[before].long()]
-        n = self.octree.prune_free(self.params.l_min + 1e-3)
+        n = self.octree.prune_free(threshold)
         if n:
             alive = self.octree.table.lookup(keys_before) >= 0
             self._note_removed(keys_before[~alive])

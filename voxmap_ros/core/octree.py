@@ -479,7 +479,10 @@ class SparseVoxelOctree:
     def prune_free(self, free_below_logodds: float) -> int:
         """Collapse bricks whose every voxel is observed free (occupancy <= threshold, no TSDF
         surface) into a bit of their parent; then parents whose 8 children are all pruned into
-        theirs. Returns the number of bricks removed."""
+        theirs. Returns the number of bricks removed. The threshold must be < 0 (log-odds of
+        free): at 0 or above, voxels never observed (occupancy 0) would count as free."""
+        if not (math.isfinite(free_below_logodds) and free_below_logodds < 0):
+            raise ValueError(f"free_below_logodds must be a negative log-odds (free), got {free_below_logodds}")
         self.flush_summaries()
         slots = self.alive_slots()
         if slots.numel() == 0:
@@ -720,7 +723,7 @@ class SparseVoxelOctree:
         c_w = (self.brick_coord[slots].double() + 0.5) * self.brick_size_m
         c = (c_w - T[:3, 3]) @ T[:3, :3]                    # world -> camera: R^T (p - t)
         r = math.sqrt(3) * self.brick_size_m / 2
-        ok = spheres_in_frustum(c, r, K, width, height, near_m, far_m)
+        ok = spheres_in_frustum(c, r, K, int(width), int(height), near_m, far_m)
         return slots[ok]
 
     def voxel_centers(self, slots: torch.Tensor) -> torch.Tensor:
