@@ -61,9 +61,11 @@ def test_bench_rgbd_smoke(sim_dataset, tmp_path, capsys):
         assert _positive_finite(r["ms_per_frame_p95"]), name
         assert r["ms_per_frame_p95"] >= r["ms_per_frame_median"]
         assert len(r["ms_per_frame"]) == RGBD_FRAMES and len(r["repeat_medians_ms"]) == 2
+        assert len(r["repeat_p95_ms"]) == 2 and all(p >= m for p, m in zip(r["repeat_p95_ms"], r["repeat_medians_ms"]))
     for name in ("voxmap", "open3d_vbg"):
         r = d["results"][name]
         assert _positive_finite(r["voxels"]) and _positive_finite(r["map_bytes"]) and r["backend"]
+        assert 0 < r["used_bytes"] <= r["capacity_bytes"], name      # like for like: data in use vs reserved
         assert r["mesh_triangles"] > 0
     assert d["results"]["voxmap"]["backend"] in ("torch", "cpp")
     for k in ("voxmap_over_open3d_vbg_ms", "voxmap_over_open3d_scalable_ms"):
@@ -112,6 +114,30 @@ def test_bench_lidar_peer_process_gives_the_same_maps(sim_dataset, tmp_path):
         comps[mode]["leaf_nodes"] = d["results"]["octomap"]["leaf_nodes"]
     assert comps["own"]["octomap_occupied"] > 0
     assert comps["own"] == comps["same"]
+
+
+def test_bench_lidar_summary_modes_charge_the_deferred_work_and_give_the_same_maps(sim_dataset, tmp_path):
+    """--summaries end: both maps defer their inner-node summaries and pay once at the end (timed,
+    in the totals); every-scan: inside each timed call. The maps are the same either way."""
+    pytest.importorskip("octomap")
+    got = {}
+    for mode in ("end", "every-scan"):
+        out = tmp_path / f"lidar_{mode}.json"
+        assert cli_main(["bench", "lidar", "--data", sim_dataset["lidar_dir"], "--scans", str(LIDAR_SCANS),
+                         "--warmup", "0", "--voxel-size-m", str(LIDAR_VOXEL_M), "--max-range-m",
+                         str(LIDAR_MAX_RANGE_M), "--summaries", mode, "--quiet", "--json", str(out)]) == 0
+        got[mode] = d = json.loads(out.read_text())
+        assert d["summaries"] == mode
+        for r in d["results"].values():
+            assert r["total_incl_end_of_run_s"] == pytest.approx(r["total_s"] + r["end_of_run_ms"] / 1000)
+        assert _positive_finite(d["ratios"]["octomap_over_voxmap_total"])
+    assert got["end"]["results"]["octomap"]["end_of_run_ms"] > 0
+    assert got["every-scan"]["results"]["octomap"]["end_of_run_ms"] == 0
+    assert "lazy_eval=True" in got["end"]["timed"]["octomap"]
+    assert "flush_summaries()" in got["every-scan"]["timed"]["voxmap"]
+    keys = ("voxmap_occupied", "octomap_occupied", "both")
+    assert {k: got["end"]["occupied_comparison"][k] for k in keys} == \
+        {k: got["every-scan"]["occupied_comparison"][k] for k in keys}
 
 
 def test_peer_process_reports_failures_and_keeps_serving(sim_dataset):
