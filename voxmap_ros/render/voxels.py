@@ -120,8 +120,10 @@ def check_voxels(v: VoxelSet, field_kind: str) -> None:
         if n is None or tuple(t.shape) != shape:
             want = "(N, 3)" if n is None else str(shape)
             raise ValueError(f"voxels.{name} must have shape {want}, got {tuple(t.shape)}")
-    if v.ids is not None and (not isinstance(v.ids, torch.Tensor) or tuple(v.ids.shape) != (n,)):
-        raise ValueError(f"voxels.ids must be None or an (N,) tensor, got {getattr(v.ids, 'shape', v.ids)}")
+    if v.ids is not None and (not isinstance(v.ids, torch.Tensor) or tuple(v.ids.shape) != (n,)
+                              or v.ids.dtype != torch.int64):
+        raise ValueError(f"voxels.ids must be None or an (N,) int64 tensor, got "
+                         f"{getattr(v.ids, 'dtype', type(v.ids).__name__)} {getattr(v.ids, 'shape', '')}")
     devs = {t.device for t in (v.coords, v.level, v.values, v.colors)}
     if len(devs) != 1:
         raise ValueError(f"voxels tensors must share one device, got {sorted(map(str, devs))}")
@@ -141,6 +143,8 @@ def check_voxels(v: VoxelSet, field_kind: str) -> None:
         raise ValueError("voxels.coords must be multiples of 2^level (octree-aligned cells)")
     if not bool(torch.isfinite(v.values.detach()).all()):
         raise ValueError("voxels.values must be finite")
+    if not bool(torch.isfinite(v.colors.detach()).all()):          # 0 * inf would poison every ray through it
+        raise ValueError("voxels.colors must be finite")
     if field_kind == "density" and bool((v.values.detach() < 0).any()):
         raise ValueError("voxels.values are densities here (field='density') and must be >= 0")
 
