@@ -905,26 +905,38 @@ def test_flood_drops_and_bounded_queues(ros):
 
 
 # ============================================================================ clear (last: empties the map)
-def test_clear_map_deletes_chunks(ros):
-    node, c = ros.node, ros.client
+def _meshed_wall_chunk_ids(ros) -> set:
+    """The wall in the map and its mesh received: the ids of the chunks the client holds."""
     ros.ensure_wall()
     ros.settle_mesh()
     state: dict = {}
-    with c.lock:
-        for _, m in c.mesh:
+    with ros.client.lock:
+        for _, m in ros.client.mesh:
             apply_markers(state, m)
-    alive_ids = set(state)
-    assert alive_ids
+    assert state
+    return set(state)
+
+
+def _mesh_messages_since(c, n_rx: int) -> list:
+    with c.lock:
+        return [m for _, m in c.mesh[n_rx:]]
+
+
+def _deleted_ids(messages) -> set:
+    return {mk.id for m in messages for mk in m.markers if mk.action == Marker.DELETE}
+
+
+def test_clear_map_deletes_chunks(ros):
+    node, c = ros.node, ros.client
+    alive_ids = _meshed_wall_chunk_ids(ros)
     n_rx = c.mesh_count()
     t_clear_ns = node.get_clock().now().nanoseconds
     res = c.call(c.clear, Trigger.Request())
     assert res.success, res.message
     assert node.mapper.summary()["voxels"] == 0
     ros.settle_mesh()
-    with c.lock:
-        new = [m for _, m in c.mesh[n_rx:]]
-    deleted = {mk.id for m in new for mk in m.markers if mk.action == Marker.DELETE}
-    assert deleted == alive_ids
+    new = _mesh_messages_since(c, n_rx)
+    assert _deleted_ids(new) == alive_ids
     for m in new:
         for mk in m.markers:
             assert mk.header.frame_id == "map" and (mk.header.stamp.sec or mk.header.stamp.nanosec)
@@ -942,14 +954,7 @@ def test_chunks_removed_while_a_subscriber_joins_are_still_deleted(ros):
     """A mesh cycle that re-sends every chunk for a new subscriber must still send the deletions of
     that cycle: the subscribers that had the removed chunks would keep them forever."""
     node, c = ros.node, ros.client
-    ros.ensure_wall()
-    ros.settle_mesh()
-    state: dict = {}
-    with c.lock:
-        for _, m in c.mesh:
-            apply_markers(state, m)
-    alive_ids = set(state)
-    assert alive_ids
+    alive_ids = _meshed_wall_chunk_ids(ros)
     pub = node.pub_mesh
     real_count = pub.get_subscription_count
     rate = node.cfg.node.mesh_rate_hz
@@ -967,10 +972,8 @@ def test_chunks_removed_while_a_subscriber_joins_are_still_deleted(ros):
         assert node.set_parameters([Parameter("node.mesh_rate_hz", value=rate)])[0].successful
     wait_for(lambda: c.mesh_count() > n_rx, WAIT_S, "the mesh message of that cycle")
     ros.settle_mesh()
-    with c.lock:
-        new = [m for _, m in c.mesh[n_rx:]]
-    deleted = {mk.id for m in new for mk in m.markers if mk.action == Marker.DELETE}
-    assert deleted == alive_ids
+    new = _mesh_messages_since(c, n_rx)
+    assert _deleted_ids(new) == alive_ids
 
 
 def test_body_frame_picks_the_body_among_several_pose_streams(ros):
