@@ -439,6 +439,28 @@ def test_lazy_summaries_equal_eager_ones(indoor_data):
     assert len(pts) > 0 and not fresh.octree._stale
 
 
+def test_lidar_kernel_summaries_equal_a_full_refresh(indoor_data, indoor_scene):
+    """The compiled LiDAR path refreshes its bricks' own summaries inside the kernel and leaves
+    only their ancestors for the lazy flush; frames mixing RGB-D and LiDAR bricks, flushed now
+    and then, must end with the tree that a refresh of every brick from scratch gives."""
+    from voxmap_ros.core import native
+    if not native.available():
+        pytest.skip(f"compiled kernels unavailable: {native.unavailable_reason()}")
+    m = Mapper(make_config(0.05, map__backend="cpp", map__reserve_bricks=0))
+    for i, (d, c, T) in enumerate(indoor_data.frames[:6]):
+        pts = scan_lidar(indoor_scene, T, beams=8, hfov_samples=128)
+        m.integrate(Frame(T, depth=d if i % 2 else None, rgb=c if i % 2 else None, K=indoor_data.K, points=pts))
+        if i == 2:
+            m.octree.flush_summaries()
+    assert m.octree._stale_parents, "LiDAR bricks wait for their ancestors only"
+    m.octree.flush_summaries()
+    got = _summaries_by_key(m.octree)
+    m.octree.update_summaries(m.octree.alive_slots())
+    want = _summaries_by_key(m.octree)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
 def test_reserve_bricks_reaches_every_octree_the_mapper_makes(tmp_path):
     cfg = make_config(VOXEL_M)
     want = 4 * cfg.map.initial_bricks

@@ -20,7 +20,7 @@ import torch
 
 from voxmap_ros.config import VoxmapConfig
 from voxmap_ros.core import integrate, native
-from voxmap_ros.core.octree import SparseVoxelOctree
+from voxmap_ros.core.octree import SparseVoxelOctree, brick_summaries_torch
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"compiled kernels unavailable: "
                                 f"{native.unavailable_reason()}")
@@ -250,6 +250,13 @@ def test_lidar_matches_torch(free_space, threads, kernel_threads):
     if free_space:
         assert (a.attrs["occ"][a.brick_alive] < 0).sum() > 5_000    # misses
     assert_maps_match(a, b)
+    # The kernel wrote each touched brick's own summary as it applied the scan: they are the
+    # summaries of the final voxels, as a separate pass computes them.
+    slots = b.alive_slots()
+    nodes = b.brick_node[slots].long()
+    for got, want in zip((b.node_max_occ[nodes], b.node_min_abs_tsdf[nodes], b.node_observed[nodes]),
+                         brick_summaries_torch(b, slots)):
+        assert torch.equal(got, want)
 
 
 def test_lidar_edge_cases():
@@ -313,6 +320,37 @@ def test_brick_summaries_match_octree():
     assert torch.equal(mo, oc.node_max_occ[nodes])
     assert torch.equal(mt, oc.node_min_abs_tsdf[nodes])
     assert torch.equal(ob, oc.node_observed[nodes])
+
+
+def test_combine_children_matches_torch_over_pruned_space():
+    """Parent summaries from the compiled twin equal the torch ones, bitwise, on a LiDAR map with
+    pruned (free) subtrees, for parents of every level listed bottom-up."""
+    import copy
+    from voxmap_ros.core import morton
+    from voxmap_ros.core.octree import combine_children_torch
+    rng = np.random.default_rng(5)
+    p = fusion_params(0.1)
+    oc = SparseVoxelOctree(0.1, free_logodds=-1.5)
+    for T in lidar_poses(3, rng):
+        oc.mark_stale(native.integrate_lidar_cpp(oc, lidar_scan(T, rng), torch.from_numpy(T), p))
+    assert oc.prune_free(-0.3) > 0
+    keys, ids = oc.table.items()
+    parents = morton.level_of(keys) >= 1
+    keys, order = torch.sort(keys[parents])
+    ids = ids[parents][order].long()
+    kid_ids = oc.table.lookup(morton.children(keys).reshape(-1)).long().reshape(-1, 8)
+    assert bool(((oc.node_free_mask[ids] != 0) & (kid_ids < 0).any(1)).any())    # pruned children seen
+    oc.node_max_occ[ids] = 7.0                           # stale values, overwritten by both
+    oc.node_observed[ids] = False
+    ref = copy.deepcopy(oc)
+    combine_children_torch(ref, ids, kid_ids)
+    native.combine_children_cpp(oc, ids, kid_ids)
+    for name in ("node_max_occ", "node_min_abs_tsdf", "node_observed"):
+        assert torch.equal(getattr(oc, name), getattr(ref, name)), name
+    with pytest.raises(ValueError, match="kid_ids"):
+        native.combine_children_cpp(oc, ids, kid_ids[:, :4])
+    with pytest.raises(ValueError, match="node ids"):
+        native.combine_children_cpp(oc, ids + oc.node_key.shape[0], kid_ids)
 
 
 def test_bricks_free_matches_torch():

@@ -163,9 +163,15 @@ def test_out_of_range_brick_coords_raise_before_any_change():
     assert o.num_nodes == n and o.num_bricks == 1
 
 
-def test_parent_summaries_match_brute_force_under_incremental_updates():
+@pytest.mark.parametrize("combine", ["torch", "cpp"])
+def test_parent_summaries_match_brute_force_under_incremental_updates(combine):
     rng = np.random.default_rng(1)
     o = _tree()
+    if combine == "cpp":
+        native = pytest.importorskip("voxmap_ros.core.native")
+        if not native.available():
+            pytest.skip(native.unavailable_reason())
+        o.use_kernels(combine_children=native.combine_children_cpp)
     for r in range(25):
         slots, _ = o.allocate_bricks(_random_coords(rng, int(rng.integers(1, 40))))
         alive = o.alive_slots()

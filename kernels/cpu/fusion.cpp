@@ -334,6 +334,13 @@ struct RgbdParams {     // all float32 as the reference's tensor ops see them
     int depth_weighting;
 };
 
+struct NodeSummaries {    // where vx_lidar_apply writes the brick summaries (octree node pools)
+    const int32_t* brick_node;
+    float* max_occ;
+    float* min_abs_tsdf;
+    uint8_t* observed;
+};
+
 struct LidarParams {
     float voxel, step, trunc;
     float rmin, rmax;
@@ -660,6 +667,79 @@ void vx_copy_visited(const VxContext* ctx, int64_t* out) {
     std::copy(ctx->visited.begin(), ctx->visited.end(), out);
 }
 
+// ----------------------------------------------------------------------------------------- summaries
+namespace {
+
+// Bricks sit at scattered slots of the pools, 1 KB per attribute: a loop over bricks asks for the
+// one this many places ahead (48 cache lines) so that its memory latency overlaps the work.
+constexpr int64_t PREFETCH_BRICKS = 4;
+
+inline void prefetch_brick(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a) {
+    for (int off = 0; off < BRICK_VOX; off += 32) {        // 32 halves per 64-byte line
+        __builtin_prefetch(tsdf_a + s * BRICK_VOX + off, 1);
+        __builtin_prefetch(w_a + s * BRICK_VOX + off, 1);
+        __builtin_prefetch(occ_a + s * BRICK_VOX + off, 1);
+    }
+}
+
+// TSDF, weight and occupancy of brick slot s as float32.
+inline void load_brick(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a, float* tw, float* ww,
+                       float* ow) {
+    half_to_float(tsdf_a + s * BRICK_VOX, tw, BRICK_VOX);
+    half_to_float(w_a + s * BRICK_VOX, ww, BRICK_VOX);
+    half_to_float(occ_a + s * BRICK_VOX, ow, BRICK_VOX);
+}
+
+// Summary of brick slot s (brick_summaries_torch): max occupancy over seen voxels (w > 0 or
+// occ != 0; -inf if none), min |tsdf| over w > 0 (1 if none), and whether any voxel was seen.
+inline void brick_summary(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a, float* max_occ,
+                          float* min_abs_tsdf, uint8_t* observed) {
+    const half_t* ts = tsdf_a + s * BRICK_VOX;
+    const half_t* ws = w_a + s * BRICK_VOX;
+    const half_t* os = occ_a + s * BRICK_VOX;
+    float mo = -INFINITY, mt = 1.0f;
+    int seen_any = 0;
+#if defined(__F16C__) && defined(__AVX__)
+    // Eight voxels per step straight from the halves (the compiler's version of the loop below
+    // spilled its lane arrays and ran ~5x slower). max_ps(a, b) is a > b ? a : b, min_ps a < b ? a : b.
+    const __m256 neg_inf = _mm256_set1_ps(-INFINITY), one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 mo8 = neg_inf, mt8 = one, seen8 = zero;
+    for (int i = 0; i < BRICK_VOX; i += 8) {
+        const __m256 t = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ts + i)));
+        const __m256 w = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ws + i)));
+        const __m256 o = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(os + i)));
+        const __m256 weighted = _mm256_cmp_ps(w, zero, _CMP_GT_OQ);
+        const __m256 seen = _mm256_or_ps(weighted, _mm256_cmp_ps(o, zero, _CMP_NEQ_UQ));
+        mo8 = _mm256_max_ps(mo8, _mm256_blendv_ps(neg_inf, o, seen));
+        mt8 = _mm256_min_ps(mt8, _mm256_blendv_ps(one, _mm256_and_ps(t, abs_mask), weighted));
+        seen8 = _mm256_or_ps(seen8, seen);
+    }
+    alignas(32) float mo_l[8], mt_l[8];
+    _mm256_store_ps(mo_l, mo8);
+    _mm256_store_ps(mt_l, mt8);
+    for (int j = 0; j < 8; ++j) {
+        mo = std::max(mo, mo_l[j]);
+        mt = std::min(mt, mt_l[j]);
+    }
+    seen_any = _mm256_movemask_ps(seen8) != 0;
+#else
+    for (int lin = 0; lin < BRICK_VOX; ++lin) {
+        const float w = float(ws[lin]), o = float(os[lin]);
+        const bool weighted = w > 0.0f;
+        const bool seen = weighted | (o != 0.0f);
+        if (seen) mo = std::max(mo, o);
+        if (weighted) mt = std::min(mt, std::fabs(float(ts[lin])));
+        seen_any |= int(seen);
+    }
+#endif
+    *max_occ = mo;
+    *min_abs_tsdf = mt;
+    *observed = seen_any ? 1 : 0;
+}
+
+}  // namespace
+
 // ----------------------------------------------------------------------------------------- LiDAR
 // Phase 1: rays (lidar_rays), every free / band / hit sample (lidar_samples), per-voxel cells
 // (free-ray count / band / hit) and the band TSDF sums once per (ray, voxel) in ray order.
@@ -980,64 +1060,67 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
 }
 
 // Phase 2: apply the traced updates. slots (M,) int64 are the octree slots of the M bricks of
-// phase 1, in the order vx_copy_bricks gave them. Returns the number of distinct slots (fetch them,
-// sorted, with vx_copy_lidar_slots) or a negative error.
+// phase 1, in the order vx_copy_bricks gave them. With `summaries` (brick_node (pool,) int32 and
+// node arrays float32 max occupancy, float32 min |tsdf|, uint8 observed; null to skip), each
+// brick's summary (brick_summary) is written to its node while the brick is in cache. Returns the
+// number of distinct slots (fetch them, sorted, with vx_copy_lidar_slots) or a negative error.
 static int64_t lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, const LidarParams* p, half_t* tsdf_a,
-                       half_t* w_a, half_t* occ_a, int nthreads) {
+                       half_t* w_a, half_t* occ_a, const NodeSummaries* summaries, int nthreads) {
     if (!ctx->lidar_ready || M != ctx->set.size()) return VX_ERR_STATE;
     ctx->lidar_ready = false;
     uint32_t* cells = ctx->set.cells.data();
     const uint64_t* masks = ctx->set.masks.data();
     const float maxw = p->max_weight, l_hit = p->l_hit, l_miss = p->l_miss, l_min = p->l_min, l_max = p->l_max;
-    const int64_t n_band = int64_t(ctx->band_code.size());
+    const float* band_w = ctx->band_w.data();
+    const float* band_wt = ctx->band_wt.data();
     int64_t n_touched = 0;
-#pragma omp parallel num_threads(std::max(1, nthreads)) reduction(+ : n_touched)
-    {
-        // Every listed voxel once, brick by brick: free-space TSDF (+1 per ray, for voxels outside
-        // every band) and occupancy; each cell read is zeroed again for the next scan.
-#pragma omp for schedule(dynamic, 16)
-        for (int64_t i = 0; i < M; ++i) {
-            uint32_t* c = cells + size_t(i) * BRICK_VOX;
-            const uint64_t* mk = masks + size_t(i) * (BRICK_VOX / 64);
-            const int64_t base = slots[i] * BRICK_VOX;
-            half_t* ts = tsdf_a + base;
-            half_t* ws = w_a + base;
-            half_t* os = occ_a + base;
-            for (int w = 0; w < BRICK_VOX / 64; ++w) {
-                for (uint64_t bitsw = mk[w]; bitsw; bitsw &= bitsw - 1) {
-                    const int lin = 64 * w + __builtin_ctzll(bitsw);
-                    const uint32_t cell = c[lin];
-                    c[lin] = 0;
-                    ++n_touched;
-                    const bool band = (cell & C_BAND) != 0;
-                    const uint32_t n_free = band ? 0u : (cell & C_COUNT);
-                    const bool free = band ? (cell & C_BAND_FREE) != 0 : n_free != 0;
-                    if (n_free) {                    // free samples, outside every band
-                        const float n = float(n_free);
-                        const float w_old = float(ws[lin]);
-                        const float t_old = float(ts[lin]);
-                        const float w_new = w_old + n;
-                        ts[lin] = half_t((t_old * w_old + n) / w_new);
-                        ws[lin] = half_t(std::min(w_new, maxw));
-                    }
-                    const float delta = (cell & C_HIT) ? l_hit : (free ? l_miss : 0.0f);
-                    if (delta != 0.0f) {
-                        const float o = float(os[lin]) + delta;
-                        os[lin] = half_t(std::min(std::max(o, l_min), l_max));
-                    }
+    // Every listed voxel once, brick by brick: band voxels take their accumulated TSDF
+    // observations, the others free-space TSDF (+1 per ray); then occupancy. Each cell read is
+    // zeroed again for the next scan.
+#pragma omp parallel for schedule(dynamic, 16) num_threads(std::max(1, nthreads)) reduction(+ : n_touched)
+    for (int64_t i = 0; i < M; ++i) {
+        if (i + PREFETCH_BRICKS < M) prefetch_brick(slots[i + PREFETCH_BRICKS], tsdf_a, w_a, occ_a);
+        uint32_t* c = cells + size_t(i) * BRICK_VOX;
+        const uint64_t* mk = masks + size_t(i) * (BRICK_VOX / 64);
+        const int64_t base = slots[i] * BRICK_VOX;
+        half_t* ts = tsdf_a + base;
+        half_t* ws = w_a + base;
+        half_t* os = occ_a + base;
+        for (int w = 0; w < BRICK_VOX / 64; ++w) {
+            for (uint64_t bitsw = mk[w]; bitsw; bitsw &= bitsw - 1) {
+                const int lin = 64 * w + __builtin_ctzll(bitsw);
+                const uint32_t cell = c[lin];
+                c[lin] = 0;
+                ++n_touched;
+                const bool band = (cell & C_BAND) != 0;
+                const uint32_t n_free = band ? 0u : (cell & C_COUNT);
+                const bool free = band ? (cell & C_BAND_FREE) != 0 : n_free != 0;
+                if (band) {                          // the band's TSDF sums, one per voxel
+                    const uint32_t a = cell & C_BAND_INDEX;
+                    const float w_old = float(ws[lin]);
+                    const float t_old = float(ts[lin]);
+                    const float w_new = w_old + band_w[a];
+                    ts[lin] = half_t((t_old * w_old + band_wt[a]) / w_new);
+                    ws[lin] = half_t(std::min(w_new, maxw));
+                } else if (n_free) {                 // free samples, outside every band
+                    const float n = float(n_free);
+                    const float w_old = float(ws[lin]);
+                    const float t_old = float(ts[lin]);
+                    const float w_new = w_old + n;
+                    ts[lin] = half_t((t_old * w_old + n) / w_new);
+                    ws[lin] = half_t(std::min(w_new, maxw));
+                }
+                const float delta = (cell & C_HIT) ? l_hit : (free ? l_miss : 0.0f);
+                if (delta != 0.0f) {
+                    const float o = float(os[lin]) + delta;
+                    os[lin] = half_t(std::min(std::max(o, l_min), l_max));
                 }
             }
         }
-        // Band voxels: the accumulated TSDF observations.
-#pragma omp for schedule(static)
-        for (int64_t a = 0; a < n_band; ++a) {
-            const uint32_t code = ctx->band_code[a];
-            const int64_t v = slots[code / BRICK_VOX] * BRICK_VOX + int64_t(code % BRICK_VOX);
-            const float w_old = float(w_a[v]);
-            const float t_old = float(tsdf_a[v]);
-            const float w_new = w_old + ctx->band_w[a];
-            tsdf_a[v] = half_t((t_old * w_old + ctx->band_wt[a]) / w_new);
-            w_a[v] = half_t(std::min(w_new, maxw));
+        if (summaries) {
+            const int64_t node = summaries->brick_node[slots[i]];
+            brick_summary(slots[i], tsdf_a, w_a, occ_a, summaries->max_occ + node, summaries->min_abs_tsdf + node,
+                          summaries->observed + node);
         }
     }
     ctx->set.cells_dirty = false;                  // every listed cell was zeroed above
@@ -1050,8 +1133,10 @@ static int64_t lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, cons
 }
 
 int64_t vx_lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, const LidarParams* p, half_t* tsdf_a,
-                       half_t* w_a, half_t* occ_a, int nthreads) {
-    return guarded([&] { return lidar_apply(ctx, slots, M, p, tsdf_a, w_a, occ_a, nthreads); });
+                       half_t* w_a, half_t* occ_a, const int32_t* brick_node, float* node_max_occ,
+                       float* node_min_abs_tsdf, uint8_t* node_observed, int nthreads) {
+    const NodeSummaries sm{brick_node, node_max_occ, node_min_abs_tsdf, node_observed};
+    return guarded([&] { return lidar_apply(ctx, slots, M, p, tsdf_a, w_a, occ_a, brick_node ? &sm : nullptr, nthreads); });
 }
 
 // Sizes of the last LiDAR trace: out[0] rays kept, [1] voxels touched, [2] band voxels, [3] bricks;
@@ -1075,14 +1160,6 @@ void vx_copy_lidar_slots(const VxContext* ctx, int64_t* out) {
 }
 
 // ----------------------------------------------------------------------------------------- summaries
-// TSDF, weight and occupancy of brick slot s as float32.
-static inline void load_brick(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a, float* tw, float* ww,
-                       float* ow) {
-    half_to_float(tsdf_a + s * BRICK_VOX, tw, BRICK_VOX);
-    half_to_float(w_a + s * BRICK_VOX, ww, BRICK_VOX);
-    half_to_float(occ_a + s * BRICK_VOX, ow, BRICK_VOX);
-}
-
 // out[i] = brick slots[i] is wholly observed free space (SparseVoxelOctree.bricks_free_torch):
 // every voxel has occupancy <= occ_max and either no weight or TSDF >= tsdf_min.
 void vx_bricks_free(const int64_t* slots, int64_t n, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a,
@@ -1101,45 +1178,44 @@ void vx_bricks_free(const int64_t* slots, int64_t n, const half_t* tsdf_a, const
     }
 }
 
-// Brick part of SparseVoxelOctree.update_summaries: for slots (N,) int64, per brick the max
-// occupancy over seen voxels (w > 0 or occ != 0; -inf if none), min |tsdf| over w > 0 (1 if none),
-// and whether any voxel was seen. Outputs (N,) float32, float32, uint8.
+// Brick part of SparseVoxelOctree.update_summaries (see brick_summary): for slots (N,) int64,
+// outputs (N,) float32 max occupancy, float32 min |tsdf| and uint8 observed.
 void vx_brick_summaries(const int64_t* slots, int64_t n, const half_t* tsdf_a, const half_t* w_a,
                         const half_t* occ_a, float* max_occ, float* min_abs_tsdf, uint8_t* observed,
                         int nthreads) {
-#pragma omp parallel num_threads(std::max(1, nthreads))
-    {
-        alignas(64) float tw[BRICK_VOX], ww[BRICK_VOX], ow[BRICK_VOX];
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < n; ++i) {
-            load_brick(slots[i], tsdf_a, w_a, occ_a, tw, ww, ow);
-            // Per-lane partial max / min / any (exact in any order), reduced at the end.
-            alignas(64) float mo_l[16], mt_l[16];
-            alignas(64) int32_t seen_l[16];
-            for (int j = 0; j < 16; ++j) { mo_l[j] = -INFINITY; mt_l[j] = 1.0f; seen_l[j] = 0; }
-            for (int l0 = 0; l0 < BRICK_VOX; l0 += 16) {
-                for (int j = 0; j < 16; ++j) {                  // vectorized
-                    const int lin = l0 + j;
-                    const bool weighted = ww[lin] > 0.0f;
-                    const bool seen = weighted | (ow[lin] != 0.0f);
-                    const float o = seen ? ow[lin] : -INFINITY;
-                    mo_l[j] = mo_l[j] > o ? mo_l[j] : o;
-                    const float t = weighted ? std::fabs(tw[lin]) : 1.0f;
-                    mt_l[j] = mt_l[j] < t ? mt_l[j] : t;
-                    seen_l[j] |= int32_t(seen);
-                }
+#pragma omp parallel for schedule(static) num_threads(std::max(1, nthreads))
+    for (int64_t i = 0; i < n; ++i) {
+        if (i + PREFETCH_BRICKS < n) prefetch_brick(slots[i + PREFETCH_BRICKS], tsdf_a, w_a, occ_a);
+        brick_summary(slots[i], tsdf_a, w_a, occ_a, max_occ + i, min_abs_tsdf + i, observed + i);
+    }
+}
+
+// SparseVoxelOctree's combine_children_torch: parents ids (n,) int64 in the order given (a parent
+// after the parents among its children), children kid_ids (n, 8) int64 (-1 absent). A child bit
+// set in free_mask (uint8 per node) without a child node counts as observed free space at
+// free_logodds. Writes max_occ / min_abs_tsdf (float32) and observed (uint8 0/1) per node.
+void vx_combine_children(const int64_t* ids, const int64_t* kid_ids, int64_t n, const uint8_t* free_mask,
+                         float free_logodds, float* max_occ, float* min_abs_tsdf, uint8_t* observed) {
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t id = ids[i];
+        const int64_t* kids = kid_ids + 8 * i;
+        const unsigned fm = free_mask[id];
+        float mo = -INFINITY, mt = 1.0f;
+        uint8_t ob = 0;
+        for (int c = 0; c < 8; ++c) {
+            const int64_t k = kids[c];
+            if (k >= 0) {
+                mo = std::max(mo, max_occ[k]);
+                mt = std::min(mt, min_abs_tsdf[k]);
+                ob |= observed[k];
+            } else if ((fm >> c) & 1u) {
+                mo = std::max(mo, free_logodds);
+                ob = 1;
             }
-            float mo = -INFINITY, mt = 1.0f;
-            int seen_any = 0;
-            for (int j = 0; j < 16; ++j) {
-                mo = std::max(mo, mo_l[j]);
-                mt = std::min(mt, mt_l[j]);
-                seen_any |= seen_l[j];
-            }
-            max_occ[i] = mo;
-            min_abs_tsdf[i] = mt;
-            observed[i] = seen_any ? 1 : 0;
         }
+        max_occ[id] = mo;
+        min_abs_tsdf[id] = mt;
+        observed[id] = ob;
     }
 }
 

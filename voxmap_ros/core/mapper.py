@@ -167,7 +167,7 @@ class Mapper:
         if self._backend == "cpp":
             from . import morton, native
             self.octree.use_kernels(native.brick_summaries_cpp, native.hash_find_cpp, native.bricks_free_cpp,
-                                    native.hash_insert_absent_cpp)
+                                    native.hash_insert_absent_cpp, native.combine_children_cpp)
             # Process-wide and never undone here: the twins are bitwise equal, so a torch-backend
             # Mapper in the same process computes the same keys either way.
             morton.use_cpu_kernels(native.morton_encode_cpp, native.morton_decode_cpp, native.morton_ancestors_cpp)
@@ -206,7 +206,7 @@ class Mapper:
         raises ValueError on bad input, leaving the map unchanged. Returns bricks visited."""
         t0 = time.perf_counter()
         rgbd = lidar = None
-        visited = []
+        visited, summarised = [], []           # summarised: slots whose own summaries are fresh
         try:
             if not isinstance(frame, Frame):
                 raise ValueError(f"integrate() takes a voxmap_ros.types.Frame, got {type(frame).__name__}")
@@ -223,13 +223,17 @@ class Mapper:
             if rgbd is not None:
                 visited.append(self._integrate_rgbd(*rgbd))
             if lidar is not None and lidar[0].shape[0] > 0:
-                visited.append(self._integrate_lidar(*lidar))
+                (summarised if self._backend == "cpp" else visited).append(self._integrate_lidar(*lidar))
         except ValueError:
             self.stats.frames_rejected += 1
             raise
-        slots = torch.cat(visited) if visited else torch.zeros(0, dtype=torch.int64, device=self.device)
+        none = torch.zeros(0, dtype=torch.int64, device=self.device)
+        stale = torch.cat(visited) if visited else none
+        fresh = torch.cat(summarised) if summarised else none
+        slots = torch.cat([stale, fresh])
         self.octree.brick_dirty[slots] = True
-        self.octree.mark_stale(slots)               # summaries refresh lazily, on the next query
+        self.octree.mark_stale(stale)               # summaries refresh lazily, on the next query
+        self.octree.mark_parents_stale(fresh)
         pos = np.asarray(frame.T_W_S, dtype=np.float64)[:3, 3]
         self.last_sensor_position_m = pos
         if self.config.map.clearing_radius_m > 0:
@@ -251,6 +255,7 @@ class Mapper:
         return integrate.integrate_rgbd_torch(self.octree, depth_m, rgb, K, T, self.params)
 
     def _integrate_lidar(self, points, T):
+        """Touched brick slots; the compiled kernel also refreshes their own summaries."""
         if self._backend == "cpp":
             from . import native
             return native.integrate_lidar_cpp(self.octree, points, T, self.params)

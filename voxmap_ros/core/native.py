@@ -189,10 +189,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vx_rgbd_update": ([P, P, I64, P, P, P, I64, I64, P, P, P, P, P, P, I], I64),
         "vx_copy_visited": ([P, P], V),
         "vx_lidar_trace": ([P, P, I64, P, P, I], I64),
-        "vx_lidar_apply": ([P, P, I64, P, P, P, P, I], I64),
+        "vx_lidar_apply": ([P, P, I64, P, P, P, P, P, P, P, P, I], I64),
         "vx_copy_lidar_slots": ([P, P], V),
         "vx_lidar_stats": ([P, P], V),
         "vx_brick_summaries": ([P, I64, P, P, P, P, P, P, I], V),
+        "vx_combine_children": ([P, P, I64, P, ctypes.c_float, P, P, P], V),
         "vx_hash_find": ([P, I, P, I64, P], V),
         "vx_hash_insert_absent": ([P, P, I, P, P, I64, P, P], I64),
         "vx_morton_encode": ([P, I64, P, I64, P], V),
@@ -278,6 +279,11 @@ def _check_octree(octree) -> None:
         _check_tensor(f"octree.attrs['{name}']", octree.attrs[name], (dtype,), shape)
     _check_tensor("octree.brick_coord", octree.brick_coord, (torch.int32,), (cap, 3))
     _check_tensor("octree.brick_alive", octree.brick_alive, (torch.bool,), (cap,))
+    _check_tensor("octree.brick_node", octree.brick_node, (torch.int32,), (cap,))
+    n_nodes = octree.node_key.shape[0]
+    for name, dtype in (("node_free_mask", torch.uint8), ("node_max_occ", torch.float32),
+                        ("node_min_abs_tsdf", torch.float32), ("node_observed", torch.bool)):
+        _check_tensor(f"octree.{name}", getattr(octree, name), (dtype,), (n_nodes,))
 
 
 def _pose12(T: torch.Tensor, name: str):
@@ -380,10 +386,13 @@ def integrate_rgbd_cpp(octree, depth_m: torch.Tensor, rgb: torch.Tensor | None, 
     return out
 
 
-def integrate_lidar_cpp(octree, points: torch.Tensor, T_W_L: torch.Tensor, p) -> torch.Tensor:
+def integrate_lidar_cpp(octree, points: torch.Tensor, T_W_L: torch.Tensor, p,
+                        brick_summaries: bool = True) -> torch.Tensor:
     """Compiled twin of integrate.integrate_lidar_torch. points (N, 3) float32 sensor frame
     (non-finite / too close points are dropped), T_W_L (4, 4) float; CPU, contiguous.
-    Returns the touched brick slots (M,) int64, sorted."""
+    Returns the touched brick slots (M,) int64, sorted. With `brick_summaries`, the touched
+    bricks' own node summaries are brought up to date too (their ancestors' are not): the kernel
+    reads each brick right after writing it, which costs far less than a later pass."""
     _check_tensor("points", points, (torch.float32,), (None, 3))
     T12 = _pose12(T_W_L, "T_W_L")
     _check_octree(octree)
@@ -405,8 +414,10 @@ def integrate_lidar_cpp(octree, points: torch.Tensor, T_W_L: torch.Tensor, p) ->
         clock.tick("lidar_allocate")
         _check_octree(octree)
         a = octree.attrs
+        nodes = ((octree.brick_node, octree.node_max_occ, octree.node_min_abs_tsdf, octree.node_observed)
+                 if brick_summaries else (None,) * 4)
         n = lib.vx_lidar_apply(ctx, slots.data_ptr(), m, ctypes.byref(prm), a["tsdf"].data_ptr(),
-                               a["weight"].data_ptr(), a["occ"].data_ptr(), nt)
+                               a["weight"].data_ptr(), a["occ"].data_ptr(), *map(_ptr, nodes), nt)
         if n < 0:
             _raise_for(n, "LiDAR apply")
         out = torch.empty(n, dtype=torch.int64)
@@ -460,6 +471,22 @@ def brick_summaries_cpp(octree, slots: torch.Tensor):
     lib.vx_brick_summaries(slots.data_ptr(), n, a["tsdf"].data_ptr(), a["weight"].data_ptr(),
                            a["occ"].data_ptr(), mo.data_ptr(), mt.data_ptr(), ob.data_ptr(), _nthreads())
     return mo, mt, ob
+
+
+def combine_children_cpp(octree, ids: torch.Tensor, kid_ids: torch.Tensor) -> None:
+    """Compiled twin of octree.combine_children_torch: parents ids (P,) int64, children kid_ids
+    (P, 8) int64 (-1 absent), node ids of a CPU octree's node pool."""
+    _check_tensor("ids", ids, (torch.int64,), (None,))
+    _check_tensor("kid_ids", kid_ids, (torch.int64,), (ids.shape[0], 8))
+    _check_octree(octree)
+    n_nodes = octree.node_key.shape[0]
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_nodes or int(kid_ids.max()) >= n_nodes):
+        raise ValueError("node ids out of range of the node pool")
+    ids, kid_ids = ids.contiguous(), kid_ids.contiguous()
+    lib, _ = _lib()
+    lib.vx_combine_children(ids.data_ptr(), kid_ids.data_ptr(), ids.numel(), octree.node_free_mask.data_ptr(),
+                            float(octree.free_logodds), octree.node_max_occ.data_ptr(),
+                            octree.node_min_abs_tsdf.data_ptr(), octree.node_observed.data_ptr())
 
 
 def hash_find_cpp(table_keys: torch.Tensor, bits: int, keys: torch.Tensor) -> torch.Tensor:

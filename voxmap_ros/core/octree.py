@@ -118,8 +118,10 @@ class SparseVoxelOctree:
         self.device = torch.device(device)
         self.free_logodds = float(free_logodds)
         self.brick_summaries = None       # see use_kernels
+        self._combine_kernel = None
         self._bricks_free_kernel = None
         self._stale: list[torch.Tensor] = []     # slots whose summaries wait for flush_summaries
+        self._stale_parents: list[torch.Tensor] = []   # slots whose own summaries are fresh, not their parents'
         self.table = HashTable(4 * initial_bricks, self.device)
         self.specs: dict[str, AttributeSpec] = {}
         self.attrs: dict[str, torch.Tensor] = {}
@@ -149,12 +151,14 @@ class SparseVoxelOctree:
             setattr(new, k, v)
         return new
 
-    def use_kernels(self, brick_summaries=None, hash_find=None, bricks_free=None, hash_insert=None) -> None:
-        """Use compiled twins for the bookkeeping: `brick_summaries` with the signature of
-        brick_summaries_torch, `hash_find` / `hash_insert` those of native.hash_find_cpp /
-        hash_insert_absent_cpp, `bricks_free` that of bricks_free_torch (with the octree first).
-        None = pure torch."""
+    def use_kernels(self, brick_summaries=None, hash_find=None, bricks_free=None, hash_insert=None,
+                    combine_children=None) -> None:
+        """Use compiled twins for the bookkeeping: `brick_summaries` / `combine_children` with the
+        signatures of brick_summaries_torch / combine_children_torch, `hash_find` / `hash_insert`
+        those of native.hash_find_cpp / hash_insert_absent_cpp, `bricks_free` that of
+        bricks_free_torch (with the octree first). None = pure torch."""
         self.brick_summaries = brick_summaries
+        self._combine_kernel = combine_children
         self.table.use_kernels(hash_find, hash_insert)
         self._bricks_free_kernel = bricks_free
 
@@ -418,51 +422,75 @@ class SparseVoxelOctree:
             if len(self._stale) >= STALE_COMPACT_CALLS:
                 self._stale = [torch.unique(torch.cat(self._stale))]
 
-    def flush_summaries(self) -> None:
-        """Refresh the summaries noted by mark_stale (update_summaries of their union)."""
-        if self._stale:
-            slots = torch.cat(self._stale)
-            self._stale = []
-            self.update_summaries(slots)
+    def mark_parents_stale(self, slots: torch.Tensor) -> None:
+        """Like mark_stale, for brick slots (N,) int64 whose own summaries the caller has already
+        brought up to date (native.integrate_lidar_cpp does): only their ancestors wait."""
+        if slots.numel():
+            self._stale_parents.append(slots.to(self.device, torch.int64))
+            if len(self._stale_parents) >= STALE_COMPACT_CALLS:
+                self._stale_parents = [torch.unique(torch.cat(self._stale_parents))]
 
-    def update_summaries(self, slots: torch.Tensor) -> None:
-        """Recompute the summaries of bricks (N,) int64 and of all their ancestors.
+    def flush_summaries(self) -> None:
+        """Refresh the summaries noted by mark_stale / mark_parents_stale."""
+        if self._stale or self._stale_parents:
+            none = torch.zeros(0, dtype=torch.int64, device=self.device)
+            slots = torch.cat(self._stale) if self._stale else none
+            parents_only = torch.cat(self._stale_parents) if self._stale_parents else none
+            self._stale, self._stale_parents = [], []
+            self.update_summaries(slots, parents_only)
+
+    def update_summaries(self, slots: torch.Tensor, parents_only: torch.Tensor | None = None) -> None:
+        """Recompute the summaries of bricks (N,) int64 and of all their ancestors, and of the
+        ancestors of bricks parents_only (K,) int64 (whose own summaries are up to date).
 
         Cost is proportional to the number of bricks passed and the tree depth, not the map size.
         """
         slots = self._valid_slots(slots)
-        if slots.numel() == 0:
-            return
-        nodes = self.brick_node[slots].long()
-        if self.brick_summaries is not None:
-            max_occ, min_tsdf, observed = self.brick_summaries(self, slots)
-        else:
-            max_occ, min_tsdf, observed = brick_summaries_torch(self, slots)
-        self.node_max_occ[nodes] = max_occ
-        self.node_min_abs_tsdf[nodes] = min_tsdf
-        self.node_observed[nodes] = observed
-        self._refresh_ancestors(morton.parent(self.node_key[nodes]), drop_empty=False)
+        if slots.numel():
+            nodes = self.brick_node[slots].long()
+            if self.brick_summaries is not None:
+                max_occ, min_tsdf, observed = self.brick_summaries(self, slots)
+            else:
+                max_occ, min_tsdf, observed = brick_summaries_torch(self, slots)
+            self.node_max_occ[nodes] = max_occ
+            self.node_min_abs_tsdf[nodes] = min_tsdf
+            self.node_observed[nodes] = observed
+        if parents_only is not None and parents_only.numel():
+            slots = torch.cat([slots, self._valid_slots(parents_only)])
+        if slots.numel():
+            self._refresh_ancestors(morton.parent(self.node_key[self.brick_node[slots].long()]), drop_empty=False)
 
     def _refresh_ancestors(self, parent_keys: torch.Tensor, drop_empty: bool) -> None:
+        """Recompute parent nodes (N,) int64 keys of one level and all their ancestors from their
+        children. With drop_empty, nodes left without children (or pruned bits) are released,
+        level by level, before the level above reads them."""
+        if not drop_empty:
+            self._refresh_closure(parent_keys)
+            return
         keys = torch.unique(parent_keys)
         while keys.numel() and int(morton.level_of(keys[:1])) <= self.levels:
             ids = self._ensure_nodes(keys)
-            kids = morton.children(keys)                                      # (P, 8)
-            kid_ids = self.table.lookup(kids.reshape(-1)).long().reshape(-1, 8)
-            has = kid_ids >= 0
-            safe = kid_ids.clamp_min(0)
-            pruned = ((self.node_free_mask[ids].long()[:, None] >> torch.arange(8, device=self.device)) & 1).bool()
-            kid_occ = torch.where(has, self.node_max_occ[safe], torch.full_like(safe, 0, dtype=torch.float32) + UNKNOWN_OCC)
-            kid_occ = torch.where(pruned & ~has, torch.full_like(kid_occ, self.free_logodds), kid_occ)
-            self.node_max_occ[ids] = kid_occ.amax(1)
-            kid_tsdf = torch.where(has, self.node_min_abs_tsdf[safe], torch.ones_like(kid_occ))
-            self.node_min_abs_tsdf[ids] = kid_tsdf.amin(1)
-            self.node_observed[ids] = ((has & self.node_observed[safe]) | (pruned & ~has)).any(1)
-            if drop_empty:
-                empty = ~has.any(1) & (self.node_free_mask[ids] == 0)
-                if bool(empty.any()):
-                    self._release_nodes(ids[empty])
+            kid_ids = self.table.lookup(morton.children(keys).reshape(-1)).long().reshape(-1, 8)
+            combine_children_torch(self, ids, kid_ids)
+            empty = ~(kid_ids >= 0).any(1) & (self.node_free_mask[ids] == 0)
+            if bool(empty.any()):
+                self._release_nodes(ids[empty])
             keys = torch.unique(morton.parent(keys))
+
+    def _refresh_closure(self, parent_keys: torch.Tensor) -> None:
+        """_refresh_ancestors without releases, in a fixed number of batched steps: the keys and all
+        their ancestors up to the root level at once (sorted keys are ordered by level, as the
+        level sits in the top bits), their nodes, their children's ids, then one bottom-up pass."""
+        if parent_keys.numel() == 0:
+            return
+        first = int(morton.level_of(parent_keys).min())
+        if first > self.levels:
+            return
+        keys = torch.unique(morton.ancestors(torch.unique(parent_keys), self.levels - first).reshape(-1))
+        keys = keys[morton.level_of(keys) <= self.levels]
+        ids = self._ensure_nodes(keys)
+        kid_ids = self.table.lookup(morton.children(keys).reshape(-1)).long().reshape(-1, 8)
+        (self._combine_kernel or combine_children_torch)(self, ids, kid_ids)
 
     def _ensure_nodes(self, keys: torch.Tensor) -> torch.Tensor:
         """Node ids of parent keys (N,) int64 (unique), creating missing ones. (N,) int64."""
@@ -748,6 +776,30 @@ def spheres_in_frustum(centres_cam: torch.Tensor, radius_m: float, K, width: int
     n = n / n.norm(dim=1, keepdim=True)
     c = centres_cam.double()
     return ((c @ n.T) > -radius_m).all(1) & (c[:, 2] > near_m - radius_m) & (c[:, 2] < far_m + radius_m)
+
+
+def combine_children_torch(octree: SparseVoxelOctree, ids: torch.Tensor, kid_ids: torch.Tensor) -> None:
+    """Set the summaries of parent nodes ids (P,) int64 from their children kid_ids (P, 8) int64
+    (node ids, -1 where absent; a pruned child counts as observed free space), on the octree's
+    device. Parents are taken in the order given, level by level, so a parent listed after its
+    own child parents reads that child's new values (ids of one level must be contiguous).
+    native.combine_children_cpp is the compiled twin (strictly sequential, same result)."""
+    if ids.numel() == 0:
+        return
+    _, counts = torch.unique_consecutive(morton.level_of(octree.node_key[ids]), return_counts=True)
+    start = 0
+    for n in counts.tolist():
+        i, k = ids[start:start + n], kid_ids[start:start + n]
+        start += n
+        has = k >= 0
+        safe = k.clamp_min(0)
+        pruned = ((octree.node_free_mask[i].long()[:, None] >> torch.arange(8, device=ids.device)) & 1).bool()
+        kid_occ = torch.where(has, octree.node_max_occ[safe], torch.full_like(safe, 0, dtype=torch.float32) + UNKNOWN_OCC)
+        kid_occ = torch.where(pruned & ~has, torch.full_like(kid_occ, octree.free_logodds), kid_occ)
+        octree.node_max_occ[i] = kid_occ.amax(1)
+        kid_tsdf = torch.where(has, octree.node_min_abs_tsdf[safe], torch.ones_like(kid_occ))
+        octree.node_min_abs_tsdf[i] = kid_tsdf.amin(1)
+        octree.node_observed[i] = ((has & octree.node_observed[safe]) | (pruned & ~has)).any(1)
 
 
 def brick_summaries_torch(octree: SparseVoxelOctree, slots: torch.Tensor):
