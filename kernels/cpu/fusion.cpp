@@ -18,8 +18,7 @@
 // Layout of the work:
 //   RGB-D: vx_rgbd_band (unique band bricks) -> vx_rgbd_clearing (alive bricks in front of the
 //          surface) -> caller allocates the band bricks -> vx_rgbd_update (projective update).
-//   LiDAR: vx_lidar_trace (rays, exact free-space traversal listing voxel codes per bucket of
-//          bricks, band and hit voxels into per-voxel cells)
+//   LiDAR: vx_lidar_trace (rays, exact free-space traversal, band and hit voxels, per-voxel cells)
 //          -> caller allocates the touched bricks -> vx_lidar_apply (writes the attributes).
 #include <algorithm>
 #include <atomic>
@@ -44,11 +43,6 @@ namespace {
 constexpr int BRICK = 8;
 constexpr int BRICK_VOX = 512;
 constexpr int NEAR_BRICKS = 27;                  // 3x3x3 bricks around the LiDAR origin
-// The walk lists free-space voxel codes per bucket of this many consecutive bricks of the per-scan
-// set; vx_lidar_apply counts one bucket (256 KB of cells) and applies its bricks while those cells
-// are still in L2, instead of counting 1M codes at random over 16 MB and reading them back later.
-constexpr int CODE_BUCKET_SHIFT = 7;
-constexpr int CODE_BUCKET_BRICKS = 1 << CODE_BUCKET_SHIFT;
 constexpr int64_t COORD_LIMIT = int64_t(1) << 20;        // packed keys hold 21 bits per axis
 constexpr uint64_t EMPTY_KEY = ~uint64_t(0);
 
@@ -323,11 +317,8 @@ struct VxContext {
     std::vector<uint32_t> band_code;      // brick index * 512 + voxel, per unique band voxel
     std::vector<float> band_w, band_wt;
     std::vector<int64_t> lidar_slots;
-    // Free-space voxel codes listed by the walk, per thread and per bucket of CODE_BUCKET_BRICKS
-    // bricks: [thread * n_buckets + bucket]; counted bucket by bucket by vx_lidar_apply.
-    std::vector<std::vector<uint32_t>> thread_codes;
-    std::vector<size_t> thread_used;                   // codes written to each of those lists
-    int n_threads_listed = 0, n_buckets = 0;           // the layout of the last walk
+    std::vector<std::vector<uint32_t>> thread_codes;   // free-space voxel codes, [lister * nt + owner]
+    std::vector<size_t> thread_used;                   // codes written to each of those buckets
     std::vector<std::vector<BandEntry>> band_entries;  // band samples and hits listed per thread
 };
 
@@ -750,9 +741,8 @@ inline void brick_summary(int64_t s, const half_t* tsdf_a, const half_t* w_a, co
 }  // namespace
 
 // ----------------------------------------------------------------------------------------- LiDAR
-// Phase 1: rays (lidar_rays), every free / band / hit sample (lidar_samples): free-space voxel
-// codes listed per bucket of bricks (counted by phase 2), per-voxel cells for band / hit voxels and
-// the band TSDF sums once per (ray, voxel) in ray order.
+// Phase 1: rays (lidar_rays), every free / band / hit sample (lidar_samples), per-voxel cells
+// (free-ray count / band / hit) and the band TSDF sums once per (ray, voxel) in ray order.
 // points (N, 3) float32 sensor frame. Returns the number M of touched bricks (fetch them with
 // vx_copy_bricks) or a negative error.
 static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const double* T12,
@@ -825,11 +815,8 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
         BrickSet& set = ctx->set;
         uint32_t* cells = set.cells.data();
         uint64_t* masks = set.masks.data();
-        const int n_buckets = (set.max_items + CODE_BUCKET_BRICKS - 1) / CODE_BUCKET_BRICKS;
-        if (ctx->thread_codes.size() < size_t(nt) * n_buckets) ctx->thread_codes.resize(size_t(nt) * n_buckets);
-        ctx->thread_used.assign(size_t(nt) * n_buckets, 0);
-        ctx->n_threads_listed = nt;
-        ctx->n_buckets = n_buckets;
+        if (ctx->thread_codes.size() < size_t(nt) * nt) ctx->thread_codes.resize(size_t(nt) * nt);
+        ctx->thread_used.assign(size_t(nt) * nt, 0);
 #pragma omp parallel num_threads(nt)
         {
             // Per ray: boundary-crossing times per axis, merged, and the voxel of every piece.
@@ -839,23 +826,16 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
             // block per thread (no atomics, no shared cache lines) and add them up at the end.
             std::vector<uint32_t> near_counts(size_t(NEAR_BRICKS) * BRICK_VOX, 0u);
             uint32_t* near = near_counts.data();
-            // The other voxels are listed per thread and per bucket of bricks (counted later,
-            // bucket by bucket: no atomics, no shared cache lines). The walk writes through a raw
-            // cursor into the current bucket, which has room for the rest of the ray.
+            // The other voxels are listed per thread, in one bucket per owner thread (brick index
+            // mod threads), and counted afterwards by their owner: plain increments, no atomics, no
+            // shared cache lines, and each owner reads only its own buckets. The walk writes through a
+            // raw cursor into the current bucket (room for a whole ray is made before the ray).
             const int tid = omp_get_thread_num();
-            std::vector<uint32_t>* buckets = &ctx->thread_codes[size_t(tid) * n_buckets];
-            size_t* used = &ctx->thread_used[size_t(tid) * n_buckets];
+            std::vector<uint32_t>* buckets = &ctx->thread_codes[size_t(tid) * nt];
+            size_t* used = &ctx->thread_used[size_t(tid) * nt];
             int cur = 0;                                   // bucket of the previous mark's brick
+            if (buckets[0].empty()) buckets[0].resize(4096);
             uint32_t* w = buckets[0].data();
-            // Switch the cursor to bucket b with room for `need` more codes.
-            auto switch_to = [&](int b, int64_t need) {
-                used[cur] = size_t(w - buckets[cur].data());
-                cur = b;
-                std::vector<uint32_t>& v = buckets[cur];
-                if (v.size() < used[cur] + size_t(need))
-                    v.resize(std::max(2 * v.size(), used[cur] + size_t(need) + 4096));
-                w = v.data() + used[cur];
-            };
 #pragma omp for schedule(dynamic, ray_chunk) nowait
             for (int64_t ri = 0; ri < n_rays; ++ri) {
                 if (!p->free_space || set.overflow.load(std::memory_order_relaxed)) continue;
@@ -882,7 +862,11 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
                     t[n[a]] = INFINITY;                                     // merge sentinel
                 }
                 const int64_t m = n[0] + n[1] + n[2];
-                switch_to(cur, m + 1);
+                used[cur] = size_t(w - buckets[cur].data());
+                for (int b = 0; b < nt; ++b)
+                    if (buckets[b].size() < used[b] + size_t(m) + 1)
+                        buckets[b].resize(std::max(2 * buckets[b].size(), used[b] + size_t(m) + 4096));
+                w = buckets[cur].data() + used[cur];
                 const float *p0 = ta[0].data(), *p1 = ta[1].data(), *p2 = ta[2].data();
                 int64_t px = i0[0], py = i0[1], pz = i0[2];
                 int64_t j = 0;
@@ -919,8 +903,11 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
                         pidx = set.insert(cx, cy, cz);
                         pbx = cx; pby = cy; pbz = cz;
                         moved = false;
-                        if (pidx >= 0 && (pidx >> CODE_BUCKET_SHIFT) != cur)
-                            switch_to(pidx >> CODE_BUCKET_SHIFT, m - j + 1);
+                        if (pidx >= 0 && pidx % nt != cur) {
+                            used[cur] = size_t(w - buckets[cur].data());
+                            cur = pidx % nt;
+                            w = buckets[cur].data() + used[cur];
+                        }
                     }
                     if (pidx >= 0) *w++ = uint32_t(pidx) * BRICK_VOX + lin;
                     if (j == m) break;
@@ -941,8 +928,18 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
             }
             used[cur] = size_t(w - buckets[cur].data());
 #pragma omp barrier
+            // Count the listed voxels of the bricks this thread owns.
 #pragma omp master
             ctx->t_walk = omp_get_wtime();
+            for (int src = 0; src < nt; ++src) {
+                const uint32_t* list = ctx->thread_codes[size_t(src) * nt + tid].data();
+                const size_t n_list = ctx->thread_used[size_t(src) * nt + tid];
+                for (size_t q = 0; q < n_list; ++q) {
+                    if (q + 16 < n_list) __builtin_prefetch(cells + list[q + 16], 1);
+                    const uint32_t code = list[q];
+                    if (cells[code]++ == 0) masks[code >> 6] |= uint64_t(1) << (code & 63);
+                }
+            }
             // Add the private near-sensor counts, one thread at a time.
 #pragma omp critical(vx_near_merge)
             for (int nbk = 0; nbk < NEAR_BRICKS; ++nbk) {
@@ -1072,34 +1069,17 @@ static int64_t lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, cons
     if (!ctx->lidar_ready || M != ctx->set.size()) return VX_ERR_STATE;
     ctx->lidar_ready = false;
     uint32_t* cells = ctx->set.cells.data();
-    uint64_t* masks = ctx->set.masks.data();
+    const uint64_t* masks = ctx->set.masks.data();
     const float maxw = p->max_weight, l_hit = p->l_hit, l_miss = p->l_miss, l_min = p->l_min, l_max = p->l_max;
     const float* band_w = ctx->band_w.data();
     const float* band_wt = ctx->band_wt.data();
-    const int n_lists = ctx->n_threads_listed, n_buckets = ctx->n_buckets;
-    const int64_t n_used_buckets = (M + CODE_BUCKET_BRICKS - 1) / CODE_BUCKET_BRICKS;
     int64_t n_touched = 0;
-    // Bucket by bucket of bricks: count the free-space codes the walk listed for it (a band
-    // voxel's cell holds its band index: it only notes that free samples reached it), then every
-    // listed voxel of its bricks once: band voxels take their accumulated TSDF observations, the
-    // others free-space TSDF (+1 per ray); then occupancy. Each cell read is zeroed again.
-#pragma omp parallel for schedule(dynamic, 1) num_threads(std::max(1, nthreads)) reduction(+ : n_touched)
-    for (int64_t k = 0; k < n_used_buckets; ++k) {
-      for (int t = 0; t < n_lists; ++t) {
-        const uint32_t* list = ctx->thread_codes[size_t(t) * n_buckets + k].data();
-        const size_t n_list = ctx->thread_used[size_t(t) * n_buckets + k];
-        for (size_t q = 0; q < n_list; ++q) {
-            if (q + 16 < n_list) __builtin_prefetch(cells + list[q + 16], 1);
-            const uint32_t code = list[q];
-            const uint32_t cell = cells[code];
-            // Branch-free: about half the codes are a voxel's first, an unpredictable branch.
-            masks[code >> 6] |= uint64_t(cell == 0) << (code & 63);
-            cells[code] = (cell & C_BAND) ? (cell | C_BAND_FREE) : cell + 1;
-        }
-      }
-      const int64_t i_end = std::min<int64_t>(M, (k + 1) * CODE_BUCKET_BRICKS);
-      for (int64_t i = k * CODE_BUCKET_BRICKS; i < i_end; ++i) {
-        if (i + PREFETCH_BRICKS < i_end) prefetch_brick(slots[i + PREFETCH_BRICKS], tsdf_a, w_a, occ_a);
+    // Every listed voxel once, brick by brick: band voxels take their accumulated TSDF
+    // observations, the others free-space TSDF (+1 per ray); then occupancy. Each cell read is
+    // zeroed again for the next scan.
+#pragma omp parallel for schedule(dynamic, 16) num_threads(std::max(1, nthreads)) reduction(+ : n_touched)
+    for (int64_t i = 0; i < M; ++i) {
+        if (i + PREFETCH_BRICKS < M) prefetch_brick(slots[i + PREFETCH_BRICKS], tsdf_a, w_a, occ_a);
         uint32_t* c = cells + size_t(i) * BRICK_VOX;
         const uint64_t* mk = masks + size_t(i) * (BRICK_VOX / 64);
         const int64_t base = slots[i] * BRICK_VOX;
@@ -1142,7 +1122,6 @@ static int64_t lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, cons
             brick_summary(slots[i], tsdf_a, w_a, occ_a, summaries->max_occ + node, summaries->min_abs_tsdf + node,
                           summaries->observed + node);
         }
-      }
     }
     ctx->set.cells_dirty = false;                  // every listed cell was zeroed above
     ctx->n_touched = n_touched;
@@ -1162,8 +1141,8 @@ int64_t vx_lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, const Li
 
 // Sizes of the last LiDAR trace: out[0] rays kept, [1] voxels touched, [2] band voxels, [3] bricks;
 // then microseconds spent in: [4] rays, [5] free-space pass, [6] band/hit pass, [7] apply (from the
-// end of the trace, so it includes the caller's allocation, and the counting of the walk's codes);
-// [8] the free-space pass's walk alone (the rest of [5] adds the near-sensor counts).
+// end of the trace, so it includes the caller's allocation); [8] the free-space pass's walk alone
+// (the rest of [5] is its counting).
 void vx_lidar_stats(const VxContext* ctx, int64_t* out) {
     out[4] = int64_t((ctx->t_phase[0] - ctx->t_start) * 1e6);
     out[5] = int64_t((ctx->t_phase[1] - ctx->t_phase[0]) * 1e6);
