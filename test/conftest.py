@@ -106,3 +106,21 @@ def indoor_data(indoor_scene) -> IndoorData:
         d, c, _ = render_rgbd(indoor_scene, SMALL_K, T, IMG_W, IMG_H, depth_noise=True, rng=rng)
         frames.append((d, c, T))
     return IndoorData(indoor_scene, SMALL_K, poses, frames)
+
+
+def far_scene(offset_m: float):
+    """A random density cloud and a camera looking at it, both moved by `offset_m` (whole cells
+    along each axis, so the cells are the same)."""
+    from voxmap_ros.render import VoxelSet, make_camera
+    from voxmap_ros.sim import look_at
+    g = torch.Generator().manual_seed(2)
+    coords = torch.unique(torch.randint(-3, 3, (60, 3), generator=g), dim=0)
+    n = coords.shape[0]
+    lat = torch.round(torch.tensor([offset_m, -offset_m / 2, offset_m / 3], dtype=torch.float64) / 0.1)
+    vs = VoxelSet(coords + lat.long(), torch.zeros(n, dtype=torch.int64),
+                  torch.rand(n, 8, dtype=torch.float64, generator=g) * 30,
+                  torch.rand(n, 3, dtype=torch.float64, generator=g), 0.1)
+    shift = (lat * 0.1).numpy()
+    K = np.array([[12.0, 0, 8], [0, 12.0, 6], [0, 0, 1]])
+    return vs, make_camera(K, look_at(tuple(np.array([0.41, 0.33, -0.72]) + shift), tuple(shift + 0.01)), 16, 12,
+                           0.05, 20.0)

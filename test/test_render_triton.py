@@ -9,6 +9,7 @@ import torch
 
 os.environ.setdefault("TRITON_INTERPRET", "1")     # before the kernels are first loaded (lazily)
 
+from conftest import far_scene  # noqa: E402
 from voxmap_ros.render import VoxelSet, make_camera, render, triton_raster  # noqa: E402
 from voxmap_ros.render.voxels import voxels_from_sdf  # noqa: E402
 from voxmap_ros.sim import look_at  # noqa: E402
@@ -59,6 +60,14 @@ def _compare(vs, cam, field, sharpness=None):
         assert scale > 0
         assert float((ga - gb.double()).abs().max()) < GRAD_RTOL * scale
     return a
+
+
+def test_triton_image_does_not_depend_on_the_distance_from_the_world_origin():
+    """As on the CPU: drawn in camera-centred coordinates, 100 km out equals near the origin."""
+    near, far = (render(*far_scene(off), "density", backend="triton") for off in (0.0, 1e5))
+    assert float(near.alpha.max()) > 0.5
+    assert float((near.alpha - far.alpha).abs().max()) < 1e-5
+    assert torch.equal(near.voxel_id.cpu(), far.voxel_id.cpu())
 
 
 def test_triton_matches_reference_sdf_plane():

@@ -46,6 +46,7 @@ triton at import time.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +131,17 @@ def check_backend(backend: str, device: torch.device | str) -> str:
     return be
 
 
+def _camera_centred(voxels: VoxelSet, camera: Camera) -> tuple[VoxelSet, Camera]:
+    """The same scene with the world origin moved (in float64) to the camera centre. The float32
+    kernels then see coordinates of the size of the view, not of the map: 1 km from the origin,
+    float32 world coordinates cost 2e-3 in alpha, 100 km 0.3 (measured)."""
+    centre = camera.origin.to(torch.float64)
+    T = camera.T_W_C.clone()
+    T[:3, 3] = 0.0
+    return (dataclasses.replace(voxels, origin_m=voxels.origin_m.to("cpu", torch.float64) - centre),
+            dataclasses.replace(camera, T_W_C=T))
+
+
 def render(voxels: VoxelSet, camera: Camera, field: str = "sdf", sharpness: float | None = None,
            samples: int = 2, t_min: float = 1e-4, backend: str = "auto") -> RenderOutput:
     """Draw `voxels` from `camera` (a Camera from make_camera). See the module docstring.
@@ -148,10 +160,10 @@ def render(voxels: VoxelSet, camera: Camera, field: str = "sdf", sharpness: floa
         raw = render_reference(voxels, camera, field, s, samples, t_min)
     elif be == "cpu":
         from . import cpu_fast
-        raw = cpu_fast.render_cpu(voxels, camera, field, s, samples, t_min)
+        raw = cpu_fast.render_cpu(*_camera_centred(voxels, camera), field, s, samples, t_min)
     else:
         from . import triton_raster
-        raw = triton_raster.render_triton(voxels, camera, field, s, samples, t_min)
+        raw = triton_raster.render_triton(*_camera_centred(voxels, camera), field, s, samples, t_min)
     A = raw["alpha"]
     # Elementwise forms: a 640x480 view's depth and normals cost ~6 ms here instead of ~22 ms
     # (torch's reductions over a last dimension of 3 are slow).
