@@ -353,6 +353,30 @@ def test_combine_children_matches_torch_over_pruned_space():
         native.combine_children_cpp(oc, ids + oc.node_key.shape[0], kid_ids)
 
 
+def test_compiled_ancestor_refresh_builds_the_torch_tree():
+    """update_summaries through native.refresh_ancestors_cpp gives bitwise the octree the torch
+    closure gives (same new nodes, same ids, same tables, same summaries), over pruned space and
+    with parents missing (bricks allocated after the last refresh)."""
+    import copy
+    from conftest import assert_same_state, octree_state
+    rng = np.random.default_rng(6)
+    p = fusion_params(0.1)
+    oc = SparseVoxelOctree(0.1, initial_bricks=16, free_logodds=-1.5)
+    for T in lidar_poses(3, rng):
+        oc.mark_stale(native.integrate_lidar_cpp(oc, lidar_scan(T, rng), torch.from_numpy(T), p))
+    assert oc.prune_free(-0.3) > 0
+    T = lidar_poses(1, rng)[0]
+    T[:3, 3] += 40.0                                      # new ground: its parents do not exist yet
+    slots = native.integrate_lidar_cpp(oc, lidar_scan(T, rng), torch.from_numpy(T), p)
+    n_nodes = len(oc.table)
+    ref = copy.deepcopy(oc)
+    ref.update_summaries(slots)
+    oc.use_kernels(refresh_ancestors=native.refresh_ancestors_cpp)
+    oc.update_summaries(slots)
+    assert len(oc.table) > n_nodes                        # new parents were created
+    assert_same_state(octree_state(ref), octree_state(oc))
+
+
 def test_bricks_free_matches_torch():
     """The prune test (every voxel observed free) of the compiled twin equals the torch one, on a
     LiDAR map that has both free and surface bricks, at thresholds on either side of the data."""

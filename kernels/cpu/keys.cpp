@@ -7,7 +7,9 @@
 //
 // Plain C ABI over raw pointers, loaded by voxmap_ros/core/native.py with ctypes (built together
 // with fusion.cpp and mesh.cpp into one library).
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace {
 
@@ -37,6 +39,20 @@ inline int64_t compact3(int64_t v) {                  // morton._compact3
     return v;
 }
 
+constexpr int64_t BIT17 = int64_t(0b111) << (3 * 17);   // morton._BIT17 / _BIT18
+constexpr int64_t BIT18 = int64_t(0b111) << (3 * 18);
+
+inline int64_t parent_key(int64_t k) {                // morton.parent
+    int64_t m = (k & MORTON_MASK) >> 3;
+    m = (m ^ BIT17) | ((m & BIT17) << 3);
+    return m | (((k >> LEVEL_SHIFT) + 1) << LEVEL_SHIFT);
+}
+
+inline int64_t first_child_key(int64_t k) {           // morton.children(k)[0]; + c for child c
+    const int64_t m = ((k & MORTON_MASK) ^ BIT17) & ~BIT18;
+    return (m << 3) | (((k >> LEVEL_SHIFT) - 1) << LEVEL_SHIFT);
+}
+
 inline int64_t home_slot(int64_t key, int bits) {     // hashtable.hash_slots (keys >= 0)
     uint64_t k = uint64_t(key ^ ((key >> 29) & ((int64_t(1) << 35) - 1)));
     k *= 0x9E3779B97F4A7C15ull;                       // wraps mod 2^64 like the int64 product
@@ -46,6 +62,9 @@ inline int64_t home_slot(int64_t key, int bits) {     // hashtable.hash_slots (k
 }  // namespace
 
 extern "C" {
+
+void vx_combine_children(const int64_t* ids, const int64_t* kid_ids, int64_t n, const uint8_t* free_mask,
+                         float free_logodds, float* max_occ, float* min_abs_tsdf, uint8_t* observed);
 
 // coords (n, 3) int64 node coordinates, levels (n,) int64 or null (then `level` for all) ->
 // keys (n,) int64, as morton.encode.
@@ -72,15 +91,12 @@ void vx_morton_decode(const int64_t* keys, int64_t n, int64_t* coords, int64_t* 
 // keys (n,) int64 -> out (n, levels_up + 1) int64, column j the ancestor j levels up, as
 // morton.ancestors (parent: floor-halve each coordinate, level + 1; see morton._parent_word).
 void vx_morton_ancestors(const int64_t* keys, int64_t n, int64_t levels_up, int64_t* out) {
-    constexpr int64_t BIT17 = int64_t(0b111) << (3 * 17);
     for (int64_t i = 0; i < n; ++i) {
         int64_t k = keys[i];
         int64_t* row = out + i * (levels_up + 1);
         row[0] = k;
         for (int64_t j = 1; j <= levels_up; ++j) {
-            int64_t m = (k & MORTON_MASK) >> 3;
-            m = (m ^ BIT17) | ((m & BIT17) << 3);
-            k = m | (((k >> LEVEL_SHIFT) + 1) << LEVEL_SHIFT);
+            k = parent_key(k);
             row[j] = k;
         }
     }
@@ -101,6 +117,70 @@ void vx_hash_find(const int64_t* table_keys, int bits, const int64_t* keys, int6
         }
         out[i] = found;
     }
+}
+
+// The hash table as HashTable holds it: the table inserts go to and, while it migrates, the one it
+// migrates from (old_keys null when none).
+struct Tables {
+    const int64_t* new_keys;
+    const int32_t* new_values;
+    int new_bits;
+    const int64_t* old_keys;
+    const int32_t* old_values;
+    int old_bits;
+};
+
+static int32_t table_value(const Tables& t, int64_t key) {     // HashTable.lookup of one key
+    int64_t s;
+    vx_hash_find(t.new_keys, t.new_bits, &key, 1, &s);
+    if (s >= 0) return t.new_values[s];
+    if (!t.old_keys) return -1;
+    vx_hash_find(t.old_keys, t.old_bits, &key, 1, &s);
+    return s >= 0 ? t.old_values[s] : -1;
+}
+
+// First half of SparseVoxelOctree._refresh_closure for brick slots (n,) int64 (repeats, -1 and
+// dead slots skipped; every slot < cap): the keys of all their ancestors up to level `levels`,
+// distinct, sorted (so level by level, bottom-up), in out_keys (room for n * levels), and each
+// one's node id or -1 where the node does not exist yet, in out_ids. Returns the count.
+int64_t vx_closure_keys(const int64_t* slots, int64_t n, const uint8_t* alive, const int32_t* brick_node,
+                        const int64_t* node_key, int levels, const int64_t* new_keys, const int32_t* new_values,
+                        int new_bits, const int64_t* old_keys, const int32_t* old_values, int old_bits,
+                        int64_t* out_keys, int64_t* out_ids) {
+    const Tables t{new_keys, new_values, new_bits, old_keys, old_values, old_bits};
+    std::vector<int64_t> level;
+    level.reserve(size_t(n));
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t s = slots[i];
+        if (s >= 0 && alive[s]) level.push_back(parent_key(node_key[brick_node[s]]));
+    }
+    int64_t count = 0;
+    for (int l = 1; l <= levels && !level.empty(); ++l) {
+        std::sort(level.begin(), level.end());
+        level.erase(std::unique(level.begin(), level.end()), level.end());
+        for (const int64_t k : level) {
+            out_keys[count] = k;
+            out_ids[count] = table_value(t, k);
+            ++count;
+        }
+        for (int64_t& k : level) k = parent_key(k);
+    }
+    return count;
+}
+
+// Second half: the children of keys (n,) (node ids ids (n,)) are looked up in the tables and
+// combined (vx_combine_children) in the order given.
+void vx_closure_refresh(const int64_t* keys, const int64_t* ids, int64_t n, const int64_t* new_keys,
+                        const int32_t* new_values, int new_bits, const int64_t* old_keys, const int32_t* old_values,
+                        int old_bits, const uint8_t* free_mask, float free_logodds, float* max_occ,
+                        float* min_abs_tsdf, uint8_t* observed) {
+    const Tables t{new_keys, new_values, new_bits, old_keys, old_values, old_bits};
+    std::vector<int64_t> kids(size_t(8) * size_t(n));
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t c0 = first_child_key(keys[i]);
+        for (int c = 0; c < 8; ++c) kids[size_t(8 * i + c)] = table_value(t, c0 | c);
+    }
+    vx_combine_children(ids, kids.data(), n, free_mask, free_logodds, max_occ, min_abs_tsdf, observed);
 }
 
 // hashtable._Table.insert_absent: unique keys (n,) known to be absent go in with values (n,) int32,

@@ -194,6 +194,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vx_lidar_stats": ([P, P], V),
         "vx_brick_summaries": ([P, I64, P, P, P, P, P, P, I], V),
         "vx_combine_children": ([P, P, I64, P, ctypes.c_float, P, P, P], V),
+        "vx_closure_keys": ([P, I64, P, P, P, I, P, P, I, P, P, I, P, P], I64),
+        "vx_closure_refresh": ([P, P, I64, P, P, I, P, P, I, P, ctypes.c_float, P, P, P], V),
         "vx_hash_find": ([P, I, P, I64, P], V),
         "vx_hash_insert_absent": ([P, P, I, P, P, I64, P, P], I64),
         "vx_morton_encode": ([P, I64, P, I64, P], V),
@@ -487,6 +489,46 @@ def combine_children_cpp(octree, ids: torch.Tensor, kid_ids: torch.Tensor) -> No
     lib.vx_combine_children(ids.data_ptr(), kid_ids.data_ptr(), ids.numel(), octree.node_free_mask.data_ptr(),
                             float(octree.free_logodds), octree.node_max_occ.data_ptr(),
                             octree.node_min_abs_tsdf.data_ptr(), octree.node_observed.data_ptr())
+
+
+def _tables(octree) -> tuple:
+    """The octree's hash table(s) as vx_closure_* take them: new keys, values, bits, then the
+    table being migrated from (null pointers when none)."""
+    new, old = octree.table._new, octree.table._old
+    out = []
+    for t in (new, old):
+        if t is None:
+            out += [None, None, 0]
+            continue
+        _check_tensor("table keys", t.keys, (torch.int64,), (1 << t.bits,))
+        _check_tensor("table values", t.values, (torch.int32,), (1 << t.bits,))
+        out += [t.keys.data_ptr(), t.values.data_ptr(), t.bits]
+    return tuple(out)
+
+
+def refresh_ancestors_cpp(octree, slots: torch.Tensor) -> None:
+    """Compiled SparseVoxelOctree._refresh_closure for the parents of brick slots (N,) int64 of
+    a CPU octree (dead slots skipped): every ancestor's summary recomputed, bottom-up,
+    creating missing nodes (through the octree, between the two compiled halves)."""
+    slots = _checked_slots(octree, slots)
+    _check_tensor("octree.node_key", octree.node_key, (torch.int64,), (octree.node_free_mask.shape[0],))
+    lib, _ = _lib()
+    n = slots.numel()
+    if n == 0:
+        return
+    keys = torch.empty(n * octree.levels, dtype=torch.int64)
+    ids = torch.empty(n * octree.levels, dtype=torch.int64)
+    m = lib.vx_closure_keys(slots.data_ptr(), n, octree.brick_alive.data_ptr(), octree.brick_node.data_ptr(),
+                            octree.node_key.data_ptr(), octree.levels, *_tables(octree), keys.data_ptr(),
+                            ids.data_ptr())
+    keys, ids = keys[:m], ids[:m]
+    missing = ids < 0
+    if bool(missing.any()):
+        ids[missing] = octree._ensure_nodes(keys[missing])
+        _check_octree(octree)                       # node pools may have grown
+    lib.vx_closure_refresh(keys.data_ptr(), ids.data_ptr(), m, *_tables(octree), octree.node_free_mask.data_ptr(),
+                           float(octree.free_logodds), octree.node_max_occ.data_ptr(),
+                           octree.node_min_abs_tsdf.data_ptr(), octree.node_observed.data_ptr())
 
 
 def hash_find_cpp(table_keys: torch.Tensor, bits: int, keys: torch.Tensor) -> torch.Tensor:

@@ -119,6 +119,7 @@ class SparseVoxelOctree:
         self.free_logodds = float(free_logodds)
         self.brick_summaries = None       # see use_kernels
         self._combine_kernel = None
+        self._ancestors_kernel = None
         self._bricks_free_kernel = None
         self._stale: list[torch.Tensor] = []     # slots whose summaries wait for flush_summaries
         self._stale_parents: list[torch.Tensor] = []   # slots whose own summaries are fresh, not their parents'
@@ -152,13 +153,16 @@ class SparseVoxelOctree:
         return new
 
     def use_kernels(self, brick_summaries=None, hash_find=None, bricks_free=None, hash_insert=None,
-                    combine_children=None) -> None:
+                    combine_children=None, refresh_ancestors=None) -> None:
         """Use compiled twins for the bookkeeping: `brick_summaries` / `combine_children` with the
         signatures of brick_summaries_torch / combine_children_torch, `hash_find` / `hash_insert`
         those of native.hash_find_cpp / hash_insert_absent_cpp, `bricks_free` that of
-        bricks_free_torch (with the octree first). None = pure torch."""
+        bricks_free_torch (with the octree first), `refresh_ancestors` that of
+        native.refresh_ancestors_cpp (the ancestors of brick slots, as _refresh_closure of their
+        parents). None = pure torch."""
         self.brick_summaries = brick_summaries
         self._combine_kernel = combine_children
+        self._ancestors_kernel = refresh_ancestors
         self.table.use_kernels(hash_find, hash_insert)
         self._bricks_free_kernel = bricks_free
 
@@ -457,7 +461,9 @@ class SparseVoxelOctree:
             self.node_observed[nodes] = observed
         if parents_only is not None and parents_only.numel():
             slots = torch.cat([slots, self._valid_slots(parents_only)])
-        if slots.numel():
+        if slots.numel() and self._ancestors_kernel is not None:
+            self._ancestors_kernel(self, slots)
+        elif slots.numel():
             self._refresh_ancestors(morton.parent(self.node_key[self.brick_node[slots].long()]), drop_empty=False)
 
     def _refresh_ancestors(self, parent_keys: torch.Tensor, drop_empty: bool) -> None:
