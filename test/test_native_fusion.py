@@ -170,6 +170,16 @@ def assert_maps_match(a: SparseVoxelOctree, b: SparseVoxelOctree) -> None:
         assert frac <= MAX_DIFF_FRACTION, f"{name}: {int(bad.sum())} of {n_obs} observed voxels differ"
 
 
+def assert_kernel_summaries_fresh(oc: SparseVoxelOctree) -> None:
+    """The kernels wrote each changed brick's own summary as they updated it: every brick's node
+    holds the summary of its final voxels, as a separate pass computes it."""
+    slots = oc.alive_slots()
+    nodes = oc.brick_node[slots].long()
+    for got, want in zip((oc.node_max_occ[nodes], oc.node_min_abs_tsdf[nodes], oc.node_observed[nodes]),
+                         brick_summaries_torch(oc, slots)):
+        assert torch.equal(got, want)
+
+
 # ------------------------------------------------------------------------------------ tests
 @pytest.mark.parametrize("depth_weighting,threads,pixel_round", [(False, 1, 0.5), (True, 2, 0.0)])
 def test_rgbd_matches_torch(depth_weighting, threads, pixel_round, kernel_threads):
@@ -190,6 +200,7 @@ def test_rgbd_matches_torch(depth_weighting, threads, pixel_round, kernel_thread
     assert a.num_bricks > 50
     assert (a.attrs["weight"][a.brick_alive] > 0).sum() > 10_000
     assert_maps_match(a, b)
+    assert_kernel_summaries_fresh(b)
 
 
 @pytest.fixture
@@ -250,13 +261,7 @@ def test_lidar_matches_torch(free_space, threads, kernel_threads):
     if free_space:
         assert (a.attrs["occ"][a.brick_alive] < 0).sum() > 5_000    # misses
     assert_maps_match(a, b)
-    # The kernel wrote each touched brick's own summary as it applied the scan: they are the
-    # summaries of the final voxels, as a separate pass computes them.
-    slots = b.alive_slots()
-    nodes = b.brick_node[slots].long()
-    for got, want in zip((b.node_max_occ[nodes], b.node_min_abs_tsdf[nodes], b.node_observed[nodes]),
-                         brick_summaries_torch(b, slots)):
-        assert torch.equal(got, want)
+    assert_kernel_summaries_fresh(b)
 
 
 def test_lidar_edge_cases():

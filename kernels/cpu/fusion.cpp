@@ -424,6 +424,79 @@ void vx_copy_bricks(const VxContext* ctx, int64_t* out) {
     for (int32_t i = 0; i < 3 * n; ++i) out[i] = ctx->set.coords[i];
 }
 
+// ----------------------------------------------------------------------------------------- summaries
+namespace {
+
+// Bricks sit at scattered slots of the pools, 1 KB per attribute: a loop over bricks asks for the
+// one this many places ahead (48 cache lines) so that its memory latency overlaps the work.
+constexpr int64_t PREFETCH_BRICKS = 4;
+
+inline void prefetch_brick(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a) {
+    for (int off = 0; off < BRICK_VOX; off += 32) {        // 32 halves per 64-byte line
+        __builtin_prefetch(tsdf_a + s * BRICK_VOX + off, 1);
+        __builtin_prefetch(w_a + s * BRICK_VOX + off, 1);
+        __builtin_prefetch(occ_a + s * BRICK_VOX + off, 1);
+    }
+}
+
+// TSDF, weight and occupancy of brick slot s as float32.
+inline void load_brick(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a, float* tw, float* ww,
+                       float* ow) {
+    half_to_float(tsdf_a + s * BRICK_VOX, tw, BRICK_VOX);
+    half_to_float(w_a + s * BRICK_VOX, ww, BRICK_VOX);
+    half_to_float(occ_a + s * BRICK_VOX, ow, BRICK_VOX);
+}
+
+// Summary of brick slot s (brick_summaries_torch): max occupancy over seen voxels (w > 0 or
+// occ != 0; -inf if none), min |tsdf| over w > 0 (1 if none), and whether any voxel was seen.
+inline void brick_summary(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a, float* max_occ,
+                          float* min_abs_tsdf, uint8_t* observed) {
+    const half_t* ts = tsdf_a + s * BRICK_VOX;
+    const half_t* ws = w_a + s * BRICK_VOX;
+    const half_t* os = occ_a + s * BRICK_VOX;
+    float mo = -INFINITY, mt = 1.0f;
+    int seen_any = 0;
+#if defined(__F16C__) && defined(__AVX__)
+    // Eight voxels per step straight from the halves (the compiler's version of the loop below
+    // spilled its lane arrays and ran ~5x slower). max_ps(a, b) is a > b ? a : b, min_ps a < b ? a : b.
+    const __m256 neg_inf = _mm256_set1_ps(-INFINITY), one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 mo8 = neg_inf, mt8 = one, seen8 = zero;
+    for (int i = 0; i < BRICK_VOX; i += 8) {
+        const __m256 t = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ts + i)));
+        const __m256 w = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ws + i)));
+        const __m256 o = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(os + i)));
+        const __m256 weighted = _mm256_cmp_ps(w, zero, _CMP_GT_OQ);
+        const __m256 seen = _mm256_or_ps(weighted, _mm256_cmp_ps(o, zero, _CMP_NEQ_UQ));
+        mo8 = _mm256_max_ps(mo8, _mm256_blendv_ps(neg_inf, o, seen));
+        mt8 = _mm256_min_ps(mt8, _mm256_blendv_ps(one, _mm256_and_ps(t, abs_mask), weighted));
+        seen8 = _mm256_or_ps(seen8, seen);
+    }
+    alignas(32) float mo_l[8], mt_l[8];
+    _mm256_store_ps(mo_l, mo8);
+    _mm256_store_ps(mt_l, mt8);
+    for (int j = 0; j < 8; ++j) {
+        mo = std::max(mo, mo_l[j]);
+        mt = std::min(mt, mt_l[j]);
+    }
+    seen_any = _mm256_movemask_ps(seen8) != 0;
+#else
+    for (int lin = 0; lin < BRICK_VOX; ++lin) {
+        const float w = float(ws[lin]), o = float(os[lin]);
+        const bool weighted = w > 0.0f;
+        const bool seen = weighted | (o != 0.0f);
+        if (seen) mo = std::max(mo, o);
+        if (weighted) mt = std::min(mt, std::fabs(float(ts[lin])));
+        seen_any |= int(seen);
+    }
+#endif
+    *max_occ = mo;
+    *min_abs_tsdf = mt;
+    *observed = seen_any ? 1 : 0;
+}
+
+}  // namespace
+
 // ----------------------------------------------------------------------------------------- RGB-D
 // Unique brick coordinates of the truncation band (rgbd_band_brick_coords). depth (H, W) float32.
 // Returns M >= 0 (fetch with vx_copy_bricks) or a negative error.
@@ -548,7 +621,7 @@ int64_t vx_rgbd_clearing(VxContext* ctx, const uint8_t* alive, const int32_t* co
 static int64_t rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M, const int32_t* coord,
                        const float* depth, const uint8_t* rgb, int64_t H, int64_t W, const double* T12,
                        const RgbdParams* p, half_t* tsdf_a, half_t* w_a, uint8_t* col_a, half_t* occ_a,
-                       int nthreads) {
+                       const NodeSummaries* summaries, int nthreads) {
     std::vector<int64_t>& slots = ctx->visited;
     slots.assign(band_slots, band_slots + M);
     slots.insert(slots.end(), ctx->clearing.begin(), ctx->clearing.end());
@@ -649,96 +722,33 @@ static int64_t rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M,
             float_to_half(tw, ts, BRICK_VOX);
             float_to_half(ww, ws, BRICK_VOX);
             float_to_half(ow, os, BRICK_VOX);
+            if (summaries) {               // from the halves just written (still in L1)
+                const int64_t node = summaries->brick_node[s];
+                brick_summary(s, tsdf_a, w_a, occ_a, summaries->max_occ + node, summaries->min_abs_tsdf + node,
+                              summaries->observed + node);
+            }
         }
     }
     return n;
 }
 
+// With brick_node non-null (and the node arrays, as vx_lidar_apply takes them), every brick the
+// update changes gets its summary written; a visited brick it leaves unchanged keeps its own.
 int64_t vx_rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M, const int32_t* coord,
                        const float* depth, const uint8_t* rgb, int64_t H, int64_t W, const double* T12,
                        const RgbdParams* p, half_t* tsdf_a, half_t* w_a, uint8_t* col_a, half_t* occ_a,
-                       int nthreads) {
+                       const int32_t* brick_node, float* node_max_occ, float* node_min_abs_tsdf,
+                       uint8_t* node_observed, int nthreads) {
+    const NodeSummaries sm{brick_node, node_max_occ, node_min_abs_tsdf, node_observed};
     return guarded([&] {
-        return rgbd_update(ctx, band_slots, M, coord, depth, rgb, H, W, T12, p, tsdf_a, w_a, col_a, occ_a, nthreads);
+        return rgbd_update(ctx, band_slots, M, coord, depth, rgb, H, W, T12, p, tsdf_a, w_a, col_a, occ_a,
+                           brick_node ? &sm : nullptr, nthreads);
     });
 }
 
 void vx_copy_visited(const VxContext* ctx, int64_t* out) {
     std::copy(ctx->visited.begin(), ctx->visited.end(), out);
 }
-
-// ----------------------------------------------------------------------------------------- summaries
-namespace {
-
-// Bricks sit at scattered slots of the pools, 1 KB per attribute: a loop over bricks asks for the
-// one this many places ahead (48 cache lines) so that its memory latency overlaps the work.
-constexpr int64_t PREFETCH_BRICKS = 4;
-
-inline void prefetch_brick(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a) {
-    for (int off = 0; off < BRICK_VOX; off += 32) {        // 32 halves per 64-byte line
-        __builtin_prefetch(tsdf_a + s * BRICK_VOX + off, 1);
-        __builtin_prefetch(w_a + s * BRICK_VOX + off, 1);
-        __builtin_prefetch(occ_a + s * BRICK_VOX + off, 1);
-    }
-}
-
-// TSDF, weight and occupancy of brick slot s as float32.
-inline void load_brick(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a, float* tw, float* ww,
-                       float* ow) {
-    half_to_float(tsdf_a + s * BRICK_VOX, tw, BRICK_VOX);
-    half_to_float(w_a + s * BRICK_VOX, ww, BRICK_VOX);
-    half_to_float(occ_a + s * BRICK_VOX, ow, BRICK_VOX);
-}
-
-// Summary of brick slot s (brick_summaries_torch): max occupancy over seen voxels (w > 0 or
-// occ != 0; -inf if none), min |tsdf| over w > 0 (1 if none), and whether any voxel was seen.
-inline void brick_summary(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a, float* max_occ,
-                          float* min_abs_tsdf, uint8_t* observed) {
-    const half_t* ts = tsdf_a + s * BRICK_VOX;
-    const half_t* ws = w_a + s * BRICK_VOX;
-    const half_t* os = occ_a + s * BRICK_VOX;
-    float mo = -INFINITY, mt = 1.0f;
-    int seen_any = 0;
-#if defined(__F16C__) && defined(__AVX__)
-    // Eight voxels per step straight from the halves (the compiler's version of the loop below
-    // spilled its lane arrays and ran ~5x slower). max_ps(a, b) is a > b ? a : b, min_ps a < b ? a : b.
-    const __m256 neg_inf = _mm256_set1_ps(-INFINITY), one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-    __m256 mo8 = neg_inf, mt8 = one, seen8 = zero;
-    for (int i = 0; i < BRICK_VOX; i += 8) {
-        const __m256 t = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ts + i)));
-        const __m256 w = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ws + i)));
-        const __m256 o = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(os + i)));
-        const __m256 weighted = _mm256_cmp_ps(w, zero, _CMP_GT_OQ);
-        const __m256 seen = _mm256_or_ps(weighted, _mm256_cmp_ps(o, zero, _CMP_NEQ_UQ));
-        mo8 = _mm256_max_ps(mo8, _mm256_blendv_ps(neg_inf, o, seen));
-        mt8 = _mm256_min_ps(mt8, _mm256_blendv_ps(one, _mm256_and_ps(t, abs_mask), weighted));
-        seen8 = _mm256_or_ps(seen8, seen);
-    }
-    alignas(32) float mo_l[8], mt_l[8];
-    _mm256_store_ps(mo_l, mo8);
-    _mm256_store_ps(mt_l, mt8);
-    for (int j = 0; j < 8; ++j) {
-        mo = std::max(mo, mo_l[j]);
-        mt = std::min(mt, mt_l[j]);
-    }
-    seen_any = _mm256_movemask_ps(seen8) != 0;
-#else
-    for (int lin = 0; lin < BRICK_VOX; ++lin) {
-        const float w = float(ws[lin]), o = float(os[lin]);
-        const bool weighted = w > 0.0f;
-        const bool seen = weighted | (o != 0.0f);
-        if (seen) mo = std::max(mo, o);
-        if (weighted) mt = std::min(mt, std::fabs(float(ts[lin])));
-        seen_any |= int(seen);
-    }
-#endif
-    *max_occ = mo;
-    *min_abs_tsdf = mt;
-    *observed = seen_any ? 1 : 0;
-}
-
-}  // namespace
 
 // ----------------------------------------------------------------------------------------- LiDAR
 // Phase 1: rays (lidar_rays), every free / band / hit sample (lidar_samples), per-voxel cells

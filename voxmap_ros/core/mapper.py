@@ -222,7 +222,7 @@ class Mapper:
             if rgbd is not None and lidar is not None and lidar[0].shape[0] > 0:
                 integrate.check_lidar_extent(*lidar, self.params, span_limit=self._backend != "cpp")
             if rgbd is not None:
-                visited.append(self._integrate_rgbd(*rgbd))
+                (summarised if self._backend == "cpp" else visited).append(self._integrate_rgbd(*rgbd))
             if lidar is not None and lidar[0].shape[0] > 0:
                 (summarised if self._backend == "cpp" else visited).append(self._integrate_lidar(*lidar))
         except ValueError:
@@ -247,6 +247,7 @@ class Mapper:
         return int(slots.numel())
 
     def _integrate_rgbd(self, depth_m, rgb, K, T):
+        """Visited brick slots; the compiled kernel also refreshes the own summaries of those it changes."""
         if self._backend == "cpp":
             from . import native
             return native.integrate_rgbd_cpp(self.octree, depth_m, rgb, K, T, self.params)

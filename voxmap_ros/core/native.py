@@ -186,7 +186,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vx_copy_bricks": ([P, P], V),
         "vx_rgbd_band": ([P, P, I64, I64, P, P, I], I64),
         "vx_rgbd_clearing": ([P, P, P, I64, P, I64, I64, P, P, I], I64),
-        "vx_rgbd_update": ([P, P, I64, P, P, P, I64, I64, P, P, P, P, P, P, I], I64),
+        "vx_rgbd_update": ([P, P, I64, P, P, P, I64, I64, P, P, P, P, P, P, P, P, P, P, I], I64),
         "vx_copy_visited": ([P, P], V),
         "vx_lidar_trace": ([P, P, I64, P, P, I], I64),
         "vx_lidar_apply": ([P, P, I64, P, P, P, P, P, P, P, P, I], I64),
@@ -340,10 +340,11 @@ def _lidar_params(p) -> _LidarParams:
 
 # ---------------------------------------------------------------------------------- kernels
 def integrate_rgbd_cpp(octree, depth_m: torch.Tensor, rgb: torch.Tensor | None, K: torch.Tensor,
-                       T_W_C: torch.Tensor, p) -> torch.Tensor:
+                       T_W_C: torch.Tensor, p, brick_summaries: bool = True) -> torch.Tensor:
     """Compiled twin of integrate.integrate_rgbd_torch. depth_m (H, W) float32 metres (0/NaN = no
     reading), rgb (H, W, 3) uint8 or None, K (3, 3) float, T_W_C (4, 4) float; all CPU, contiguous.
-    Returns the visited brick slots (M,) int64, sorted."""
+    Returns the visited brick slots (M,) int64, sorted. With `brick_summaries`, every brick the
+    frame changes gets its own node summary written as it is updated (as integrate_lidar_cpp)."""
     _check_tensor("depth_m", depth_m, (torch.float32,), (None, None))
     H, W = depth_m.shape
     if rgb is not None:
@@ -380,12 +381,18 @@ def integrate_rgbd_cpp(octree, depth_m: torch.Tensor, rgb: torch.Tensor | None, 
         n = lib.vx_rgbd_update(ctx, slots.data_ptr(), slots.numel(), octree.brick_coord.data_ptr(),
                                depth_m.data_ptr(), _ptr(rgb), H, W, T12, ctypes.byref(prm),
                                a["tsdf"].data_ptr(), a["weight"].data_ptr(),
-                               a["color"].data_ptr() if rgb is not None else None, a["occ"].data_ptr(), nt)
+                               a["color"].data_ptr() if rgb is not None else None, a["occ"].data_ptr(),
+                               *map(_ptr, _node_summaries(octree) if brick_summaries else (None,) * 4), nt)
         out = torch.empty(n, dtype=torch.int64)
         if n:
             lib.vx_copy_visited(ctx, out.data_ptr())
         clock.tick("rgbd_update")
     return out
+
+
+def _node_summaries(octree) -> tuple:
+    """Where the fusion kernels write brick summaries: brick_node and the node summary pools."""
+    return octree.brick_node, octree.node_max_occ, octree.node_min_abs_tsdf, octree.node_observed
 
 
 def integrate_lidar_cpp(octree, points: torch.Tensor, T_W_L: torch.Tensor, p,
@@ -416,8 +423,7 @@ def integrate_lidar_cpp(octree, points: torch.Tensor, T_W_L: torch.Tensor, p,
         clock.tick("lidar_allocate")
         _check_octree(octree)
         a = octree.attrs
-        nodes = ((octree.brick_node, octree.node_max_occ, octree.node_min_abs_tsdf, octree.node_observed)
-                 if brick_summaries else (None,) * 4)
+        nodes = _node_summaries(octree) if brick_summaries else (None,) * 4
         n = lib.vx_lidar_apply(ctx, slots.data_ptr(), m, ctypes.byref(prm), a["tsdf"].data_ptr(),
                                a["weight"].data_ptr(), a["occ"].data_ptr(), *map(_ptr, nodes), nt)
         if n < 0:
