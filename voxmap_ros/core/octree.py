@@ -428,7 +428,7 @@ class SparseVoxelOctree:
 
     def mark_parents_stale(self, slots: torch.Tensor) -> None:
         """Like mark_stale, for brick slots (N,) int64 whose own summaries the caller has already
-        brought up to date (native.integrate_lidar_cpp does): only their ancestors wait."""
+        brought up to date (the compiled RGB-D and LiDAR kernels do): only their ancestors wait."""
         if slots.numel():
             self._stale_parents.append(slots.to(self.device, torch.int64))
             if len(self._stale_parents) >= STALE_COMPACT_CALLS:
