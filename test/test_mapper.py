@@ -447,12 +447,17 @@ def test_lidar_kernel_summaries_equal_a_full_refresh(indoor_data, indoor_scene):
     if not native.available():
         pytest.skip(f"compiled kernels unavailable: {native.unavailable_reason()}")
     m = Mapper(make_config(0.05, map__backend="cpp", map__reserve_bricks=0))
+    o = m.octree
     for i, (d, c, T) in enumerate(indoor_data.frames[:6]):
         pts = scan_lidar(indoor_scene, T, beams=8, hfov_samples=128)
+        pending, n_fresh = o.summaries_pending, len(o._stale_parents)
         m.integrate(Frame(T, depth=d if i % 2 else None, rgb=c if i % 2 else None, K=indoor_data.K, points=pts))
+        # Right after a query the kernels write the bricks' own summaries (only ancestors wait);
+        # with notes still pending, nothing read them: the refresh is left to the next query.
+        assert (len(o._stale_parents) > n_fresh) == (not pending), i
         if i == 2:
-            m.octree.flush_summaries()
-    assert m.octree._stale_parents, "LiDAR bricks wait for their ancestors only"
+            o.flush_summaries()
+    assert o._stale_parents and o._stale, "both kinds of notes were taken"
     m.octree.flush_summaries()
     got = _summaries_by_key(m.octree)
     m.octree.update_summaries(m.octree.alive_slots())

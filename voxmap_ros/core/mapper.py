@@ -208,6 +208,11 @@ class Mapper:
         t0 = time.perf_counter()
         rgbd = lidar = None
         visited, summarised = [], []           # summarised: slots whose own summaries are fresh
+        # The compiled kernels can write their bricks' summaries while the bricks are in cache
+        # (cheaper than a later pass over them), which pays when summaries are read after every
+        # frame. When nothing read them since the last frame, later frames will likely rewrite
+        # the same bricks before the next query: leave the summaries to that query (lazy).
+        fuse = self._backend == "cpp" and not self.octree.summaries_pending
         try:
             if not isinstance(frame, Frame):
                 raise ValueError(f"integrate() takes a voxmap_ros.types.Frame, got {type(frame).__name__}")
@@ -222,9 +227,9 @@ class Mapper:
             if rgbd is not None and lidar is not None and lidar[0].shape[0] > 0:
                 integrate.check_lidar_extent(*lidar, self.params, span_limit=self._backend != "cpp")
             if rgbd is not None:
-                (summarised if self._backend == "cpp" else visited).append(self._integrate_rgbd(*rgbd))
+                (summarised if fuse else visited).append(self._integrate_rgbd(*rgbd, fuse))
             if lidar is not None and lidar[0].shape[0] > 0:
-                (summarised if self._backend == "cpp" else visited).append(self._integrate_lidar(*lidar))
+                (summarised if fuse else visited).append(self._integrate_lidar(*lidar, fuse))
         except ValueError:
             self.stats.frames_rejected += 1
             raise
@@ -246,21 +251,23 @@ class Mapper:
         self.stats.ms_per_frame.append((time.perf_counter() - t0) * 1000.0)
         return int(slots.numel())
 
-    def _integrate_rgbd(self, depth_m, rgb, K, T):
-        """Visited brick slots; the compiled kernel also refreshes the own summaries of those it changes."""
+    def _integrate_rgbd(self, depth_m, rgb, K, T, summaries: bool):
+        """Visited brick slots; with `summaries` (compiled kernel only) it also refreshes the own
+        summaries of those it changes."""
         if self._backend == "cpp":
             from . import native
-            return native.integrate_rgbd_cpp(self.octree, depth_m, rgb, K, T, self.params)
+            return native.integrate_rgbd_cpp(self.octree, depth_m, rgb, K, T, self.params, summaries)
         if self._backend == "triton":
             from . import triton_fusion
             return triton_fusion.integrate_rgbd_triton(self.octree, depth_m, rgb, K, T, self.params)
         return integrate.integrate_rgbd_torch(self.octree, depth_m, rgb, K, T, self.params)
 
-    def _integrate_lidar(self, points, T):
-        """Touched brick slots; the compiled kernel also refreshes their own summaries."""
+    def _integrate_lidar(self, points, T, summaries: bool):
+        """Touched brick slots; with `summaries` (compiled kernel only) it also refreshes their
+        own summaries."""
         if self._backend == "cpp":
             from . import native
-            return native.integrate_lidar_cpp(self.octree, points, T, self.params)
+            return native.integrate_lidar_cpp(self.octree, points, T, self.params, summaries)
         return integrate.integrate_lidar_torch(self.octree, points, T, self.params)
 
     # ------------------------------------------------------------------ memory control

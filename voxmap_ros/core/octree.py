@@ -434,6 +434,11 @@ class SparseVoxelOctree:
             if len(self._stale_parents) >= STALE_COMPACT_CALLS:
                 self._stale_parents = [torch.unique(torch.cat(self._stale_parents))]
 
+    @property
+    def summaries_pending(self) -> bool:
+        """Whether bricks are noted (mark_stale / mark_parents_stale) for the next flush."""
+        return bool(self._stale or self._stale_parents)
+
     def flush_summaries(self) -> None:
         """Refresh the summaries noted by mark_stale / mark_parents_stale."""
         if self._stale or self._stale_parents:
