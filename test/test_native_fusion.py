@@ -327,12 +327,11 @@ def test_brick_summaries_match_octree():
     assert torch.equal(ob, oc.node_observed[nodes])
 
 
-def test_combine_children_matches_torch_over_pruned_space():
-    """Parent summaries from the compiled twin equal the torch ones, bitwise, on a LiDAR map with
-    pruned (free) subtrees, for parents of every level listed bottom-up."""
+def test_closure_refresh_matches_torch_over_pruned_space():
+    """Parent summaries from the compiled closure equal the torch ones, bitwise, on a LiDAR map
+    with pruned (free) subtrees, for parent keys of every level at once."""
     import copy
     from voxmap_ros.core import morton
-    from voxmap_ros.core.octree import combine_children_torch
     rng = np.random.default_rng(5)
     p = fusion_params(0.1)
     oc = SparseVoxelOctree(0.1, free_logodds=-1.5)
@@ -341,25 +340,24 @@ def test_combine_children_matches_torch_over_pruned_space():
     assert oc.prune_free(-0.3) > 0
     keys, ids = oc.table.items()
     parents = morton.level_of(keys) >= 1
-    keys, order = torch.sort(keys[parents])
-    ids = ids[parents][order].long()
+    keys, ids = keys[parents], ids[parents].long()
     kid_ids = oc.table.lookup(morton.children(keys).reshape(-1)).long().reshape(-1, 8)
     assert bool(((oc.node_free_mask[ids] != 0) & (kid_ids < 0).any(1)).any())    # pruned children seen
     oc.node_max_occ[ids] = 7.0                           # stale values, overwritten by both
     oc.node_observed[ids] = False
     ref = copy.deepcopy(oc)
-    combine_children_torch(ref, ids, kid_ids)
-    native.combine_children_cpp(oc, ids, kid_ids)
+    ref._refresh_closure(keys)
+    native.refresh_closure_cpp(oc, keys)
     for name in ("node_max_occ", "node_min_abs_tsdf", "node_observed"):
         assert torch.equal(getattr(oc, name), getattr(ref, name)), name
-    with pytest.raises(ValueError, match="kid_ids"):
-        native.combine_children_cpp(oc, ids, kid_ids[:, :4])
-    with pytest.raises(ValueError, match="node ids"):
-        native.combine_children_cpp(oc, ids + oc.node_key.shape[0], kid_ids)
+    with pytest.raises(ValueError, match="parent_keys"):
+        native.refresh_closure_cpp(oc, keys.reshape(-1, 1))
+    with pytest.raises(ValueError, match="levels >= 1"):
+        native.refresh_closure_cpp(oc, oc.node_key[oc.brick_node[oc.alive_slots()[:3]].long()])
 
 
 def test_compiled_ancestor_refresh_builds_the_torch_tree():
-    """update_summaries through native.refresh_ancestors_cpp gives bitwise the octree the torch
+    """update_summaries through native.refresh_closure_cpp gives bitwise the octree the torch
     closure gives (same new nodes, same ids, same tables, same summaries), over pruned space and
     with parents missing (bricks allocated after the last refresh)."""
     import copy
@@ -376,7 +374,7 @@ def test_compiled_ancestor_refresh_builds_the_torch_tree():
     n_nodes = len(oc.table)
     ref = copy.deepcopy(oc)
     ref.update_summaries(slots)
-    oc.use_kernels(refresh_ancestors=native.refresh_ancestors_cpp)
+    oc.use_kernels(refresh_closure=native.refresh_closure_cpp)
     oc.update_summaries(slots)
     assert len(oc.table) > n_nodes                        # new parents were created
     assert_same_state(octree_state(ref), octree_state(oc))

@@ -171,7 +171,7 @@ def test_parent_summaries_match_brute_force_under_incremental_updates(combine):
         native = pytest.importorskip("voxmap_ros.core.native")
         if not native.available():
             pytest.skip(native.unavailable_reason())
-        o.use_kernels(combine_children=native.combine_children_cpp, refresh_ancestors=native.refresh_ancestors_cpp)
+        o.use_kernels(refresh_closure=native.refresh_closure_cpp)
     for r in range(25):
         slots, _ = o.allocate_bricks(_random_coords(rng, int(rng.integers(1, 40))))
         alive = o.alive_slots()

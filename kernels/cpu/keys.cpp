@@ -139,23 +139,21 @@ static int32_t table_value(const Tables& t, int64_t key) {     // HashTable.look
     return s >= 0 ? t.old_values[s] : -1;
 }
 
-// First half of SparseVoxelOctree._refresh_closure for brick slots (n,) int64 (repeats, -1 and
-// dead slots skipped; every slot < cap): the keys of all their ancestors up to level `levels`,
-// distinct, sorted (so level by level, bottom-up), in out_keys (room for n * levels), and each
-// one's node id or -1 where the node does not exist yet, in out_ids. Returns the count.
-int64_t vx_closure_keys(const int64_t* slots, int64_t n, const uint8_t* alive, const int32_t* brick_node,
-                        const int64_t* node_key, int levels, const int64_t* new_keys, const int32_t* new_values,
-                        int new_bits, const int64_t* old_keys, const int32_t* old_values, int old_bits,
-                        int64_t* out_keys, int64_t* out_ids) {
+// First half of SparseVoxelOctree._refresh_closure: parent keys (n,) int64 of levels >= 1 and
+// all their ancestors up to level `levels`, distinct, sorted (so level by level, bottom-up), in
+// out_keys (room for n * levels), and each one's node id or -1 where the node does not exist yet,
+// in out_ids. Returns the count.
+int64_t vx_closure_keys(const int64_t* parent_keys, int64_t n, int levels, const int64_t* new_keys,
+                        const int32_t* new_values, int new_bits, const int64_t* old_keys, const int32_t* old_values,
+                        int old_bits, int64_t* out_keys, int64_t* out_ids) {
     const Tables t{new_keys, new_values, new_bits, old_keys, old_values, old_bits};
-    std::vector<int64_t> level;
-    level.reserve(size_t(n));
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t s = slots[i];
-        if (s >= 0 && alive[s]) level.push_back(parent_key(node_key[brick_node[s]]));
-    }
+    std::vector<int64_t> pending(parent_keys, parent_keys + n), level;
+    std::sort(pending.begin(), pending.end());          // by level first (the top bits)
+    size_t next = 0;                                     // first pending key not merged yet
     int64_t count = 0;
-    for (int l = 1; l <= levels && !level.empty(); ++l) {
+    for (int l = 1; l <= levels; ++l) {
+        for (; next < pending.size() && (pending[next] >> LEVEL_SHIFT) == l; ++next) level.push_back(pending[next]);
+        if (level.empty()) continue;
         std::sort(level.begin(), level.end());
         level.erase(std::unique(level.begin(), level.end()), level.end());
         for (const int64_t k : level) {

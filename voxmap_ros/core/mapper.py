@@ -167,8 +167,7 @@ class Mapper:
         if self._backend == "cpp":
             from . import morton, native
             self.octree.use_kernels(native.brick_summaries_cpp, native.hash_find_cpp, native.bricks_free_cpp,
-                                    native.hash_insert_absent_cpp, native.combine_children_cpp,
-                                    native.refresh_ancestors_cpp)
+                                    native.hash_insert_absent_cpp, native.refresh_closure_cpp)
             # Process-wide and never undone here: the twins are bitwise equal, so a torch-backend
             # Mapper in the same process computes the same keys either way.
             morton.use_cpu_kernels(native.morton_encode_cpp, native.morton_decode_cpp, native.morton_ancestors_cpp)

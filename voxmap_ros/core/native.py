@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from . import morton
 from .ranges import range_starts
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vx_copy_lidar_slots": ([P, P], V),
         "vx_lidar_stats": ([P, P], V),
         "vx_brick_summaries": ([P, I64, P, P, P, P, P, P, I], V),
-        "vx_combine_children": ([P, P, I64, P, ctypes.c_float, P, P, P], V),
-        "vx_closure_keys": ([P, I64, P, P, P, I, P, P, I, P, P, I, P, P], I64),
+        "vx_closure_keys": ([P, I64, I, P, P, I, P, P, I, P, P], I64),
         "vx_closure_refresh": ([P, P, I64, P, P, I, P, P, I, P, ctypes.c_float, P, P, P], V),
         "vx_hash_find": ([P, I, P, I64, P], V),
         "vx_hash_insert_absent": ([P, P, I, P, P, I64, P, P], I64),
@@ -283,7 +283,7 @@ def _check_octree(octree) -> None:
     _check_tensor("octree.brick_alive", octree.brick_alive, (torch.bool,), (cap,))
     _check_tensor("octree.brick_node", octree.brick_node, (torch.int32,), (cap,))
     n_nodes = octree.node_key.shape[0]
-    for name, dtype in (("node_free_mask", torch.uint8), ("node_max_occ", torch.float32),
+    for name, dtype in (("node_key", torch.int64), ("node_free_mask", torch.uint8), ("node_max_occ", torch.float32),
                         ("node_min_abs_tsdf", torch.float32), ("node_observed", torch.bool)):
         _check_tensor(f"octree.{name}", getattr(octree, name), (dtype,), (n_nodes,))
 
@@ -481,22 +481,6 @@ def brick_summaries_cpp(octree, slots: torch.Tensor):
     return mo, mt, ob
 
 
-def combine_children_cpp(octree, ids: torch.Tensor, kid_ids: torch.Tensor) -> None:
-    """Compiled twin of octree.combine_children_torch: parents ids (P,) int64, children kid_ids
-    (P, 8) int64 (-1 absent), node ids of a CPU octree's node pool."""
-    _check_tensor("ids", ids, (torch.int64,), (None,))
-    _check_tensor("kid_ids", kid_ids, (torch.int64,), (ids.shape[0], 8))
-    _check_octree(octree)
-    n_nodes = octree.node_key.shape[0]
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n_nodes or int(kid_ids.max()) >= n_nodes):
-        raise ValueError("node ids out of range of the node pool")
-    ids, kid_ids = ids.contiguous(), kid_ids.contiguous()
-    lib, _ = _lib()
-    lib.vx_combine_children(ids.data_ptr(), kid_ids.data_ptr(), ids.numel(), octree.node_free_mask.data_ptr(),
-                            float(octree.free_logodds), octree.node_max_occ.data_ptr(),
-                            octree.node_min_abs_tsdf.data_ptr(), octree.node_observed.data_ptr())
-
-
 def _tables(octree) -> tuple:
     """The octree's hash table(s) as vx_closure_* take them: new keys, values, bits, then the
     table being migrated from (null pointers when none)."""
@@ -512,20 +496,22 @@ def _tables(octree) -> tuple:
     return tuple(out)
 
 
-def refresh_ancestors_cpp(octree, slots: torch.Tensor) -> None:
-    """Compiled SparseVoxelOctree._refresh_closure for the parents of brick slots (N,) int64 of
-    a CPU octree (dead slots skipped): every ancestor's summary recomputed, bottom-up,
-    creating missing nodes (through the octree, between the two compiled halves)."""
-    slots = _checked_slots(octree, slots)
-    _check_tensor("octree.node_key", octree.node_key, (torch.int64,), (octree.node_free_mask.shape[0],))
-    lib, _ = _lib()
-    n = slots.numel()
+def refresh_closure_cpp(octree, parent_keys: torch.Tensor) -> None:
+    """Compiled twin of SparseVoxelOctree._refresh_closure: parent keys (N,) int64 (levels >= 1)
+    of a CPU octree and all their ancestors get their summaries recomputed from their children,
+    bottom-up; missing nodes are created through the octree between the two compiled halves."""
+    _check_tensor("parent_keys", parent_keys, (torch.int64,), (None,))
+    _check_octree(octree)
+    n = parent_keys.numel()
     if n == 0:
         return
+    if int(morton.level_of(parent_keys).min()) < 1:
+        raise ValueError("parent_keys must be keys of levels >= 1 (bricks have no children)")
+    parent_keys = parent_keys.contiguous()
+    lib, _ = _lib()
     keys = torch.empty(n * octree.levels, dtype=torch.int64)
     ids = torch.empty(n * octree.levels, dtype=torch.int64)
-    m = lib.vx_closure_keys(slots.data_ptr(), n, octree.brick_alive.data_ptr(), octree.brick_node.data_ptr(),
-                            octree.node_key.data_ptr(), octree.levels, *_tables(octree), keys.data_ptr(),
+    m = lib.vx_closure_keys(parent_keys.data_ptr(), n, octree.levels, *_tables(octree), keys.data_ptr(),
                             ids.data_ptr())
     keys, ids = keys[:m], ids[:m]
     missing = ids < 0

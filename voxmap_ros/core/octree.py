@@ -118,8 +118,7 @@ class SparseVoxelOctree:
         self.device = torch.device(device)
         self.free_logodds = float(free_logodds)
         self.brick_summaries = None       # see use_kernels
-        self._combine_kernel = None
-        self._ancestors_kernel = None
+        self._closure_kernel = None
         self._bricks_free_kernel = None
         self._stale: list[torch.Tensor] = []     # slots whose summaries wait for flush_summaries
         self._stale_parents: list[torch.Tensor] = []   # slots whose own summaries are fresh, not their parents'
@@ -153,16 +152,14 @@ class SparseVoxelOctree:
         return new
 
     def use_kernels(self, brick_summaries=None, hash_find=None, bricks_free=None, hash_insert=None,
-                    combine_children=None, refresh_ancestors=None) -> None:
-        """Use compiled twins for the bookkeeping: `brick_summaries` / `combine_children` with the
-        signatures of brick_summaries_torch / combine_children_torch, `hash_find` / `hash_insert`
-        those of native.hash_find_cpp / hash_insert_absent_cpp, `bricks_free` that of
-        bricks_free_torch (with the octree first), `refresh_ancestors` that of
-        native.refresh_ancestors_cpp (the ancestors of brick slots, as _refresh_closure of their
-        parents). None = pure torch."""
+                    refresh_closure=None) -> None:
+        """Use compiled twins for the bookkeeping: `brick_summaries` with the signature of
+        brick_summaries_torch, `hash_find` / `hash_insert` those of native.hash_find_cpp /
+        hash_insert_absent_cpp, `bricks_free` that of bricks_free_torch (with the octree first),
+        `refresh_closure` that of native.refresh_closure_cpp (twin of _refresh_closure).
+        None = pure torch."""
         self.brick_summaries = brick_summaries
-        self._combine_kernel = combine_children
-        self._ancestors_kernel = refresh_ancestors
+        self._closure_kernel = refresh_closure
         self.table.use_kernels(hash_find, hash_insert)
         self._bricks_free_kernel = bricks_free
 
@@ -466,9 +463,7 @@ class SparseVoxelOctree:
             self.node_observed[nodes] = observed
         if parents_only is not None and parents_only.numel():
             slots = torch.cat([slots, self._valid_slots(parents_only)])
-        if slots.numel() and self._ancestors_kernel is not None:
-            self._ancestors_kernel(self, slots)
-        elif slots.numel():
+        if slots.numel():
             self._refresh_ancestors(morton.parent(self.node_key[self.brick_node[slots].long()]), drop_empty=False)
 
     def _refresh_ancestors(self, parent_keys: torch.Tensor, drop_empty: bool) -> None:
@@ -494,6 +489,9 @@ class SparseVoxelOctree:
         level sits in the top bits), their nodes, their children's ids, then one bottom-up pass."""
         if parent_keys.numel() == 0:
             return
+        if self._closure_kernel is not None and self.device.type == "cpu":
+            self._closure_kernel(self, parent_keys)
+            return
         first = int(morton.level_of(parent_keys).min())
         if first > self.levels:
             return
@@ -501,7 +499,7 @@ class SparseVoxelOctree:
         keys = keys[morton.level_of(keys) <= self.levels]
         ids = self._ensure_nodes(keys)
         kid_ids = self.table.lookup(morton.children(keys).reshape(-1)).long().reshape(-1, 8)
-        (self._combine_kernel or combine_children_torch)(self, ids, kid_ids)
+        combine_children_torch(self, ids, kid_ids)
 
     def _ensure_nodes(self, keys: torch.Tensor) -> torch.Tensor:
         """Node ids of parent keys (N,) int64 (unique), creating missing ones. (N,) int64."""
@@ -794,7 +792,8 @@ def combine_children_torch(octree: SparseVoxelOctree, ids: torch.Tensor, kid_ids
     (node ids, -1 where absent; a pruned child counts as observed free space), on the octree's
     device. Parents are taken in the order given, level by level, so a parent listed after its
     own child parents reads that child's new values (ids of one level must be contiguous).
-    native.combine_children_cpp is the compiled twin (strictly sequential, same result)."""
+    (vx_combine_children in kernels/cpu/fusion.cpp is the compiled twin that native.refresh_closure_cpp
+    runs, strictly sequential, same result.)"""
     if ids.numel() == 0:
         return
     _, counts = torch.unique_consecutive(morton.level_of(octree.node_key[ids]), return_counts=True)
