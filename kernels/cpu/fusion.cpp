@@ -1200,33 +1200,4 @@ void vx_brick_summaries(const int64_t* slots, int64_t n, const half_t* tsdf_a, c
     }
 }
 
-// SparseVoxelOctree's combine_children_torch: parents ids (n,) int64 in the order given (a parent
-// after the parents among its children), children kid_ids (n, 8) int64 (-1 absent). A child bit
-// set in free_mask (uint8 per node) without a child node counts as observed free space at
-// free_logodds. Writes max_occ / min_abs_tsdf (float32) and observed (uint8 0/1) per node.
-void vx_combine_children(const int64_t* ids, const int64_t* kid_ids, int64_t n, const uint8_t* free_mask,
-                         float free_logodds, float* max_occ, float* min_abs_tsdf, uint8_t* observed) {
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t id = ids[i];
-        const int64_t* kids = kid_ids + 8 * i;
-        const unsigned fm = free_mask[id];
-        float mo = -INFINITY, mt = 1.0f;
-        uint8_t ob = 0;
-        for (int c = 0; c < 8; ++c) {
-            const int64_t k = kids[c];
-            if (k >= 0) {
-                mo = std::max(mo, max_occ[k]);
-                mt = std::min(mt, min_abs_tsdf[k]);
-                ob |= observed[k];
-            } else if ((fm >> c) & 1u) {
-                mo = std::max(mo, free_logodds);
-                ob = 1;
-            }
-        }
-        max_occ[id] = mo;
-        min_abs_tsdf[id] = mt;
-        observed[id] = ob;
-    }
-}
-
 }  // extern "C"

@@ -1,13 +1,16 @@
-// Compiled CPU twins of the key bookkeeping in voxmap_ros/core/morton.py and hashtable.py.
+// Compiled CPU twins of the key bookkeeping in voxmap_ros/core/morton.py and hashtable.py, and of
+// the octree's ancestor refresh (SparseVoxelOctree._refresh_closure) that walks those keys.
 //
 // Why: a frame's integration runs ~100 small tensor ops of key arithmetic (Morton spreads,
 // hashing, probing rounds). Each torch op releases and re-takes the GIL, and in the ROS node the
 // executor thread holds the GIL much of the time, so every op can wait for it; one call per step
-// here takes the GIL once. Integer math only: results are bitwise those of the torch code.
+// here takes the GIL once. Results are bitwise those of the torch code (integer math, and max /
+// min / or for the summaries).
 //
 // Plain C ABI over raw pointers, loaded by voxmap_ros/core/native.py with ctypes (built together
 // with fusion.cpp and mesh.cpp into one library).
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -62,9 +65,6 @@ inline int64_t home_slot(int64_t key, int bits) {     // hashtable.hash_slots (k
 }  // namespace
 
 extern "C" {
-
-void vx_combine_children(const int64_t* ids, const int64_t* kid_ids, int64_t n, const uint8_t* free_mask,
-                         float free_logodds, float* max_occ, float* min_abs_tsdf, uint8_t* observed);
 
 // coords (n, 3) int64 node coordinates, levels (n,) int64 or null (then `level` for all) ->
 // keys (n,) int64, as morton.encode.
@@ -164,6 +164,35 @@ int64_t vx_closure_keys(const int64_t* parent_keys, int64_t n, int levels, const
         for (int64_t& k : level) k = parent_key(k);
     }
     return count;
+}
+
+// SparseVoxelOctree's combine_children_torch: parents ids (n,) int64 in the order given (a parent
+// after the parents among its children), children kid_ids (n, 8) int64 (-1 absent). A child bit
+// set in free_mask (uint8 per node) without a child node counts as observed free space at
+// free_logodds. Writes max_occ / min_abs_tsdf (float32) and observed (uint8 0/1) per node.
+static void vx_combine_children(const int64_t* ids, const int64_t* kid_ids, int64_t n, const uint8_t* free_mask,
+                         float free_logodds, float* max_occ, float* min_abs_tsdf, uint8_t* observed) {
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t id = ids[i];
+        const int64_t* kids = kid_ids + 8 * i;
+        const unsigned fm = free_mask[id];
+        float mo = -INFINITY, mt = 1.0f;
+        uint8_t ob = 0;
+        for (int c = 0; c < 8; ++c) {
+            const int64_t k = kids[c];
+            if (k >= 0) {
+                mo = std::max(mo, max_occ[k]);
+                mt = std::min(mt, min_abs_tsdf[k]);
+                ob |= observed[k];
+            } else if ((fm >> c) & 1u) {
+                mo = std::max(mo, free_logodds);
+                ob = 1;
+            }
+        }
+        max_occ[id] = mo;
+        min_abs_tsdf[id] = mt;
+        observed[id] = ob;
+    }
 }
 
 // Second half: the children of keys (n,) (node ids ids (n,)) are looked up in the tables and
