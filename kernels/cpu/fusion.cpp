@@ -593,7 +593,9 @@ int64_t vx_rgbd_clearing(VxContext* ctx, const uint8_t* alive, const int32_t* co
     std::vector<std::vector<int64_t>> parts(nt);
 #pragma omp parallel num_threads(nt)
     {
-        std::vector<int64_t>& mine = parts[omp_get_thread_num()];
+        // Filled in a thread-private vector (see used_local in lidar_trace: the vector objects of
+        // `parts` share cache lines) and moved into place once.
+        std::vector<int64_t> mine;
 #pragma omp for schedule(static)
         for (int64_t s = 0; s < cap; ++s) {
             if (!alive[s]) continue;
@@ -610,6 +612,7 @@ int64_t vx_rgbd_clearing(VxContext* ctx, const uint8_t* alive, const int32_t* co
             const float d = depth[int64_t(vf) * W + int64_t(uf)];
             if (std::isfinite(d) && d >= p->dmin && d <= p->dmax && d > z + p->radius) mine.push_back(s);
         }
+        parts[omp_get_thread_num()] = std::move(mine);
     }
     for (auto& v : parts) out.insert(out.end(), v.begin(), v.end());
     return int64_t(out.size());
@@ -842,7 +845,11 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
             // raw cursor into the current bucket (room for a whole ray is made before the ray).
             const int tid = omp_get_thread_num();
             std::vector<uint32_t>* buckets = &ctx->thread_codes[size_t(tid) * nt];
-            size_t* used = &ctx->thread_used[size_t(tid) * nt];
+            // Fill levels live in thread-private memory while walking: the shared thread_used
+            // array puts every thread's counters on one cache line, and the walk updates them at
+            // brick crossings (that false sharing cost the whole two-thread speed-up).
+            std::vector<size_t> used_local(size_t(nt), 0);
+            size_t* used = used_local.data();
             int cur = 0;                                   // bucket of the previous mark's brick
             if (buckets[0].empty()) buckets[0].resize(4096);
             uint32_t* w = buckets[0].data();
@@ -937,6 +944,7 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
                 }
             }
             used[cur] = size_t(w - buckets[cur].data());
+            std::copy(used_local.begin(), used_local.end(), ctx->thread_used.begin() + size_t(tid) * nt);
 #pragma omp barrier
             // Count the listed voxels of the bricks this thread owns.
 #pragma omp master
@@ -989,7 +997,9 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
 #pragma omp parallel num_threads(nt)
     {
         const int tid = omp_get_thread_num();
-        std::vector<BandEntry>& mine = ctx->band_entries[size_t(tid)];
+        // Thread-private while filled (see used_local above), its capacity kept across scans.
+        std::vector<BandEntry> mine;
+        mine.swap(ctx->band_entries[size_t(tid)]);
         mine.clear();
         std::vector<uint32_t> seen;       // voxels of this ray already counted
         int64_t cbx = INT64_MIN, cby = 0, cbz = 0;
@@ -1030,6 +1040,7 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
                                          ifloor((o2 + rng * d2) / vs));
             if (code >= 0) mine.push_back({uint32_t(code), INFINITY});
         }
+        mine.swap(ctx->band_entries[size_t(tid)]);
     }
     for (int t = 0; t < nt; ++t) {
         for (const BandEntry& e : ctx->band_entries[size_t(t)]) {
