@@ -163,12 +163,13 @@ class HashTable:
         """Values for keys (N,) int64; -1 where absent (store values >= 0 to tell the two apart).
         Returns (N,) int32 on the table device."""
         self._check(keys)
-        out = torch.full((keys.numel(),), -1, dtype=torch.int32, device=self.device)
         if keys.numel() == 0:
-            return out
+            return torch.full((0,), -1, dtype=torch.int32, device=self.device)
         s = self._new.find(keys)
         hit = s >= 0
-        out[hit] = self._new.values[s[hit]]
+        # A gather at clamped slots and a select: boolean-mask indexing (nonzero, then an index
+        # gather and an index_put) cost 3x as much on the LiDAR path's ~8k lookups per scan.
+        out = torch.where(hit, self._new.values[s.clamp(min=0)], -1).to(torch.int32)
         if self._old is not None and not bool(hit.all()):
             miss = (~hit).nonzero().squeeze(1)
             so = self._old.find(keys[miss])
