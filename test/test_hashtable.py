@@ -59,7 +59,13 @@ def test_random_rounds_against_dict_oracle():
         n = int(rng.integers(1, 200))
         keys = torch.from_numpy(rng.choice(universe, size=n))       # duplicates within a batch
         op = rng.random()
-        if op < 0.6:
+        if op < 0.15:                 # the allocation path's insert of keys it has just found absent
+            fresh = [k for k in dict.fromkeys(keys.tolist()) if k not in oracle]
+            vals = torch.arange(next_val, next_val + len(fresh), dtype=torch.int32)
+            next_val += len(fresh)
+            table.insert_new(torch.tensor(fresh, dtype=torch.int64), vals)
+            oracle.update(zip(fresh, vals.tolist()))
+        elif op < 0.6:
             vals = torch.arange(next_val, next_val + n, dtype=torch.int32)
             next_val += n
             tomb_before = table._new.tombstones

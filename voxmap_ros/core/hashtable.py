@@ -213,6 +213,19 @@ class HashTable:
         is_new[add_idx] = True
         return is_new
 
+    def insert_new(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Insert keys (N,) int64 that the caller knows to be distinct and absent (it has just
+        looked them up), with values (N,) int32. Skips insert()'s de-duplication and membership
+        test; a key that repeats or is present already would be stored twice."""
+        self._check(keys)
+        if values.shape != keys.shape:
+            raise ValueError(f"values shape {tuple(values.shape)} must match keys {tuple(keys.shape)}")
+        if keys.numel() == 0:
+            return
+        self._migrate(self._slots_per_key * keys.numel())      # as insert(): migrate, then reserve
+        self._reserve(keys.numel())
+        self._new.insert_absent(keys, values.to(torch.int32))
+
     def erase(self, keys: torch.Tensor) -> torch.Tensor:
         """Remove keys (N,) int64 (repeats allowed). Returns (U,) bool over the distinct keys in
         ascending order, True where a key was present."""

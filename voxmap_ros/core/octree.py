@@ -355,7 +355,7 @@ class SparseVoxelOctree:
                 new_keys = uniq[new_at]
             node_ids = self._take(n_new, "_free_nodes", self.NODE_FIELDS, False)
             slots = self._take(n_new, "_free_bricks", self.BRICK_FIELDS, True)
-            self.table.insert(new_keys, node_ids.to(torch.int32))
+            self.table.insert_new(new_keys, node_ids.to(torch.int32))    # just looked up: absent, distinct
             self._init_nodes(node_ids, new_keys, slots)
             c, _ = morton.decode(new_keys)
             self.brick_coord[slots] = c.to(torch.int32)
