@@ -507,7 +507,7 @@ class SparseVoxelOctree:
         missing = ids < 0
         if bool(missing.any()):
             new = self._take(int(missing.sum()), "_free_nodes", self.NODE_FIELDS, False)
-            self.table.insert(keys[missing], new.to(torch.int32))
+            self.table.insert_new(keys[missing], new.to(torch.int32))     # just looked up: absent, distinct
             self._init_nodes(new, keys[missing], None)
             ids[missing] = new
         return ids
