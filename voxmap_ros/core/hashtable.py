@@ -169,7 +169,7 @@ class HashTable:
         hit = s >= 0
         # A gather at clamped slots and a select: boolean-mask indexing (nonzero, then an index
         # gather and an index_put) cost 3x as much on the LiDAR path's ~8k lookups per scan.
-        out = torch.where(hit, self._new.values[s.clamp(min=0)], -1).to(torch.int32)
+        out = torch.where(hit, self._new.values[s.clamp(min=0)], -1)          # int32, as values
         if self._old is not None and not bool(hit.all()):
             miss = (~hit).nonzero().squeeze(1)
             so = self._old.find(keys[miss])
@@ -204,12 +204,8 @@ class HashTable:
         first = torch.full((uniq.numel(),), n, dtype=torch.int64, device=self.device)
         first.scatter_reduce_(0, inv, torch.arange(n, device=self.device), reduce="amin")
         absent = ~self.contains(uniq)
-        add_keys, add_idx = uniq[absent], first[absent]
-        # Migrate first: the sizing in _reserve guarantees the old table is then drained before
-        # the new one would have to grow, so growth never finishes a migration in one call.
-        self._migrate(self._slots_per_key * add_keys.numel())
-        self._reserve(add_keys.numel())
-        self._new.insert_absent(add_keys, values[add_idx].to(torch.int32))
+        add_idx = first[absent]
+        self._add(uniq[absent], values[add_idx])
         is_new[add_idx] = True
         return is_new
 
@@ -220,9 +216,15 @@ class HashTable:
         self._check(keys)
         if values.shape != keys.shape:
             raise ValueError(f"values shape {tuple(values.shape)} must match keys {tuple(keys.shape)}")
-        if keys.numel() == 0:
-            return
-        self._migrate(self._slots_per_key * keys.numel())      # as insert(): migrate, then reserve
+        if keys.numel():
+            self._add(keys, values)
+
+    def _add(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store keys (N,) int64, distinct and absent (N may be 0: a migration step still runs),
+        with values (N,) int."""
+        # Migrate first: the sizing in _reserve guarantees the old table is then drained before
+        # the new one would have to grow, so growth never finishes a migration in one call.
+        self._migrate(self._slots_per_key * keys.numel())
         self._reserve(keys.numel())
         self._new.insert_absent(keys, values.to(torch.int32))
 
