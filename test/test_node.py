@@ -607,6 +607,10 @@ def test_save_map(ros):
                                             Parameter("map.backend", value="torch")])
     try:
         assert other.cfg.map.voxel_size_m == other.mapper.config.map.voxel_size_m == VOXEL
+        # ... and the parameter says so (it was started with 2 * VOXEL).
+        assert other.get_parameter("map.voxel_size_m").value == VOXEL
+        assert other.get_parameter("tsdf.trunc_vox").value == other.mapper.config.tsdf.trunc_vox
+        assert other._map_file_fixed and other._map_file_fixed[0].startswith("map.voxel_size_m=")
         assert other._on_params([Parameter("tsdf.max_weight", value=32.0)]).successful
         assert other.mapper.config.tsdf.max_weight == 32.0
         assert other.mapper.config.map.voxel_size_m == other.mapper.octree.voxel_size_m == VOXEL

@@ -429,12 +429,7 @@ class Mapper:
         for the settings of the host it now runs on: `device` and `reserve_bricks` (map.*) when
         given. With `config` (a node's parameters), that config is used except for MAP_FILE_FIELDS,
         which the file's contents fix; `map_file_overrides(...)` says which of them differed."""
-        header = io.read_header(path)
-        cfg = VoxmapConfig.from_dict(header["extra"].get("config", {}))
-        for name, key in (("map.voxel_size_m", "voxel_size_m"), ("map.octree_levels", "levels")):
-            if cfg.get(name) != header[key]:
-                raise ValueError(f"{path}: its config says {name}={cfg.get(name)!r} but its octree has "
-                                 f"{key} {header[key]!r}; corrupted file?")
+        cfg = cls.file_config(path)
         if config is not None:
             cfg = with_map_file_fields(config, cfg)
         if device is not None:
@@ -443,6 +438,18 @@ class Mapper:
             cfg.map.reserve_bricks = int(reserve_bricks)
         octree, _ = io.load_octree(path, cfg.map.device, reserve_bricks=cfg.map.reserve_bricks)
         return cls(cfg, octree)
+
+    @staticmethod
+    def file_config(path: str | Path) -> VoxmapConfig:
+        """The config stored in map file `path`, checked against its octree's header (reads no
+        voxel data). ValueError / OSError for a foreign, corrupted or missing file."""
+        header = io.read_header(path)
+        cfg = VoxmapConfig.from_dict(header["extra"].get("config", {}))
+        for name, key in (("map.voxel_size_m", "voxel_size_m"), ("map.octree_levels", "levels")):
+            if cfg.get(name) != header[key]:
+                raise ValueError(f"{path}: its config says {name}={cfg.get(name)!r} but its octree has "
+                                 f"{key} {header[key]!r}; corrupted file?")
+        return cfg
 
     def save_outputs(self, out_dir: str | Path, stem: str = "") -> dict:
         """Write map file, mesh PLY, occupancy PGM+YAML under out_dir; returns their paths."""

@@ -52,7 +52,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from ..config import VoxmapConfig
-from ..core.mapper import Mapper, map_file_overrides
+from ..core.mapper import MAP_FILE_FIELDS, Mapper, map_file_overrides, with_map_file_fields
 from ..outputs import View, fixed_view, map_snapshot, render_snapshot, scaled_view
 from ..poses import PoseBuffer, static_extrinsic
 from ..render import check_backend as render_check_backend
@@ -154,7 +154,7 @@ class VoxmapNode(Node):
 
     def __init__(self, node_name: str = "voxmap", *, config: VoxmapConfig | None = None, **kwargs):
         super().__init__(node_name, **kwargs)
-        self.cfg = declare_config(self, config)
+        self.cfg = self._declare_parameters(config or VoxmapConfig())
         self.counters = Counters({k: 0 for k in BASE_COUNTERS})
         self._count_lock = threading.Lock()                 # guards the counters
         self._lock = threading.Lock()                     # guards the mapper
@@ -231,15 +231,36 @@ class VoxmapNode(Node):
             self._last_log[key] = now
         getattr(self.get_logger(), level)(msg)
 
+    def _declare_parameters(self, base: VoxmapConfig) -> VoxmapConfig:
+        """Declare the config as parameters. With node.load_map_path naming a readable map file,
+        the fields that file fixes (MAP_FILE_FIELDS) are declared with the file's values, so that
+        `ros2 param get` shows the voxel size the map really has."""
+        overrides = getattr(self, "_parameter_overrides", None) or {}
+        started = copy.deepcopy(base)
+        for name in ("node.load_map_path",) + MAP_FILE_FIELDS:
+            if name in overrides:
+                with contextlib.suppress(ValueError):       # declare_config reports invalid values
+                    started.set(name, overrides[name].value)
+        self._map_file_fixed: list[str] = []
+        path = started.node.load_map_path
+        if not path:
+            return declare_config(self, base)
+        try:
+            file_cfg = Mapper.file_config(path)
+        except (ValueError, OSError, KeyError):
+            return declare_config(self, base)       # _make_mapper reports it and starts empty
+        self._map_file_fixed = map_file_overrides(started, file_cfg)
+        return declare_config(self, with_map_file_fields(base, file_cfg), fixed=MAP_FILE_FIELDS)
+
     def _make_mapper(self) -> Mapper:
         path = self.cfg.node.load_map_path
         if path:
             try:
                 m = Mapper.load(path, config=self.cfg)      # the node's parameters, but what the file fixes
                 self.get_logger().info(f"loaded map {path}: {m.octree.num_bricks} bricks")
-                fixed = map_file_overrides(self.cfg, m.config)
-                if fixed:
-                    self.get_logger().warning(f"the map file fixes {', '.join(fixed)}; those values are used")
+                if self._map_file_fixed:
+                    self.get_logger().warning(
+                        f"the map file fixes {', '.join(self._map_file_fixed)}; those values are used")
                 self.cfg = copy.deepcopy(m.config)
                 return m
             except (ValueError, OSError, KeyError) as e:

@@ -51,17 +51,19 @@ def check_override_names(names) -> None:
                          else "") + f"; '{section}' has {fields}")
 
 
-def declare_config(node, base: VoxmapConfig | None = None) -> VoxmapConfig:
+def declare_config(node, base: VoxmapConfig | None = None, fixed: tuple = ()) -> VoxmapConfig:
     """Declare every config field as a parameter (defaults from `base`) and return the config
-    built from the values the node was started with. Raises ValueError on invalid start values."""
+    built from the values the node was started with. Fields named in `fixed` keep `base`'s value
+    whatever the node was started with (a loaded map file's voxel size). Raises ValueError on
+    invalid start values."""
     base = base or VoxmapConfig()
     cfg = copy.deepcopy(base)
     overrides = getattr(node, "_parameter_overrides", None) or {}
     check_override_names(overrides)
     for name, value, f in iter_fields(base):
-        ignore_override = False
+        ignore_override = name in fixed
         override = overrides.get(name)
-        ov = override.value if override is not None else None
+        ov = override.value if override is not None and not ignore_override else None
         # `-p node.mesh_rate_hz:=2` or `mesh_rate_hz: 2` in a params file arrive as integers (and
         # `[0, 0, 0, 0, 0, 0]` as an integer array); rclpy would reject them for a double (array)
         # parameter, so take them, converted, as the default instead.
