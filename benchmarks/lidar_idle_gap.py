@@ -2,40 +2,37 @@
 sensor gives it (10 Hz: ~80 ms idle between scans), against scans back to back as in
 `voxmap bench lidar`.
 
-    .venv/bin/python benchmarks/lidar_idle_gap.py --gap-s 0      # back to back
-    .venv/bin/python benchmarks/lidar_idle_gap.py --gap-s 0.08   # a 10 Hz sensor
-    OMP_PROC_BIND=true .venv/bin/python benchmarks/lidar_idle_gap.py --gap-s 0.08
+    .venv/bin/python benchmarks/lidar_idle_gap.py --data ../shared/data/livox-hku-mainbuilding --gap-s 0      # back to back
+    .venv/bin/python benchmarks/lidar_idle_gap.py --data ../shared/data/livox-hku-mainbuilding --gap-s 0.08   # a 10 Hz sensor
+    OMP_PROC_BIND=true .venv/bin/python benchmarks/lidar_idle_gap.py --data ../shared/data/livox-hku-mainbuilding --gap-s 0.08
 
-Livox HKU main building (../shared/data, or --data), 10 cm voxels, 50 m range, the first --scans
-scans through `Mapper.integrate` after 3 warm-up scans into a throw-away map. Prints the median
-and mean ms per scan. The machine is noisy: alternate the settings and re-run.
+A LiDAR dataset folder (--data), the settings and options of `voxmap bench lidar`
+(10 cm voxels, 50 m range by default), the first --scans (100) scans through `Mapper.integrate` after
+--warmup scans into a throw-away map (the bench's peer, repeat, summary and output options are
+accepted and not used: voxmap runs alone, summaries as `Mapper.integrate` keeps them). Prints the
+median and mean ms per scan. The machine is noisy: alternate the settings and re-run.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-from voxmap_ros.bench.lidar import load_scans, make_config
+from voxmap_ros.bench import lidar
 from voxmap_ros.core.mapper import Mapper
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "livox-hku-mainbuilding"
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--scans", type=int, default=100)
+    lidar.add_arguments(p)              # the settings of `voxmap bench lidar` (voxel, range, backend, ...)
     p.add_argument("--gap-s", type=float, default=0.08, help="idle seconds before each scan")
+    p.set_defaults(scans=100)
     args = p.parse_args()
-    cfg = make_config(argparse.Namespace(voxel_size_m=0.1, max_range_m=50.0, min_range_m=None, trunc_vox=4.0,
-                                         backend="auto", reserve_bricks=None))
-    scans = load_scans(args.data, args.scans)
+    cfg = lidar.make_config(args)
+    scans = lidar.load_scans(args.data, args.scans)
     warm = Mapper(cfg)
-    for f in scans[:3]:
+    for f in scans[:args.warmup]:
         warm.integrate(f)
     m, ms = Mapper(cfg), []
     for f in scans:
