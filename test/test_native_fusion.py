@@ -264,6 +264,31 @@ def test_lidar_matches_torch(free_space, threads, kernel_threads):
     assert_kernel_summaries_fresh(b)
 
 
+_TEAM_REGIONS = """
+import torch
+from voxmap_ros.config import VoxmapConfig
+from voxmap_ros.core import integrate, native
+from voxmap_ros.core.octree import SparseVoxelOctree
+native.set_num_threads(2)
+o = SparseVoxelOctree(0.1, initial_bricks=16)
+g = torch.Generator().manual_seed(0)
+pts = torch.nn.functional.normalize(torch.randn(2000, 3, generator=g), dim=1) * 5
+p = integrate.FusionParams.from_config(VoxmapConfig())
+native.integrate_lidar_cpp(o, pts, torch.eye(4, dtype=torch.float64), p)
+print(native.team_stats()["regions"])
+"""
+
+
+def test_kernel_teams_check_their_cpus_unless_turned_off():
+    # The check itself (kernels/cpu/team.h) cannot be made to find a clash on demand; this asserts
+    # that the LiDAR kernel's parallel regions run it, and that VOXMAP_SPREAD_THREADS=0 stops it.
+    on = _run_python(_TEAM_REGIONS)
+    off = _run_python(_TEAM_REGIONS, VOXMAP_SPREAD_THREADS="0")
+    assert on.returncode == 0 and off.returncode == 0, on.stderr[-2000:] + off.stderr[-2000:]
+    assert int(on.stdout.split()[-1]) >= 3                  # walk, band and apply, one scan
+    assert int(off.stdout.split()[-1]) == 0
+
+
 def test_lidar_edge_cases():
     p = fusion_params(0.1)
     T = torch.eye(4, dtype=torch.float64)

@@ -36,6 +36,8 @@
 #include <immintrin.h>
 #endif
 
+#include "team.h"
+
 typedef _Float16 half_t;
 
 namespace {
@@ -517,6 +519,7 @@ static int64_t rgbd_band(VxContext* ctx, const float* depth, int64_t H, int64_t 
         BrickSet& set = ctx->set;
 #pragma omp parallel num_threads(nthreads)
         {
+            vx_team::spread();
             std::vector<int32_t> bufx(W), bufy(W), bufz(W);
             std::vector<uint8_t> bufc(W);
             uint8_t* __restrict ch = bufc.data();
@@ -593,6 +596,7 @@ int64_t vx_rgbd_clearing(VxContext* ctx, const uint8_t* alive, const int32_t* co
     std::vector<std::vector<int64_t>> parts(nt);
 #pragma omp parallel num_threads(nt)
     {
+        vx_team::spread();
         // Filled in a thread-private vector (see used_local in lidar_trace: the vector objects of
         // `parts` share cache lines) and moved into place once.
         std::vector<int64_t> mine;
@@ -641,6 +645,7 @@ static int64_t rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M,
 
 #pragma omp parallel num_threads(nthreads)
     {
+        vx_team::spread();
         // Per-voxel scratch of one brick (all loops below run over the 512 voxels of a brick).
         alignas(64) int32_t pix[BRICK_VOX];
         alignas(64) float zz[BRICK_VOX], dd[BRICK_VOX], cr[BRICK_VOX], cg[BRICK_VOX], cb[BRICK_VOX];
@@ -832,6 +837,7 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
         ctx->thread_used.assign(size_t(nt) * nt, 0);
 #pragma omp parallel num_threads(nt)
         {
+            vx_team::spread();
             // Per ray: boundary-crossing times per axis, merged, and the voxel of every piece.
             std::vector<float> ta[3];
             int32_t pbx = INT32_MIN, pby = 0, pbz = 0, pidx = -1;       // brick of the previous mark
@@ -996,6 +1002,7 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
     if (ctx->band_entries.size() < size_t(nt)) ctx->band_entries.resize(size_t(nt));
 #pragma omp parallel num_threads(nt)
     {
+        vx_team::spread();
         const int tid = omp_get_thread_num();
         // Thread-private while filled (see used_local above), its capacity kept across scans.
         std::vector<BandEntry> mine;
@@ -1098,50 +1105,54 @@ static int64_t lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, cons
     // Every listed voxel once, brick by brick: band voxels take their accumulated TSDF
     // observations, the others free-space TSDF (+1 per ray); then occupancy. Each cell read is
     // zeroed again for the next scan.
-#pragma omp parallel for schedule(dynamic, 16) num_threads(std::max(1, nthreads)) reduction(+ : n_touched)
-    for (int64_t i = 0; i < M; ++i) {
-        if (i + PREFETCH_BRICKS < M) prefetch_brick(slots[i + PREFETCH_BRICKS], tsdf_a, w_a, occ_a);
-        uint32_t* c = cells + size_t(i) * BRICK_VOX;
-        const uint64_t* mk = masks + size_t(i) * (BRICK_VOX / 64);
-        const int64_t base = slots[i] * BRICK_VOX;
-        half_t* ts = tsdf_a + base;
-        half_t* ws = w_a + base;
-        half_t* os = occ_a + base;
-        for (int w = 0; w < BRICK_VOX / 64; ++w) {
-            for (uint64_t bitsw = mk[w]; bitsw; bitsw &= bitsw - 1) {
-                const int lin = 64 * w + __builtin_ctzll(bitsw);
-                const uint32_t cell = c[lin];
-                c[lin] = 0;
-                ++n_touched;
-                const bool band = (cell & C_BAND) != 0;
-                const uint32_t n_free = band ? 0u : (cell & C_COUNT);
-                const bool free = band ? (cell & C_BAND_FREE) != 0 : n_free != 0;
-                if (band) {                          // the band's TSDF sums, one per voxel
-                    const uint32_t a = cell & C_BAND_INDEX;
-                    const float w_old = float(ws[lin]);
-                    const float t_old = float(ts[lin]);
-                    const float w_new = w_old + band_w[a];
-                    ts[lin] = half_t((t_old * w_old + band_wt[a]) / w_new);
-                    ws[lin] = half_t(std::min(w_new, maxw));
-                } else if (n_free) {                 // free samples, outside every band
-                    const float n = float(n_free);
-                    const float w_old = float(ws[lin]);
-                    const float t_old = float(ts[lin]);
-                    const float w_new = w_old + n;
-                    ts[lin] = half_t((t_old * w_old + n) / w_new);
-                    ws[lin] = half_t(std::min(w_new, maxw));
-                }
-                const float delta = (cell & C_HIT) ? l_hit : (free ? l_miss : 0.0f);
-                if (delta != 0.0f) {
-                    const float o = float(os[lin]) + delta;
-                    os[lin] = half_t(std::min(std::max(o, l_min), l_max));
+#pragma omp parallel num_threads(std::max(1, nthreads)) reduction(+ : n_touched)
+    {
+        vx_team::spread();
+#pragma omp for schedule(dynamic, 16)
+        for (int64_t i = 0; i < M; ++i) {
+            if (i + PREFETCH_BRICKS < M) prefetch_brick(slots[i + PREFETCH_BRICKS], tsdf_a, w_a, occ_a);
+            uint32_t* c = cells + size_t(i) * BRICK_VOX;
+            const uint64_t* mk = masks + size_t(i) * (BRICK_VOX / 64);
+            const int64_t base = slots[i] * BRICK_VOX;
+            half_t* ts = tsdf_a + base;
+            half_t* ws = w_a + base;
+            half_t* os = occ_a + base;
+            for (int w = 0; w < BRICK_VOX / 64; ++w) {
+                for (uint64_t bitsw = mk[w]; bitsw; bitsw &= bitsw - 1) {
+                    const int lin = 64 * w + __builtin_ctzll(bitsw);
+                    const uint32_t cell = c[lin];
+                    c[lin] = 0;
+                    ++n_touched;
+                    const bool band = (cell & C_BAND) != 0;
+                    const uint32_t n_free = band ? 0u : (cell & C_COUNT);
+                    const bool free = band ? (cell & C_BAND_FREE) != 0 : n_free != 0;
+                    if (band) {                          // the band's TSDF sums, one per voxel
+                        const uint32_t a = cell & C_BAND_INDEX;
+                        const float w_old = float(ws[lin]);
+                        const float t_old = float(ts[lin]);
+                        const float w_new = w_old + band_w[a];
+                        ts[lin] = half_t((t_old * w_old + band_wt[a]) / w_new);
+                        ws[lin] = half_t(std::min(w_new, maxw));
+                    } else if (n_free) {                 // free samples, outside every band
+                        const float n = float(n_free);
+                        const float w_old = float(ws[lin]);
+                        const float t_old = float(ts[lin]);
+                        const float w_new = w_old + n;
+                        ts[lin] = half_t((t_old * w_old + n) / w_new);
+                        ws[lin] = half_t(std::min(w_new, maxw));
+                    }
+                    const float delta = (cell & C_HIT) ? l_hit : (free ? l_miss : 0.0f);
+                    if (delta != 0.0f) {
+                        const float o = float(os[lin]) + delta;
+                        os[lin] = half_t(std::min(std::max(o, l_min), l_max));
+                    }
                 }
             }
-        }
-        if (summaries) {
-            const int64_t node = summaries->brick_node[slots[i]];
-            brick_summary(slots[i], tsdf_a, w_a, occ_a, summaries->max_occ + node, summaries->min_abs_tsdf + node,
-                          summaries->observed + node);
+            if (summaries) {
+                const int64_t node = summaries->brick_node[slots[i]];
+                brick_summary(slots[i], tsdf_a, w_a, occ_a, summaries->max_occ + node, summaries->min_abs_tsdf + node,
+                              summaries->observed + node);
+            }
         }
     }
     ctx->set.cells_dirty = false;                  // every listed cell was zeroed above
@@ -1175,6 +1186,8 @@ void vx_lidar_stats(const VxContext* ctx, int64_t* out) {
     out[2] = int64_t(ctx->band_code.size());
     out[3] = ctx->set.size();
 }
+
+void vx_team_stats(int64_t* out) { out[0] = vx_team::regions.load(); out[1] = vx_team::moves.load(); }
 
 void vx_copy_lidar_slots(const VxContext* ctx, int64_t* out) {
     std::copy(ctx->lidar_slots.begin(), ctx->lidar_slots.end(), out);

@@ -111,7 +111,7 @@ def _compiler() -> str:
 
 def _build_key(cxx: str, sources: list[Path]) -> str:
     h = hashlib.sha256()
-    for s in sources:
+    for s in [*sources, *sorted(sources[0].parent.glob("*.h"))]:
         h.update(s.name.encode() + b"\0" + s.read_bytes() + b"\0")
     h.update(" ".join(CXX_FLAGS).encode())
     try:
@@ -193,6 +193,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vx_lidar_apply": ([P, P, I64, P, P, P, P, P, P, P, P, I], I64),
         "vx_copy_lidar_slots": ([P, P], V),
         "vx_lidar_stats": ([P, P], V),
+        "vx_team_stats": ([P], V),
         "vx_brick_summaries": ([P, I64, P, P, P, P, P, P, I], V),
         "vx_closure_keys": ([P, I64, I, P, P, I, P, P, I, P, P], I64),
         "vx_closure_refresh": ([P, P, I64, P, P, I, P, P, I, P, ctypes.c_float, P, P, P], V),
@@ -443,6 +444,15 @@ def last_lidar_stats() -> dict:
         lib.vx_lidar_stats(ctx, out)
     return dict(zip(("rays", "voxels_touched", "band_voxels", "bricks", "us_rays", "us_free", "us_band",
                      "us_alloc_apply", "us_free_walk"), list(out)))
+
+
+def team_stats() -> dict:
+    """Since the library was loaded: parallel regions that checked their threads' CPUs, and threads
+    moved off a CPU a team mate was on (kernels/cpu/team.h; VOXMAP_SPREAD_THREADS=0 turns it off)."""
+    lib, _ = _lib()
+    out = (ctypes.c_int64 * 2)()
+    lib.vx_team_stats(out)
+    return {"regions": int(out[0]), "moves": int(out[1])}
 
 
 def _checked_slots(octree, slots: torch.Tensor) -> torch.Tensor:
