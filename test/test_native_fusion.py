@@ -203,6 +203,33 @@ def test_rgbd_matches_torch(depth_weighting, threads, pixel_round, kernel_thread
     assert_kernel_summaries_fresh(b)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rgbd_clearing_matches_torch_in_a_map_all_around_the_camera(threads, kernel_threads):
+    # The kernel projects only the bricks in the depth slab ahead of the camera; bricks behind it,
+    # beyond the depth range, outside the image, dead slots and holes in the depth must come out
+    # as the torch reference (which tests every brick) has them.
+    kernel_threads(threads)
+    rng = np.random.default_rng(4)
+    p = fusion_params(0.05)                                   # bricks of 0.4 m, depth range [0.1, 5]
+    grid = torch.stack(torch.meshgrid(*(torch.arange(-10, 10),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    a, b = (SparseVoxelOctree(0.05, initial_bricks=16) for _ in range(2))
+    for o in (a, b):
+        o.allocate_bricks(grid.to(torch.int32), distinct=True)          # +-4 m around the camera
+        o.erase_bricks(torch.arange(0, grid.shape[0], 7))                # dead slots in the pool
+    depth = torch.from_numpy(rng.uniform(1.0, 3.5, (IMG_H, IMG_W)).astype(np.float32))
+    depth[rng.random((IMG_H, IMG_W)) < 0.2] = float("nan")
+    depth[rng.random((IMG_H, IMG_W)) < 0.1] = 0.0
+    K = torch.from_numpy(K_SMALL)
+    T = torch.from_numpy(look_at((0.1, -0.2, 0.05), (1.0, 0.7, 0.4)))
+    cleared = integrate.rgbd_clearing_slots(a, depth, K, T, p)
+    assert 20 < cleared.numel() < a.num_bricks // 20                 # most bricks are out of the slab
+    sa = integrate.integrate_rgbd_torch(a, depth, None, K, T, p)
+    sb = native.integrate_rgbd_cpp(b, depth, None, K, T, p)
+    assert torch.equal(sa, sb)
+    assert bool(torch.isin(cleared, sb).all())
+    assert_maps_match(a, b)
+
+
 @pytest.fixture
 def kernel_threads():
     """Run a test with the kernels on a given thread count, then restore the default."""

@@ -600,21 +600,41 @@ int64_t vx_rgbd_clearing(VxContext* ctx, const uint8_t* alive, const int32_t* co
         // Filled in a thread-private vector (see used_local in lidar_trace: the vector objects of
         // `parts` share cache lines) and moved into place once.
         std::vector<int64_t> mine;
+        // In blocks: a branch-free pass (vectorized) finds the alive bricks whose centre lies in
+        // the depth slab (dmin, dmax) ahead of the camera, and only those are projected. Every
+        // brick the full test keeps is in that slab (z < d - radius <= dmax), so the result is
+        // the same as testing every brick, at a fraction of the cost on a large map.
+        constexpr int64_t BLOCK = 256;
+        const int64_t n_blocks = (cap + BLOCK - 1) / BLOCK;
+        alignas(64) float cx_b[BLOCK], cy_b[BLOCK], cz_b[BLOCK];
+        alignas(64) uint8_t slab[BLOCK];
+        const float bc = p->brick_clear, dmin = p->dmin, dmax = p->dmax;
+        const float t0 = P.t[0], t1 = P.t[1], t2 = P.t[2];
+        const float R0 = P.R[0], R1 = P.R[1], R2 = P.R[2], R3 = P.R[3], R4 = P.R[4], R5 = P.R[5];
+        const float R6 = P.R[6], R7 = P.R[7], R8 = P.R[8];
 #pragma omp for schedule(static)
-        for (int64_t s = 0; s < cap; ++s) {
-            if (!alive[s]) continue;
-            float q[3];
-            for (int r = 0; r < 3; ++r) q[r] = (float(coord[3 * s + r]) + 0.5f) * p->brick_clear - P.t[r];
-            float c[3];
-            for (int k = 0; k < 3; ++k) c[k] = (q[0] * P.R[k] + q[1] * P.R[3 + k]) + q[2] * P.R[6 + k];
-            const float z = c[2];
-            if (!(z > p->dmin)) continue;
-            const float zc = std::max(z, 1e-6f);
-            const float uf = std::floor(((p->fx * c[0]) / zc + p->cx) + p->pixel_round);
-            const float vf = std::floor(((p->fy * c[1]) / zc + p->cy) + p->pixel_round);
-            if (!(uf >= 0.0f && uf < float(W) && vf >= 0.0f && vf < float(H))) continue;
-            const float d = depth[int64_t(vf) * W + int64_t(uf)];
-            if (std::isfinite(d) && d >= p->dmin && d <= p->dmax && d > z + p->radius) mine.push_back(s);
+        for (int64_t b = 0; b < n_blocks; ++b) {
+            const int64_t s0 = b * BLOCK, n = std::min(BLOCK, cap - s0);
+            const int32_t* cb = coord + 3 * s0;
+            for (int64_t j = 0; j < n; ++j) {
+                const float q0 = (float(cb[3 * j]) + 0.5f) * bc - t0;
+                const float q1 = (float(cb[3 * j + 1]) + 0.5f) * bc - t1;
+                const float q2 = (float(cb[3 * j + 2]) + 0.5f) * bc - t2;
+                cx_b[j] = (q0 * R0 + q1 * R3) + q2 * R6;
+                cy_b[j] = (q0 * R1 + q1 * R4) + q2 * R7;
+                cz_b[j] = (q0 * R2 + q1 * R5) + q2 * R8;
+                slab[j] = uint8_t((alive[s0 + j] != 0) & (cz_b[j] > dmin) & (cz_b[j] < dmax));
+            }
+            for (int64_t j = 0; j < n; ++j) {
+                if (!slab[j]) continue;
+                const float z = cz_b[j];
+                const float zc = std::max(z, 1e-6f);
+                const float uf = std::floor(((p->fx * cx_b[j]) / zc + p->cx) + p->pixel_round);
+                const float vf = std::floor(((p->fy * cy_b[j]) / zc + p->cy) + p->pixel_round);
+                if (!(uf >= 0.0f && uf < float(W) && vf >= 0.0f && vf < float(H))) continue;
+                const float d = depth[int64_t(vf) * W + int64_t(uf)];
+                if (std::isfinite(d) && d >= dmin && d <= dmax && d > z + p->radius) mine.push_back(s0 + j);
+            }
         }
         parts[omp_get_thread_num()] = std::move(mine);
     }
