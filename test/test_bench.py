@@ -31,7 +31,7 @@ def _positive_finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_timing_stats_and_json(tmp_path):
+def test_timing_stats_and_json(tmp_path, monkeypatch):
     s = common.timing_stats([1.0, 2.0, 3.0, 4.0], "ms_per_frame")
     assert s["ms_per_frame_median"] == 2.5 and s["n"] == 4
     assert s["ms_per_frame_min"] <= s["ms_per_frame_p95"] <= s["ms_per_frame_max"]
@@ -43,6 +43,10 @@ def test_timing_stats_and_json(tmp_path):
     assert d["a"] == 1.5 and d["b"] is None and d["c"] == [0, 1, 2] and isinstance(d["command"], str)
     m = common.machine_info()
     assert m["cores"] >= 1 and m["torch_threads"] >= 1 and m["cpu_model"]
+    monkeypatch.setenv("VOXMAP_SPREAD_THREADS", "0")
+    monkeypatch.delenv("OMP_PROC_BIND", raising=False)
+    env = common.machine_info()["thread_env"]
+    assert env["VOXMAP_SPREAD_THREADS"] == "0" and "OMP_PROC_BIND" not in env
 
 
 def test_bench_rgbd_smoke(sim_dataset, tmp_path, capsys):

@@ -50,6 +50,10 @@ def code_fingerprint() -> dict:
     return out
 
 
+# Environment variables that change how the kernels' threads are placed (README, "ROS 2 node").
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES", "VOXMAP_SPREAD_THREADS")
+
+
 def machine_info() -> dict:
     """CPU model, logical cores (usable by this process), torch threads, library versions."""
     import torch
@@ -60,7 +64,8 @@ def machine_info() -> dict:
     info = {"cpu_model": cpu_model(), "cores": os.cpu_count(), "cores_usable": usable,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "load_average_1_5_15": load_average()}
+            "load_average_1_5_15": load_average(),
+            "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
     try:
         import open3d
         info["open3d"] = open3d.__version__
