@@ -7,6 +7,9 @@
 // spread_team() instead checks at the start of a region and, on a clash, moves the later thread to
 // an allowed CPU no team mate is on, then gives it its full CPU mask back at once, so the scheduler
 // stays free to move it afterwards. Set VOXMAP_SPREAD_THREADS=0 to turn it off.
+//
+// The CPU table below is shared: one team may use it at a time. The fusion kernels run under the
+// lock of voxmap_ros/core/native.py (their scratch context is shared too), so that holds there.
 #pragma once
 
 #include <atomic>
