@@ -4,7 +4,7 @@
 // whole parallel region (seen after another process ran, or after the team slept through an idle
 // gap: the region then takes about twice as long). Binding (OMP_PROC_BIND=true) avoids it but pins
 // every thread for the life of the process, which a node sharing its CPUs with others should not do.
-// spread_team() instead checks at the start of a region and, on a clash, moves the later thread to
+// spread() instead checks at the start of a region and, on a clash, moves the later thread to
 // an allowed CPU no team mate is on, then gives it its full CPU mask back at once, so the scheduler
 // stays free to move it afterwards. Set VOXMAP_SPREAD_THREADS=0 to turn it off.
 //
