@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import platform
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.skipif(not native.available(), reason=f"compiled kernel
                                 f"{native.unavailable_reason()}")
 
 REPO = Path(__file__).resolve().parents[1]
+_CPU_FLAGS = Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").is_file() else ""
 
 # Tolerances. The kernels evaluate every expression in the reference's float32 order, so results are
 # normally bit-identical; these bounds allow for a different BLAS summation order in torch's matmul
@@ -464,6 +467,29 @@ def test_import_builds_nothing_and_missing_compiler_is_reported(tmp_path):
     assert res.returncode == 0, res.stderr
     out = res.stdout.splitlines()
     assert out[0] == "False" and "not found" in out[1]
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or "avx2" not in _CPU_FLAGS,
+                    reason="needs an x86 CPU with AVX2 (the fallback is what a build without it compiles)")
+def test_kernels_built_without_avx2_still_match_torch(tmp_path):
+    # The fusion kernels have AVX2/F16C paths (LiDAR apply, summaries, RGB-D halves) and plain C++
+    # twins for CPUs without them; -march=native on this machine compiles only the former. Build
+    # the library with both turned off (a compiler wrapper appends -mno-avx2 -mno-f16c) and run the
+    # kernel-vs-torch comparisons against that build.
+    wrapper = tmp_path / "g++"
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("g++")} "$@" -mno-avx2 -mno-f16c\n')
+    wrapper.chmod(0o755)
+    env = dict(os.environ, CXX=str(wrapper), VOXMAP_KERNEL_CACHE=str(tmp_path / "cache"))
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+                          "-k", "lidar_matches_torch or rgbd_matches_torch or brick_summaries_match"],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout and "skipped" not in res.stdout.splitlines()[-1], res.stdout[-1000:]
+    libs = list((tmp_path / "cache").glob("voxmap_kernels-*.so"))
+    assert len(libs) == 1, "the wrapper's build was not the one used"
+    text = subprocess.run(["objdump", "-d", str(libs[0])], capture_output=True, text=True).stdout \
+        if shutil.which("objdump") else ""
+    assert "vcvtph2ps" not in text, "the fallback build still contains F16C instructions"
 
 
 SHARED_DATA = REPO.parent / "shared" / "data"

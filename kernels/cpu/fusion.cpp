@@ -1107,6 +1107,114 @@ int64_t vx_lidar_trace(VxContext* ctx, const float* points, int64_t N, const dou
     return guarded([&] { return lidar_trace(ctx, points, N, T12, p, nthreads); });
 }
 
+// One brick of vx_lidar_apply: every listed voxel (mask bits mk) takes its band TSDF sums or its
+// free-space TSDF (+1 per ray), then its occupancy update; every cell read is zeroed again.
+inline void apply_brick_scalar(uint32_t* __restrict c, const uint64_t* __restrict mk, half_t* __restrict ts,
+                               half_t* __restrict ws, half_t* __restrict os, const float* band_w,
+                               const float* band_wt, float maxw, float l_hit, float l_miss, float l_min,
+                               float l_max) {
+    for (int w = 0; w < BRICK_VOX / 64; ++w) {
+        for (uint64_t bitsw = mk[w]; bitsw; bitsw &= bitsw - 1) {
+            const int lin = 64 * w + __builtin_ctzll(bitsw);
+            const uint32_t cell = c[lin];
+            c[lin] = 0;
+            const bool band = (cell & C_BAND) != 0;
+            const uint32_t n_free = band ? 0u : (cell & C_COUNT);
+            const bool free = band ? (cell & C_BAND_FREE) != 0 : n_free != 0;
+            if (band) {                          // the band's TSDF sums, one per voxel
+                const uint32_t a = cell & C_BAND_INDEX;
+                const float w_old = float(ws[lin]);
+                const float t_old = float(ts[lin]);
+                const float w_new = w_old + band_w[a];
+                ts[lin] = half_t((t_old * w_old + band_wt[a]) / w_new);
+                ws[lin] = half_t(std::min(w_new, maxw));
+            } else if (n_free) {                 // free samples, outside every band
+                const float n = float(n_free);
+                const float w_old = float(ws[lin]);
+                const float t_old = float(ts[lin]);
+                const float w_new = w_old + n;
+                ts[lin] = half_t((t_old * w_old + n) / w_new);
+                ws[lin] = half_t(std::min(w_new, maxw));
+            }
+            const float delta = (cell & C_HIT) ? l_hit : (free ? l_miss : 0.0f);
+            if (delta != 0.0f) {
+                const float o = float(os[lin]) + delta;
+                os[lin] = half_t(std::min(std::max(o, l_min), l_max));
+            }
+        }
+    }
+}
+
+#if defined(__AVX2__) && defined(__F16C__)
+// apply_brick_scalar eight voxels at a time over the whole brick, branch-free (a brick holds ~14 %
+// listed voxels in scattered rows: the scalar loop's branches mispredicted on most of them). Same
+// float32 operations in the same order; a voxel that is not updated keeps its stored half bits.
+// Band voxels (a few per brick) take their sums in scalar code.
+inline void apply_brick_avx2(uint32_t* __restrict c, const uint64_t* __restrict mk, half_t* __restrict ts,
+                             half_t* __restrict ws, half_t* __restrict os, const float* band_w,
+                             const float* band_wt, float maxw, float l_hit, float l_miss, float l_min,
+                             float l_max) {
+    const __m256i k_band = _mm256_set1_epi32(int(C_BAND)), k_count = _mm256_set1_epi32(int(C_COUNT));
+    const __m256i k_hit = _mm256_set1_epi32(int(C_HIT)), k_bfree = _mm256_set1_epi32(int(C_BAND_FREE));
+    const __m256i zero_i = _mm256_setzero_si256();
+    const __m256 v_maxw = _mm256_set1_ps(maxw), v_hit = _mm256_set1_ps(l_hit), v_miss = _mm256_set1_ps(l_miss);
+    const __m256 v_lmin = _mm256_set1_ps(l_min), v_lmax = _mm256_set1_ps(l_max), zero = _mm256_setzero_ps();
+    constexpr int R = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    // 16-bit lanes: where the 32-bit mask m is set, a, else b.
+    auto blend16 = [](__m128i a, __m128i b, __m256 m) {
+        const __m256i mi = _mm256_castps_si256(m);
+        const __m128i m16 = _mm_packs_epi32(_mm256_castsi256_si128(mi), _mm256_extracti128_si256(mi, 1));
+        return _mm_blendv_epi8(b, a, m16);
+    };
+    for (int w = 0; w < BRICK_VOX / 64; ++w) {
+        if (!mk[w]) continue;                 // no listed voxel: its cells are zero, nothing changes
+        for (int g = 0; g < 64; g += 8) {
+            const int lin = 64 * w + g;
+            if (!((mk[w] >> g) & 0xFF)) continue;
+            __m256i* cp = reinterpret_cast<__m256i*>(c + lin);
+            const __m256i cell = _mm256_loadu_si256(cp);
+            _mm256_storeu_si256(cp, zero_i);
+            const __m256i band = _mm256_cmpeq_epi32(_mm256_and_si256(cell, k_band), k_band);
+            const __m256i cnt = _mm256_andnot_si256(band, _mm256_and_si256(cell, k_count));   // 0 in the band
+            const __m256 upd = _mm256_castsi256_ps(_mm256_xor_si256(_mm256_cmpeq_epi32(cnt, zero_i),
+                                                                    _mm256_set1_epi32(-1)));
+            const __m256 free = _mm256_or_ps(upd, _mm256_castsi256_ps(_mm256_and_si256(
+                band, _mm256_cmpeq_epi32(_mm256_and_si256(cell, k_bfree), k_bfree))));
+            const __m256 hit = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(cell, k_hit), k_hit));
+            const __m128i th = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ts + lin));
+            const __m128i wh = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ws + lin));
+            const __m128i oh = _mm_loadu_si128(reinterpret_cast<const __m128i*>(os + lin));
+            const __m256 t_old = _mm256_cvtph_ps(th), w_old = _mm256_cvtph_ps(wh), o_old = _mm256_cvtph_ps(oh);
+            const __m256 n = _mm256_cvtepi32_ps(cnt);
+            const __m256 w_new = _mm256_add_ps(w_old, n);
+            const __m256 t_new = _mm256_div_ps(_mm256_add_ps(_mm256_mul_ps(t_old, w_old), n), w_new);
+            const __m256 w_cl = _mm256_min_ps(v_maxw, w_new);            // std::min(w_new, maxw)
+            const __m256 delta = _mm256_blendv_ps(_mm256_and_ps(free, v_miss), v_hit, hit);
+            const __m256 o = _mm256_add_ps(o_old, delta);
+            const __m256 o_cl = _mm256_min_ps(v_lmax, _mm256_max_ps(v_lmin, o));   // min(max(o, l_min), l_max)
+            const __m256 occ_upd = _mm256_cmp_ps(delta, zero, _CMP_NEQ_OQ);
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(ts + lin), blend16(_mm256_cvtps_ph(t_new, R), th, upd));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(ws + lin), blend16(_mm256_cvtps_ph(w_cl, R), wh, upd));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(os + lin), blend16(_mm256_cvtps_ph(o_cl, R), oh, occ_upd));
+            // Band voxels (left unchanged above): their sums, by the accumulator index in the cell.
+            if (const uint32_t band8 = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(band)))) {
+                alignas(32) uint32_t cv[8];
+                _mm256_store_si256(reinterpret_cast<__m256i*>(cv), cell);
+                for (uint32_t bb = band8; bb; bb &= bb - 1) {
+                    const int k = __builtin_ctz(bb);
+                    const uint32_t a = cv[k] & C_BAND_INDEX;
+                    const float wo = float(ws[lin + k]);
+                    const float to = float(ts[lin + k]);
+                    const float wn = wo + band_w[a];
+                    ts[lin + k] = half_t((to * wo + band_wt[a]) / wn);
+                    ws[lin + k] = half_t(std::min(wn, maxw));
+                }
+            }
+        }
+    }
+}
+#endif
+
 // Phase 2: apply the traced updates. slots (M,) int64 are the octree slots of the M bricks of
 // phase 1, in the order vx_copy_bricks gave them. With `summaries` (brick_node (pool,) int32 and
 // node arrays float32 max occupancy, float32 min |tsdf|, uint8 observed; null to skip), each
@@ -1137,37 +1245,12 @@ static int64_t lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, cons
             half_t* ts = tsdf_a + base;
             half_t* ws = w_a + base;
             half_t* os = occ_a + base;
-            for (int w = 0; w < BRICK_VOX / 64; ++w) {
-                for (uint64_t bitsw = mk[w]; bitsw; bitsw &= bitsw - 1) {
-                    const int lin = 64 * w + __builtin_ctzll(bitsw);
-                    const uint32_t cell = c[lin];
-                    c[lin] = 0;
-                    ++n_touched;
-                    const bool band = (cell & C_BAND) != 0;
-                    const uint32_t n_free = band ? 0u : (cell & C_COUNT);
-                    const bool free = band ? (cell & C_BAND_FREE) != 0 : n_free != 0;
-                    if (band) {                          // the band's TSDF sums, one per voxel
-                        const uint32_t a = cell & C_BAND_INDEX;
-                        const float w_old = float(ws[lin]);
-                        const float t_old = float(ts[lin]);
-                        const float w_new = w_old + band_w[a];
-                        ts[lin] = half_t((t_old * w_old + band_wt[a]) / w_new);
-                        ws[lin] = half_t(std::min(w_new, maxw));
-                    } else if (n_free) {                 // free samples, outside every band
-                        const float n = float(n_free);
-                        const float w_old = float(ws[lin]);
-                        const float t_old = float(ts[lin]);
-                        const float w_new = w_old + n;
-                        ts[lin] = half_t((t_old * w_old + n) / w_new);
-                        ws[lin] = half_t(std::min(w_new, maxw));
-                    }
-                    const float delta = (cell & C_HIT) ? l_hit : (free ? l_miss : 0.0f);
-                    if (delta != 0.0f) {
-                        const float o = float(os[lin]) + delta;
-                        os[lin] = half_t(std::min(std::max(o, l_min), l_max));
-                    }
-                }
-            }
+            for (int w = 0; w < BRICK_VOX / 64; ++w) n_touched += __builtin_popcountll(mk[w]);
+#if defined(__AVX2__) && defined(__F16C__)
+            apply_brick_avx2(c, mk, ts, ws, os, band_w, band_wt, maxw, l_hit, l_miss, l_min, l_max);
+#else
+            apply_brick_scalar(c, mk, ts, ws, os, band_w, band_wt, maxw, l_hit, l_miss, l_min, l_max);
+#endif
             if (summaries) {
                 const int64_t node = summaries->brick_node[slots[i]];
                 brick_summary(slots[i], tsdf_a, w_a, occ_a, summaries->max_occ + node, summaries->min_abs_tsdf + node,
