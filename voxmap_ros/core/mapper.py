@@ -236,7 +236,7 @@ class Mapper:
         stale = torch.cat(visited) if visited else none
         fresh = torch.cat(summarised) if summarised else none
         slots = torch.cat([stale, fresh])
-        self.octree.brick_dirty[slots] = True
+        self.octree.brick_dirty.index_fill_(0, slots, True)
         self.octree.mark_stale(stale)               # summaries refresh lazily, on the next query
         self.octree.mark_parents_stale(fresh)
         pos = np.asarray(frame.T_W_S, dtype=np.float64)[:3, 3]

@@ -368,7 +368,7 @@ class SparseVoxelOctree:
                 self.attrs["occ"][slots[was_free]] = self.free_logodds
                 self.mark_stale(slots[was_free])   # their new parents summarise them as free
             nodes[new_at] = node_ids
-        slot_u = self.node_brick[nodes].long()
+        slot_u = self.node_brick.index_select(0, nodes).long()     # (see HashTable.lookup)
         if inv is None:
             return slot_u, missing
         return slot_u[inv], missing[inv] & _first_occurrence(inv, uniq.numel())
