@@ -284,7 +284,7 @@ def test_lidar_matches_torch_when_the_kernel_brick_set_grows(fresh_kernel_contex
 
 @pytest.mark.parametrize("free_space,threads", [(True, 1), (True, 2), (True, 3), (False, 0)])
 def test_lidar_matches_torch(free_space, threads, kernel_threads):
-    kernel_threads(threads)             # 1: one bucket; 2, 3: a bucket per owner thread, private near counts
+    kernel_threads(threads)             # 1: one bucket; 2, 3: a bucket per owner thread, private near counts, band merge split by mask (2) or division (3)
     a, b = lidar_twins(fusion_params(0.1, lidar_free_space=free_space), 4, 2)
     assert a.num_bricks > 20
     assert (a.attrs["occ"][a.brick_alive] > 0).sum() > 500          # hits

@@ -295,6 +295,10 @@ inline Pose make_pose(const double* T12) {
 
 }  // namespace
 
+struct BandSums {        // LiDAR band accumulators of one thread: sample count and sum of obs
+    std::vector<float> w, wt;
+};
+
 struct BandEntry {       // one LiDAR band sample (obs in [-1, 1]) or a hit (obs = +inf) of a voxel
     uint32_t code;      // brick index * 512 + voxel
     float obs;
@@ -316,8 +320,10 @@ struct VxContext {
     double t_start = 0;
     double t_phase[4] = {0, 0, 0, 0};     // wall-clock marks of the last trace (rays, free, band) and apply
     double t_walk = 0;                    // end of the last free-space walk (before its counting)
-    std::vector<uint32_t> band_code;      // brick index * 512 + voxel, per unique band voxel
-    std::vector<float> band_w, band_wt;
+    double t_band_list = 0;               // end of the band pass's parallel listing (before its merge)
+    std::vector<BandSums> band_acc;       // per thread: the band sums of its bricks' voxels
+    std::vector<float> band_w, band_wt;   // all of them, at the index the voxel's cell holds
+    int64_t n_band = 0;                   // band voxels of the last trace
     std::vector<int64_t> lidar_slots;
     std::vector<std::vector<uint32_t>> thread_codes;   // free-space voxel codes, [lister * nt + owner]
     std::vector<size_t> thread_used;                   // codes written to each of those buckets
@@ -1009,17 +1015,16 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
     ctx->t_phase[1] = omp_get_wtime();
     // --- band and hits. (1) parallel over contiguous chunks of rays: the samples of each ray
     // (divisions, brick lookups, per-ray de-duplication) as (voxel code, observation) entries in
-    // ray order, per thread; a hit is an entry with obs = +inf. (2) serial, thread by thread, so in
-    // ray order: the band TSDF sums add up in the order of the reference's index_add_ (ray by ray);
-    // each (ray, voxel) counts once, at its first kept sample.
+    // ray order, per thread; a hit is an entry with obs = +inf. (2) parallel over bricks (brick
+    // index mod threads), each thread reading every list in thread order, so in ray order: the band
+    // TSDF sums of a voxel add up in the order of the reference's index_add_ (ray by ray); each
+    // (ray, voxel) counts once, at its first kept sample.
     BrickSet& set = ctx->set;
     uint32_t* cells = set.cells.data();
     uint64_t* masks = set.masks.data();
     auto list = [&](int64_t code) { masks[code >> 6] |= uint64_t(1) << (code & 63); };
-    ctx->band_code.clear();
-    ctx->band_w.clear();
-    ctx->band_wt.clear();
     if (ctx->band_entries.size() < size_t(nt)) ctx->band_entries.resize(size_t(nt));
+    if (ctx->band_acc.size() < size_t(nt)) ctx->band_acc.resize(size_t(nt));
 #pragma omp parallel num_threads(nt)
     {
         vx_team::spread();
@@ -1069,25 +1074,59 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
         }
         mine.swap(ctx->band_entries[size_t(tid)]);
     }
+    ctx->t_band_list = omp_get_wtime();
+    // A voxel's accumulator index is (its thread's count so far) * nt + thread: unique without
+    // any shared counter, and one flat array holds them all once the threads are done.
+    std::atomic<int> acc_overflow{0};
+    // Integer division costs ~25 cycles per entry: thread counts that are powers of two (the
+    // common case) split by mask and shift instead.
+    const bool pow2 = (nt & (nt - 1)) == 0;
+    const uint32_t nt_mask = uint32_t(nt - 1), nt_shift = uint32_t(__builtin_ctz(unsigned(nt)));
+#pragma omp parallel num_threads(nt)
+    {
+        vx_team::spread();
+        const uint32_t tid = uint32_t(omp_get_thread_num());
+        BandSums& acc = ctx->band_acc[tid];
+        acc.w.clear();
+        acc.wt.clear();
+        for (int t = 0; t < nt; ++t) {
+            for (const BandEntry& e : ctx->band_entries[size_t(t)]) {
+                const uint32_t brick = e.code / BRICK_VOX;
+                if ((pow2 ? brick & nt_mask : brick % uint32_t(nt)) != tid) continue;   // another thread's
+                uint32_t& cell = cells[e.code];
+                if (!cell) list(e.code);
+                if (e.obs == INFINITY) {
+                    cell |= C_HIT;
+                    continue;
+                }
+                if (!(cell & C_BAND)) {
+                    const uint64_t a = uint64_t(acc.w.size()) * uint64_t(nt) + tid;
+                    if (a > C_BAND_INDEX) { acc_overflow.store(1); break; }
+                    cell = (cell & C_HIT) | C_BAND | ((cell & C_COUNT) ? C_BAND_FREE : 0u) | uint32_t(a);
+                    acc.w.push_back(0.0f);
+                    acc.wt.push_back(0.0f);
+                }
+                const uint32_t ai = cell & C_BAND_INDEX;
+                const uint32_t a = pow2 ? ai >> nt_shift : ai / uint32_t(nt);
+                acc.w[a] += 1.0f;
+                acc.wt[a] += e.obs;
+            }
+        }
+    }
+    if (acc_overflow.load()) return VX_ERR_ALLOC;
+    size_t longest = 0;
+    ctx->n_band = 0;
     for (int t = 0; t < nt; ++t) {
-        for (const BandEntry& e : ctx->band_entries[size_t(t)]) {
-            uint32_t& cell = cells[e.code];
-            if (!cell) list(e.code);
-            if (e.obs == INFINITY) {
-                cell |= C_HIT;
-                continue;
-            }
-            if (!(cell & C_BAND)) {
-                const uint32_t a = uint32_t(ctx->band_code.size());
-                if (a > C_BAND_INDEX) return VX_ERR_ALLOC;
-                cell = (cell & C_HIT) | C_BAND | ((cell & C_COUNT) ? C_BAND_FREE : 0u) | a;
-                ctx->band_code.push_back(e.code);
-                ctx->band_w.push_back(0.0f);
-                ctx->band_wt.push_back(0.0f);
-            }
-            const uint32_t a = cell & C_BAND_INDEX;
-            ctx->band_w[a] += 1.0f;
-            ctx->band_wt[a] += e.obs;
+        longest = std::max(longest, ctx->band_acc[size_t(t)].w.size());
+        ctx->n_band += int64_t(ctx->band_acc[size_t(t)].w.size());
+    }
+    ctx->band_w.resize(longest * size_t(nt));
+    ctx->band_wt.resize(longest * size_t(nt));
+    for (int t = 0; t < nt; ++t) {
+        const BandSums& acc = ctx->band_acc[size_t(t)];
+        for (size_t k = 0; k < acc.w.size(); ++k) {
+            ctx->band_w[k * size_t(nt) + size_t(t)] = acc.w[k];
+            ctx->band_wt[k * size_t(nt) + size_t(t)] = acc.wt[k];
         }
     }
     if (set.range_error.load()) return VX_ERR_RANGE;
@@ -1277,16 +1316,17 @@ int64_t vx_lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, const Li
 // Sizes of the last LiDAR trace: out[0] rays kept, [1] voxels touched, [2] band voxels, [3] bricks;
 // then microseconds spent in: [4] rays, [5] free-space pass, [6] band/hit pass, [7] apply (from the
 // end of the trace, so it includes the caller's allocation); [8] the free-space pass's walk alone
-// (the rest of [5] is its counting).
+// (the rest of [5] is its counting); [9] the band/hit pass's serial merge alone.
 void vx_lidar_stats(const VxContext* ctx, int64_t* out) {
     out[4] = int64_t((ctx->t_phase[0] - ctx->t_start) * 1e6);
     out[5] = int64_t((ctx->t_phase[1] - ctx->t_phase[0]) * 1e6);
     out[6] = int64_t((ctx->t_phase[2] - ctx->t_phase[1]) * 1e6);
     out[7] = int64_t((ctx->t_phase[3] - ctx->t_phase[2]) * 1e6);
     out[8] = int64_t((ctx->t_walk - ctx->t_phase[0]) * 1e6);
+    out[9] = int64_t((ctx->t_phase[2] - ctx->t_band_list) * 1e6);
     out[0] = int64_t(ctx->ranges.size());
     out[1] = ctx->n_touched;
-    out[2] = int64_t(ctx->band_code.size());
+    out[2] = ctx->n_band;
     out[3] = ctx->set.size();
 }
 

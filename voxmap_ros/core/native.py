@@ -439,11 +439,11 @@ def last_lidar_stats() -> dict:
     """Sizes of the last LiDAR integration (rays kept, voxels touched, band voxels, bricks) and
     microseconds in its kernel phases (the apply figure includes the allocation in between)."""
     lib, ctx = _lib()
-    out = (ctypes.c_int64 * 9)()
+    out = (ctypes.c_int64 * 10)()
     with _lock:
         lib.vx_lidar_stats(ctx, out)
     return dict(zip(("rays", "voxels_touched", "band_voxels", "bricks", "us_rays", "us_free", "us_band",
-                     "us_alloc_apply", "us_free_walk"), list(out)))
+                     "us_alloc_apply", "us_free_walk", "us_band_merge"), list(out)))
 
 
 def team_stats() -> dict:
