@@ -325,6 +325,7 @@ struct VxContext {
     std::vector<float> band_w, band_wt;   // all of them, at the index the voxel's cell holds
     int64_t n_band = 0;                   // band voxels of the last trace
     std::vector<int64_t> lidar_slots;
+    std::vector<uint64_t> slot_bits;      // scratch of sorted_distinct
     std::vector<std::vector<uint32_t>> thread_codes;   // free-space voxel codes, [lister * nt + owner]
     std::vector<size_t> thread_used;                   // codes written to each of those buckets
     std::vector<std::vector<BandEntry>> band_entries;  // band samples and hits listed per thread
@@ -400,6 +401,20 @@ void tsdf_occ_block(const int32_t* __restrict okv, const float* __restrict dd, c
 }
 
 }  // namespace
+
+// out = the distinct values of v (n,) >= 0, ascending, through a bitmap up to max(v): O(n + max / 64),
+// where std::sort took 355 us for 8k slots below 300k (bitmap 54 us, -O3, this VM). bits is scratch.
+inline void sorted_distinct(const int64_t* v, int64_t n, std::vector<uint64_t>& bits, std::vector<int64_t>& out) {
+    out.clear();
+    if (n <= 0) return;
+    int64_t hi = 0;
+    for (int64_t i = 0; i < n; ++i) hi = std::max(hi, v[i]);
+    const size_t words = size_t(hi / 64) + 1;
+    bits.assign(words, 0);
+    for (int64_t i = 0; i < n; ++i) bits[size_t(v[i] / 64)] |= uint64_t(1) << (v[i] % 64);
+    for (size_t w = 0; w < words; ++w)
+        for (uint64_t b = bits[w]; b; b &= b - 1) out.push_back(int64_t(w) * 64 + __builtin_ctzll(b));
+}
 
 // A std::bad_alloc must not cross the C ABI (ctypes would abort the process): the heavy entry
 // points return VX_ERR_ALLOC instead. (Allocations inside OpenMP regions are not covered.)
@@ -1303,9 +1318,7 @@ static int64_t lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, cons
     ctx->set.cells_dirty = false;                  // every listed cell was zeroed above
     ctx->n_touched = n_touched;
     ctx->t_phase[3] = omp_get_wtime();
-    ctx->lidar_slots.assign(slots, slots + M);
-    std::sort(ctx->lidar_slots.begin(), ctx->lidar_slots.end());
-    ctx->lidar_slots.erase(std::unique(ctx->lidar_slots.begin(), ctx->lidar_slots.end()), ctx->lidar_slots.end());
+    sorted_distinct(slots, M, ctx->slot_bits, ctx->lidar_slots);
     return int64_t(ctx->lidar_slots.size());
 }
 
