@@ -315,7 +315,8 @@ struct VxContext {
     std::vector<float> dirs;              // 3 per ray
     std::vector<float> ranges;
     std::vector<uint8_t> hit;
-    std::vector<uint64_t> ray_order;      // (direction key << 32) | ray, sorted
+    std::vector<uint64_t> ray_order;      // rays grouped by direction (low 32 bits: the ray)
+    std::vector<uint32_t> ray_key;        // scratch: each ray's direction group
     int64_t n_touched = 0;                // voxels updated by the last vx_lidar_apply
     double t_start = 0;
     double t_phase[4] = {0, 0, 0, 0};     // wall-clock marks of the last trace (rays, free, band) and apply
@@ -847,11 +848,16 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
     const float o[3] = {o0, o1, o2};
     int64_t i0[3];
     for (int a = 0; a < 3; ++a) i0[a] = ifloor(o[a] / vs);
-    // Free-space pass order: rays sorted by direction (Morton order of the quantised unit vector),
-    // so that consecutive rays walk neighbouring voxels and their cells stay in cache. The counts
-    // it produces do not depend on the order.
+    // Free-space pass order: rays grouped by direction (the top 12 bits of the Morton code of the
+    // quantised unit vector, by counting sort; std::sort of the full keys cost ~0.2 ms more), so
+    // that consecutive rays walk neighbouring voxels and their cells stay in cache. The counts it
+    // produces do not depend on the order.
     std::vector<uint64_t>& order = ctx->ray_order;
+    std::vector<uint32_t>& ray_key = ctx->ray_key;
     order.resize(size_t(n_rays));
+    ray_key.resize(size_t(n_rays));
+    constexpr int ORDER_BITS = 12;
+    uint32_t bucket_start[(1 << ORDER_BITS) + 1] = {0};
     for (int64_t r = 0; r < n_rays; ++r) {
         uint64_t key = 0;
         for (int a = 0; a < 3; ++a) {
@@ -859,9 +865,11 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
             const uint64_t qa = uint64_t(q > 0.0f ? (q < 1023.0f ? q : 1023.0f) : 0.0f);
             for (int b = 0; b < 10; ++b) key |= ((qa >> b) & 1) << (3 * b + a);
         }
-        order[size_t(r)] = (key << 32) | uint64_t(r);
+        ray_key[size_t(r)] = uint32_t(key >> (30 - ORDER_BITS));
+        ++bucket_start[ray_key[size_t(r)] + 1];
     }
-    std::sort(order.begin(), order.end());
+    for (int k = 0; k < (1 << ORDER_BITS); ++k) bucket_start[k + 1] += bucket_start[k];
+    for (int64_t r = 0; r < n_rays; ++r) order[bucket_start[ray_key[size_t(r)]]++] = uint64_t(r);
     // Rays in big contiguous chunks: threads then walk different directions and rarely share cells.
     const int ray_chunk = int(std::max<int64_t>(16, n_rays / (8 * int64_t(nt))));
     // The 3x3x3 bricks around the sensor's brick, counted privately per thread (see below).
