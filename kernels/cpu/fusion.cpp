@@ -539,9 +539,10 @@ static int64_t rgbd_band(VxContext* ctx, const float* depth, int64_t H, int64_t 
     for (;;) {
         ctx->set.reset(bits, false);
         BrickSet& set = ctx->set;
+        const int64_t team_region_1 = vx_team::begin();
 #pragma omp parallel num_threads(nthreads)
         {
-            vx_team::spread();
+            vx_team::spread(team_region_1);
             std::vector<int32_t> bufx(W), bufy(W), bufz(W);
             std::vector<uint8_t> bufc(W);
             uint8_t* __restrict ch = bufc.data();
@@ -616,9 +617,10 @@ int64_t vx_rgbd_clearing(VxContext* ctx, const uint8_t* alive, const int32_t* co
     out.clear();
     const int nt = std::max(1, nthreads);
     std::vector<std::vector<int64_t>> parts(nt);
+    const int64_t team_region_2 = vx_team::begin();
 #pragma omp parallel num_threads(nt)
     {
-        vx_team::spread();
+        vx_team::spread(team_region_2);
         // Filled in a thread-private vector (see used_local in lidar_trace: the vector objects of
         // `parts` share cache lines) and moved into place once.
         std::vector<int64_t> mine;
@@ -685,9 +687,10 @@ static int64_t rgbd_update(VxContext* ctx, const int64_t* band_slots, int64_t M,
     const bool dw = p->depth_weighting != 0;
     const bool with_rgb = rgb != nullptr && col_a != nullptr;
 
+    const int64_t team_region_3 = vx_team::begin();
 #pragma omp parallel num_threads(nthreads)
     {
-        vx_team::spread();
+        vx_team::spread(team_region_3);
         // Per-voxel scratch of one brick (all loops below run over the 512 voxels of a brick).
         alignas(64) int32_t pix[BRICK_VOX];
         alignas(64) float zz[BRICK_VOX], dd[BRICK_VOX], cr[BRICK_VOX], cg[BRICK_VOX], cb[BRICK_VOX];
@@ -884,9 +887,10 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
         uint64_t* masks = set.masks.data();
         if (ctx->thread_codes.size() < size_t(nt) * nt) ctx->thread_codes.resize(size_t(nt) * nt);
         ctx->thread_used.assign(size_t(nt) * nt, 0);
+        const int64_t team_region_4 = vx_team::begin();
 #pragma omp parallel num_threads(nt)
         {
-            vx_team::spread();
+            vx_team::spread(team_region_4);
             // Per ray: boundary-crossing times per axis, merged, and the voxel of every piece.
             std::vector<float> ta[3];
             int32_t pbx = INT32_MIN, pby = 0, pbz = 0, pidx = -1;       // brick of the previous mark
@@ -1051,9 +1055,10 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
     auto list = [&](int64_t code) { masks[code >> 6] |= uint64_t(1) << (code & 63); };
     if (ctx->band_entries.size() < size_t(nt)) ctx->band_entries.resize(size_t(nt));
     if (ctx->band_acc.size() < size_t(nt)) ctx->band_acc.resize(size_t(nt));
+    const int64_t team_region_5 = vx_team::begin();
 #pragma omp parallel num_threads(nt)
     {
-        vx_team::spread();
+        vx_team::spread(team_region_5);
         const int tid = omp_get_thread_num();
         // Thread-private while filled (see used_local above), its capacity kept across scans.
         std::vector<BandEntry> mine;
@@ -1108,9 +1113,10 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
     // common case) split by mask and shift instead.
     const bool pow2 = (nt & (nt - 1)) == 0;
     const uint32_t nt_mask = uint32_t(nt - 1), nt_shift = uint32_t(__builtin_ctz(unsigned(nt)));
+    const int64_t team_region_6 = vx_team::begin();
 #pragma omp parallel num_threads(nt)
     {
-        vx_team::spread();
+        vx_team::spread(team_region_6);
         const uint32_t tid = uint32_t(omp_get_thread_num());
         BandSums& acc = ctx->band_acc[tid];
         acc.w.clear();
@@ -1298,9 +1304,10 @@ static int64_t lidar_apply(VxContext* ctx, const int64_t* slots, int64_t M, cons
     // Every listed voxel once, brick by brick: band voxels take their accumulated TSDF
     // observations, the others free-space TSDF (+1 per ray); then occupancy. Each cell read is
     // zeroed again for the next scan.
+    const int64_t team_region_7 = vx_team::begin();
 #pragma omp parallel num_threads(std::max(1, nthreads)) reduction(+ : n_touched)
     {
-        vx_team::spread();
+        vx_team::spread(team_region_7);
 #pragma omp for schedule(dynamic, 16)
         for (int64_t i = 0; i < M; ++i) {
             if (i + PREFETCH_BRICKS < M) prefetch_brick(slots[i + PREFETCH_BRICKS], tsdf_a, w_a, occ_a);
