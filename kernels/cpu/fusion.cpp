@@ -454,6 +454,10 @@ namespace {
 // Bricks sit at scattered slots of the pools, 1 KB per attribute: a loop over bricks asks for the
 // one this many places ahead (48 cache lines) so that its memory latency overlaps the work.
 constexpr int64_t PREFETCH_BRICKS = 4;
+// How many codes ahead the LiDAR counting prefetches its cell: the cells (2 KB per brick, ~16 MB
+// a scan) come from memory, and 16 ahead hid too little of that latency (counting 1.28 -> 0.86 ms
+// per scan at 160; 320 was no better).
+constexpr size_t COUNT_PREFETCH = 160;
 
 inline void prefetch_brick(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a) {
     for (int off = 0; off < BRICK_VOX; off += 32) {        // 32 halves per 64-byte line
@@ -1012,7 +1016,7 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
                 const uint32_t* list = ctx->thread_codes[size_t(src) * nt + tid].data();
                 const size_t n_list = ctx->thread_used[size_t(src) * nt + tid];
                 for (size_t q = 0; q < n_list; ++q) {
-                    if (q + 16 < n_list) __builtin_prefetch(cells + list[q + 16], 1);
+                    if (q + COUNT_PREFETCH < n_list) __builtin_prefetch(cells + list[q + COUNT_PREFETCH], 1);
                     const uint32_t code = list[q];
                     // Setting the mask bit every time (it may be set already) beats branching on
                     // the cell's old value, which mispredicted on about every other code.
