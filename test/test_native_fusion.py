@@ -581,6 +581,28 @@ def test_lidar_on_a_scene_with_walls_on_voxel_boundaries_is_bit_identical():
         assert torch.equal(a.attrs[name][alive], b.attrs[name][alive]), name
 
 
+@pytest.mark.parametrize("origin", [(0.0, 0.0, 0.0), (0.05, 0.05, 0.05), (0.8, -0.8, 1.6), (-3.3, 7.1, -0.25)])
+def test_lidar_rays_with_tied_crossings_match_torch(origin, kernel_threads):
+    """Rays along the axes and the exact diagonals from a voxel corner, a voxel centre and a brick
+    corner cross several voxel boundaries at the same t: the walk (eight rays at a time where the
+    CPU has AVX2) must break the ties as the reference does (x, then y, then z), in both directions,
+    for rays of every length, including ones that end inside the near-sensor bricks."""
+    kernel_threads(2)
+    dirs = np.array([(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) != (0, 0, 0)],
+                    np.float64)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    lengths = np.array([0.3, 0.75, 1.2, 2.0, 3.45, 7.9])
+    pts = torch.from_numpy((dirs[:, None, :] * lengths[None, :, None]).reshape(-1, 3).astype(np.float32))
+    T = torch.eye(4, dtype=torch.float64)
+    T[:3, 3] = torch.tensor(origin, dtype=torch.float64)
+    p = fusion_params(0.1)
+    ref, oc = SparseVoxelOctree(0.1), SparseVoxelOctree(0.1)
+    for _ in range(2):
+        assert torch.equal(integrate.integrate_lidar_torch(ref, pts, T, p), native.integrate_lidar_cpp(oc, pts, T, p))
+    assert_maps_match(ref, oc)
+    assert native.last_lidar_stats()["voxels_touched"] > 2000
+
+
 @pytest.mark.parametrize("far", [[0.0, 0.0, 3.4028235e38], [3e19, 4e19, 0.0]])
 def test_a_point_whose_norm_overflows_is_a_no_return_ray(far):
     """Some drivers mark "no return" with FLT_MAX: the norm overflows to inf, and the ray must still

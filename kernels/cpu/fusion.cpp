@@ -808,6 +808,221 @@ void vx_copy_visited(const VxContext* ctx, int64_t* out) {
 }
 
 // ----------------------------------------------------------------------------------------- LiDAR
+extern "C++" {     // templates inside the extern "C" block
+// One ray of the LiDAR walk where it leaves the near-sensor bricks: voxel (px, py, pz) after j
+// of its m steps, per axis the crossings n, step sign, first crossing's voxel index base, the
+// crossings k taken so far and the time t of the next one (+inf when none is left), direction d.
+struct RayWalk {
+    int64_t px, py, pz, j, m;
+    int64_t n[3], sgn[3], base[3], k[3];
+    float t[3], d[3];
+};
+
+#if defined(__AVX2__)
+// LANE_PICK + 8 - l, read as eight int32, is all ones in lane l only.
+alignas(64) constexpr int32_t LANE_PICK[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0};
+
+// For each 8-bit lane mask, the permutation that moves the masked lanes to the front in order.
+inline const __m256i* left_pack_table() {
+    alignas(32) static const auto table = [] {
+        struct { alignas(32) int32_t v[256][8]; } t{};
+        for (int m = 0; m < 256; ++m) {
+            int k = 0;
+            for (int l = 0; l < 8; ++l)
+                if (m >> l & 1) t.v[m][k++] = l;
+        }
+        return t;
+    }();
+    return reinterpret_cast<const __m256i*>(table.v);
+}
+
+// Part 2 of the LiDAR walk for eight rays at once, one per lane and branch-free per step: the
+// scalar walk's mispredicted three-way choice of the next axis becomes three compares and blends.
+// Same crossing times (the same float operations as start_ray's arrays), the same merge rule (ties:
+// x, then y, then z) and the same codes as walk_rest, which still takes any ray whose voxel indices
+// would not fit in int32. Rays come in chunks of `chunk` from the shared counter `next`; a lane
+// whose ray ends takes the next one. Codes go to the bucket of their brick's owner thread; on
+// return used[] holds the buckets' fill levels and w points into bucket cur, as walk_rest left them.
+template <typename Start, typename Rest>
+void walk_lanes_avx2(RayWalk& s, Start& start_ray, Rest& walk_rest, std::atomic<int64_t>& next, int64_t n_rays,
+                     int chunk, const uint64_t* order, BrickSet& set, std::vector<uint32_t>* buckets, size_t* used,
+                     int& cur, uint32_t*& w, int nt, const float* o, float vs) {
+    constexpr int L = 8;
+    used[cur] = size_t(w - buckets[cur].data());
+    std::vector<uint32_t*> wp(static_cast<size_t>(nt), nullptr);
+    for (int b = 0; b < nt; ++b) wp[size_t(b)] = buckets[b].data() + used[b];
+    auto to_scalar = [&] {
+        for (int b = 0; b < nt; ++b) used[b] = size_t(wp[size_t(b)] - buckets[b].data());
+        w = buckets[cur].data() + used[cur];
+    };
+    auto from_scalar = [&] {
+        used[cur] = size_t(w - buckets[cur].data());
+        for (int b = 0; b < nt; ++b) wp[size_t(b)] = buckets[b].data() + used[b];
+    };
+    const bool pow2 = (nt & (nt - 1)) == 0;
+    auto owner = [&](int32_t idx) { return idx < 0 ? -1 : (pow2 ? int(idx & (nt - 1)) : int(idx % nt)); };
+    int64_t ri = 0, ri_end = 0;
+    auto next_ray = [&]() -> int64_t {
+        for (;;) {
+            if (set.overflow.load(std::memory_order_relaxed)) return -1;     // the trace starts over
+            if (ri < ri_end) return int64_t(order[ri++] & 0xFFFFFFFFu);
+            const int64_t c = next.fetch_add(chunk, std::memory_order_relaxed);
+            if (c >= n_rays) return -1;
+            ri = c;
+            ri_end = std::min<int64_t>(c + chunk, n_rays);
+        }
+    };
+    struct alignas(32) Lanes {
+        int32_t px[L], py[L], pz[L], rem[L], c0[L], c1[L], c2[L], code[L], own[L], bx[L], by[L], bz[L];
+        int32_t n0[L], n1[L], n2[L], s0[L], s1[L], s2[L], b0[L], b1[L], b2[L];
+        float t0[L], t1[L], t2[L], d0[L], d1[L], d2[L];
+    } A = {};
+    constexpr int64_t FITS = int64_t(1) << 30;
+    // Lane l takes rays until one reaches part 2 (rem = steps left), or none is left (rem = -1).
+    auto load_lane = [&](int l) {
+        for (;;) {
+            const int64_t r = next_ray();
+            if (r < 0) { A.rem[l] = -1; A.own[l] = -1; A.code[l] = 0; return; }
+            if (!start_ray(r)) continue;
+            bool fits = true;
+            for (int a = 0; a < 3; ++a) fits &= (s.base[a] < 0 ? -s.base[a] : s.base[a]) + s.n[a] + 16 < FITS;
+            if (!fits) { to_scalar(); walk_rest(); from_scalar(); continue; }
+            A.px[l] = int32_t(s.px); A.py[l] = int32_t(s.py); A.pz[l] = int32_t(s.pz);
+            A.rem[l] = int32_t(s.m - s.j);
+            A.c0[l] = int32_t(s.k[0]); A.c1[l] = int32_t(s.k[1]); A.c2[l] = int32_t(s.k[2]);
+            A.n0[l] = int32_t(s.n[0]); A.n1[l] = int32_t(s.n[1]); A.n2[l] = int32_t(s.n[2]);
+            A.s0[l] = int32_t(s.sgn[0]); A.s1[l] = int32_t(s.sgn[1]); A.s2[l] = int32_t(s.sgn[2]);
+            A.b0[l] = int32_t(s.base[0]); A.b1[l] = int32_t(s.base[1]); A.b2[l] = int32_t(s.base[2]);
+            A.t0[l] = s.t[0]; A.t1[l] = s.t[1]; A.t2[l] = s.t[2];
+            A.d0[l] = s.d[0]; A.d1[l] = s.d[1]; A.d2[l] = s.d[2];
+            A.bx[l] = int32_t(s.px >> 3); A.by[l] = int32_t(s.py >> 3); A.bz[l] = int32_t(s.pz >> 3);
+            const int32_t idx = set.insert(A.bx[l], A.by[l], A.bz[l]);
+            A.own[l] = owner(idx);
+            A.code[l] = idx >= 0 ? idx * BRICK_VOX : 0;
+            return;
+        }
+    };
+    // Room in every bucket for all the codes the lanes have left to write.
+    auto make_room = [&] {
+        size_t need = 0;
+        for (int l = 0; l < L; ++l) need += size_t(A.rem[l] + 1);
+        need += L;                        // each store writes all eight lanes
+        for (int b = 0; b < nt; ++b) {
+            const size_t u = size_t(wp[size_t(b)] - buckets[b].data());
+            if (buckets[b].size() < u + need + 1) {
+                buckets[b].resize(std::max(2 * buckets[b].size(), u + need + 4096));
+                wp[size_t(b)] = buckets[b].data() + u;
+            }
+        }
+    };
+    for (int l = 0; l < L; ++l) load_lane(l);
+    make_room();
+    __m256i px, py, pz, rem, c0, c1, c2, code, ownv, bx, by, bz, n0, n1, n2, s0, s1, s2, b0, b1, b2;
+    __m256 t0, t1, t2, d0, d1, d2;
+    auto load = [&] {
+        px = _mm256_load_si256((const __m256i*)A.px); py = _mm256_load_si256((const __m256i*)A.py);
+        pz = _mm256_load_si256((const __m256i*)A.pz); rem = _mm256_load_si256((const __m256i*)A.rem);
+        c0 = _mm256_load_si256((const __m256i*)A.c0); c1 = _mm256_load_si256((const __m256i*)A.c1);
+        c2 = _mm256_load_si256((const __m256i*)A.c2); code = _mm256_load_si256((const __m256i*)A.code);
+        ownv = _mm256_load_si256((const __m256i*)A.own);
+        bx = _mm256_load_si256((const __m256i*)A.bx); by = _mm256_load_si256((const __m256i*)A.by);
+        bz = _mm256_load_si256((const __m256i*)A.bz);
+        n0 = _mm256_load_si256((const __m256i*)A.n0); n1 = _mm256_load_si256((const __m256i*)A.n1);
+        n2 = _mm256_load_si256((const __m256i*)A.n2); s0 = _mm256_load_si256((const __m256i*)A.s0);
+        s1 = _mm256_load_si256((const __m256i*)A.s1); s2 = _mm256_load_si256((const __m256i*)A.s2);
+        b0 = _mm256_load_si256((const __m256i*)A.b0); b1 = _mm256_load_si256((const __m256i*)A.b1);
+        b2 = _mm256_load_si256((const __m256i*)A.b2);
+        t0 = _mm256_load_ps(A.t0); t1 = _mm256_load_ps(A.t1); t2 = _mm256_load_ps(A.t2);
+        d0 = _mm256_load_ps(A.d0); d1 = _mm256_load_ps(A.d1); d2 = _mm256_load_ps(A.d2);
+    };
+    auto store_moving = [&] {       // the per-step state (the rest is only written by load_lane)
+        _mm256_store_si256((__m256i*)A.px, px); _mm256_store_si256((__m256i*)A.py, py);
+        _mm256_store_si256((__m256i*)A.pz, pz); _mm256_store_si256((__m256i*)A.rem, rem);
+        _mm256_store_si256((__m256i*)A.c0, c0); _mm256_store_si256((__m256i*)A.c1, c1);
+        _mm256_store_si256((__m256i*)A.c2, c2); _mm256_store_si256((__m256i*)A.code, code);
+        _mm256_store_si256((__m256i*)A.own, ownv);
+        _mm256_store_si256((__m256i*)A.bx, bx); _mm256_store_si256((__m256i*)A.by, by);
+        _mm256_store_si256((__m256i*)A.bz, bz);
+        _mm256_store_ps(A.t0, t0); _mm256_store_ps(A.t1, t1); _mm256_store_ps(A.t2, t2);
+    };
+    load();
+    const __m256 vsv = _mm256_set1_ps(vs), inf = _mm256_set1_ps(INFINITY);
+    const __m256 o0 = _mm256_set1_ps(o[0]), o1 = _mm256_set1_ps(o[1]), o2 = _mm256_set1_ps(o[2]);
+    const __m256i seven = _mm256_set1_epi32(7), one = _mm256_set1_epi32(1), minus1 = _mm256_set1_epi32(-1);
+    // Time of crossing c + 1 of an axis (+inf past its last), as start_ray computes it.
+    auto crossing = [&](__m256i c, __m256i n, __m256i base, __m256i sg, __m256 d, __m256 oa) {
+        const __m256i v = _mm256_add_epi32(base, _mm256_sign_epi32(_mm256_add_epi32(c, one), sg));
+        const __m256 t = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), vsv), oa), d);
+        return _mm256_blendv_ps(inf, t, _mm256_castsi256_ps(_mm256_cmpgt_epi32(n, c)));
+    };
+    alignas(32) int32_t nb[3][L];
+    const __m256i* pack = left_pack_table();
+    for (;;) {
+        const int act = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(rem, minus1)));
+        if (!act) break;
+        // The code of every lane's voxel, to its brick owner's bucket.
+        const __m256i lin = _mm256_or_si256(_mm256_and_si256(px, seven),
+            _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(py, seven), 3),
+                            _mm256_slli_epi32(_mm256_and_si256(pz, seven), 6)));
+        const __m256i codes = _mm256_add_epi32(code, lin);
+        for (int b = 0; b < nt; ++b) {     // left-pack the lanes of owner b, store all eight
+            const int mb = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(ownv, _mm256_set1_epi32(b))));
+            _mm256_storeu_si256((__m256i*)wp[size_t(b)], _mm256_permutevar8x32_epi32(codes, pack[mb]));
+            wp[size_t(b)] += __builtin_popcount(unsigned(mb));
+        }
+        // One step on every lane with steps left.
+        const __m256i step = _mm256_cmpgt_epi32(rem, _mm256_setzero_si256());
+        const __m256i le01 = _mm256_castps_si256(_mm256_cmp_ps(t0, t1, _CMP_LE_OQ));
+        const __m256i le02 = _mm256_castps_si256(_mm256_cmp_ps(t0, t2, _CMP_LE_OQ));
+        const __m256i le12 = _mm256_castps_si256(_mm256_cmp_ps(t1, t2, _CMP_LE_OQ));
+        const __m256i x_first = _mm256_and_si256(le01, le02);
+        const __m256i mx = _mm256_and_si256(x_first, step);
+        const __m256i my = _mm256_and_si256(_mm256_andnot_si256(x_first, le12), step);
+        const __m256i mz = _mm256_andnot_si256(_mm256_or_si256(x_first, le12), step);
+        px = _mm256_add_epi32(px, _mm256_and_si256(mx, s0));
+        py = _mm256_add_epi32(py, _mm256_and_si256(my, s1));
+        pz = _mm256_add_epi32(pz, _mm256_and_si256(mz, s2));
+        c0 = _mm256_sub_epi32(c0, mx);
+        c1 = _mm256_sub_epi32(c1, my);
+        c2 = _mm256_sub_epi32(c2, mz);
+        t0 = _mm256_blendv_ps(t0, crossing(c0, n0, b0, s0, d0, o0), _mm256_castsi256_ps(mx));
+        t1 = _mm256_blendv_ps(t1, crossing(c1, n1, b1, s1, d1, o1), _mm256_castsi256_ps(my));
+        t2 = _mm256_blendv_ps(t2, crossing(c2, n2, b2, s2, d2, o2), _mm256_castsi256_ps(mz));
+        rem = _mm256_add_epi32(rem, step);
+        // Lanes that entered another brick look it up.
+        const __m256i nbx = _mm256_srai_epi32(px, 3), nby = _mm256_srai_epi32(py, 3), nbz = _mm256_srai_epi32(pz, 3);
+        const __m256i same = _mm256_and_si256(_mm256_cmpeq_epi32(nbx, bx),
+                                              _mm256_and_si256(_mm256_cmpeq_epi32(nby, by), _mm256_cmpeq_epi32(nbz, bz)));
+        const int moved = ~_mm256_movemask_ps(_mm256_castsi256_ps(same)) & _mm256_movemask_ps(_mm256_castsi256_ps(step));
+        if (moved) {
+            _mm256_store_si256((__m256i*)nb[0], nbx);
+            _mm256_store_si256((__m256i*)nb[1], nby);
+            _mm256_store_si256((__m256i*)nb[2], nbz);
+            for (int bits = moved; bits; bits &= bits - 1) {
+                const int l = __builtin_ctz(unsigned(bits));
+                const int32_t idx = set.insert(nb[0][l], nb[1][l], nb[2][l]);
+                // Into lane l by blending, not by a scalar store and a vector load (the load would
+                // wait for the store to retire: store forwarding cannot merge them).
+                const __m256i lane = _mm256_loadu_si256((const __m256i*)(LANE_PICK + L - l));
+                code = _mm256_blendv_epi8(code, _mm256_set1_epi32(idx >= 0 ? idx * BRICK_VOX : 0), lane);
+                ownv = _mm256_blendv_epi8(ownv, _mm256_set1_epi32(owner(idx)), lane);
+            }
+            bx = nbx; by = nby; bz = nbz;
+        }
+        // Lanes whose ray ended take the next ray.
+        const int done = act & ~_mm256_movemask_ps(_mm256_castsi256_ps(step));
+        if (done) {
+            store_moving();
+            for (int bits = done; bits; bits &= bits - 1) load_lane(__builtin_ctz(unsigned(bits)));
+            make_room();
+            load();
+        }
+    }
+    to_scalar();
+}
+#endif
+}  // extern "C++"
+
 // Phase 1: rays (lidar_rays), every free / band / hit sample (lidar_samples), per-voxel cells
 // (free-ray count / band / hit) and the band TSDF sums once per (ray, voxel) in ray order.
 // points (N, 3) float32 sensor frame. Returns the number M of touched bricks (fetch them with
@@ -891,6 +1106,7 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
         uint64_t* masks = set.masks.data();
         if (ctx->thread_codes.size() < size_t(nt) * nt) ctx->thread_codes.resize(size_t(nt) * nt);
         ctx->thread_used.assign(size_t(nt) * nt, 0);
+        std::atomic<int64_t> next_ray_chunk{0};
         const int64_t team_region_4 = vx_team::begin();
 #pragma omp parallel num_threads(nt)
         {
@@ -916,69 +1132,80 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
             int cur = 0;                                   // bucket of the previous mark's brick
             if (buckets[0].empty()) buckets[0].resize(4096);
             uint32_t* w = buckets[0].data();
-#pragma omp for schedule(dynamic, ray_chunk) nowait
-            for (int64_t ri = 0; ri < n_rays; ++ri) {
-                if (!p->free_space || set.overflow.load(std::memory_order_relaxed)) continue;
-                const int64_t r = int64_t(order[size_t(ri)] & 0xFFFFFFFFu);
+            // One ray's walk: its set-up, part 1 inside the near-sensor bricks (start_ray), and
+            // part 2 beyond them (walk_rest here, or eight rays at a time below).
+            RayWalk s;
+            auto start_ray = [&](int64_t r) -> bool {
                 const float d[3] = {dirs[3 * r], dirs[3 * r + 1], dirs[3 * r + 2]};
                 const float rng = ranges[r];
                 const float te = hit[r] ? rng - vs : rng;
-                if (!(te > 0.0f)) continue;
+                if (!(te > 0.0f)) return false;
                 // Exact traversal (integrate.ray_voxels): the crossings of voxel boundaries on
                 // [0, te), merged in order of t (ties: x, then y, then z), each stepping one axis.
-                int64_t n[3];
-                int64_t sgn[3];
                 for (int a = 0; a < 3; ++a) {
                     const int64_t i1 = ifloor((o[a] + te * d[a]) / vs);
-                    n[a] = i1 > i0[a] ? i1 - i0[a] : i0[a] - i1;
-                    if (n[a] > (int64_t(1) << 26)) { set.range_error.store(1); n[a] = 0; }
-                    ta[a].resize(size_t(n[a]) + 1);
+                    int64_t& na = s.n[a];
+                    na = i1 > i0[a] ? i1 - i0[a] : i0[a] - i1;
+                    if (na > (int64_t(1) << 26)) { set.range_error.store(1); na = 0; }
+                    ta[a].resize(size_t(na) + 1);
                     float* t = ta[a].data();
                     const float da = d[a], oa = o[a];
-                    const int64_t base = da > 0.0f ? i0[a] : i0[a] + 1;
-                    sgn[a] = da > 0.0f ? 1 : -1;
-                    for (int64_t k = 1; k <= n[a]; ++k)                   // vectorized
-                        t[k - 1] = (float(base + sgn[a] * k) * vs - oa) / da;
-                    t[n[a]] = INFINITY;                                     // merge sentinel
+                    s.d[a] = da;
+                    s.base[a] = da > 0.0f ? i0[a] : i0[a] + 1;
+                    s.sgn[a] = da > 0.0f ? 1 : -1;
+                    const int64_t base = s.base[a], sg = s.sgn[a];
+                    for (int64_t k = 1; k <= na; ++k)                   // vectorized
+                        t[k - 1] = (float(base + sg * k) * vs - oa) / da;
+                    t[na] = INFINITY;                                     // merge sentinel
                 }
-                const int64_t m = n[0] + n[1] + n[2];
+                s.m = s.n[0] + s.n[1] + s.n[2];
+                const float *p0 = ta[0].data(), *p1 = ta[1].data(), *p2 = ta[2].data();
+                int64_t px = i0[0], py = i0[1], pz = i0[2];
+                int64_t j = 0;
+                // Part 1, inside the 3x3x3 near-sensor bricks. The block is convex, so a ray that
+                // leaves it never comes back: part 2 needs no near test. (Branchy merge: the select
+                // chain's latency costs more than the mispredicts in scalar code.)
+                for (;; ++j) {
+                    const uint64_t nx = uint64_t((px >> 3) - nb0[0]), ny = uint64_t((py >> 3) - nb0[1]),
+                                   nz = uint64_t((pz >> 3) - nb0[2]);
+                    if (!((nx < 3) & (ny < 3) & (nz < 3))) break;
+                    ++near[((nz * 3 + ny) * 3 + nx) * BRICK_VOX + uint32_t((px & 7) | ((py & 7) << 3) | ((pz & 7) << 6))];
+                    if (j == s.m) return false;
+                    const float a0 = *p0, a1 = *p1, a2 = *p2;
+                    if (a0 <= a1 && a0 <= a2) { ++p0; px += s.sgn[0]; }
+                    else if (a1 <= a2) { ++p1; py += s.sgn[1]; }
+                    else { ++p2; pz += s.sgn[2]; }
+                }
+                s.px = px; s.py = py; s.pz = pz; s.j = j;
+                s.k[0] = p0 - ta[0].data(); s.k[1] = p1 - ta[1].data(); s.k[2] = p2 - ta[2].data();
+                s.t[0] = *p0; s.t[1] = *p1; s.t[2] = *p2;
+                return true;
+            };
+            // Part 2 of the ray in s, one voxel at a time: one code per (ray, voxel), every step
+            // entering a new voxel (counted below). The voxel's place in its brick and the brick
+            // follow the stepped axis; the brick is looked up only when that axis wraps around a
+            // brick border.
+            auto walk_rest = [&]() {
+                const int64_t m = s.m;
                 used[cur] = size_t(w - buckets[cur].data());
                 for (int b = 0; b < nt; ++b)
                     if (buckets[b].size() < used[b] + size_t(m) + 1)
                         buckets[b].resize(std::max(2 * buckets[b].size(), used[b] + size_t(m) + 4096));
                 w = buckets[cur].data() + used[cur];
-                const float *p0 = ta[0].data(), *p1 = ta[1].data(), *p2 = ta[2].data();
-                int64_t px = i0[0], py = i0[1], pz = i0[2];
-                int64_t j = 0;
-                // 3-way merge step: the next crossing in order of t (ties: x, then y, then z). It
-                // returns the axis stepped. (Branchy beats branch-free here: the select chain's
-                // latency costs more than the mispredicts.)
+                const float *p0 = ta[0].data() + s.k[0], *p1 = ta[1].data() + s.k[1], *p2 = ta[2].data() + s.k[2];
+                int64_t px = s.px, py = s.py, pz = s.pz;
+                const int64_t* sgn = s.sgn;
                 auto step_axis = [&]() -> int {
                     const float a0 = *p0, a1 = *p1, a2 = *p2;
                     if (a0 <= a1 && a0 <= a2) { ++p0; px += sgn[0]; return 0; }
                     if (a1 <= a2) { ++p1; py += sgn[1]; return 1; }
                     ++p2; pz += sgn[2]; return 2;
                 };
-                // Part 1, inside the 3x3x3 near-sensor bricks. The block is convex, so a ray that
-                // leaves it never comes back: part 2 needs no near test.
-                bool done = false;
-                for (;; ++j) {
-                    const uint64_t nx = uint64_t((px >> 3) - nb0[0]), ny = uint64_t((py >> 3) - nb0[1]),
-                                   nz = uint64_t((pz >> 3) - nb0[2]);
-                    if (!((nx < 3) & (ny < 3) & (nz < 3))) break;
-                    ++near[((nz * 3 + ny) * 3 + nx) * BRICK_VOX + uint32_t((px & 7) | ((py & 7) << 3) | ((pz & 7) << 6))];
-                    if (j == m) { done = true; break; }
-                    step_axis();
-                }
-                if (done) continue;
-                // Part 2: one code per (ray, voxel), every step entering a new voxel (counted
-                // below). The voxel's place in its brick and the brick follow the stepped axis;
-                // the brick is looked up only when that axis wraps around a brick border.
                 int32_t cx = int32_t(px >> 3), cy = int32_t(py >> 3), cz = int32_t(pz >> 3);
                 uint32_t lin = uint32_t((px & 7) | ((py & 7) << 3) | ((pz & 7) << 6));
                 const int64_t wrap[3] = {sgn[0] > 0 ? 0 : 7, sgn[1] > 0 ? 0 : 7, sgn[2] > 0 ? 0 : 7};
                 bool moved = cx != pbx || cy != pby || cz != pbz;
-                for (;; ++j) {
+                for (int64_t j = s.j;; ++j) {
                     if (moved) {
                         pidx = set.insert(cx, cy, cz);
                         pbx = cx; pby = cy; pbz = cz;
@@ -1005,7 +1232,18 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
                             if ((pz & 7) == wrap[2]) { cz += int32_t(sgn[2]); moved = true; }
                     }
                 }
+            };
+#if defined(__AVX2__)
+            if (p->free_space)
+                walk_lanes_avx2(s, start_ray, walk_rest, next_ray_chunk, n_rays, ray_chunk, order.data(), set,
+                                buckets, used, cur, w, nt, o, vs);
+#else
+#pragma omp for schedule(dynamic, ray_chunk) nowait
+            for (int64_t ri = 0; ri < n_rays; ++ri) {
+                if (!p->free_space || set.overflow.load(std::memory_order_relaxed)) continue;
+                if (start_ray(int64_t(order[size_t(ri)] & 0xFFFFFFFFu))) walk_rest();
             }
+#endif
             used[cur] = size_t(w - buckets[cur].data());
             std::copy(used_local.begin(), used_local.end(), ctx->thread_used.begin() + size_t(tid) * nt);
 #pragma omp barrier
