@@ -883,10 +883,10 @@ void walk_lanes_avx2(RayWalk& s, Start& start_ray, Rest& walk_rest, std::atomic<
         for (;;) {
             const int64_t r = next_ray();
             if (r < 0) { A.rem[l] = -1; A.own[l] = -1; A.code[l] = 0; return; }
-            if (!start_ray(r)) continue;
+            if (!start_ray(r, false)) continue;
             bool fits = true;
             for (int a = 0; a < 3; ++a) fits &= (s.base[a] < 0 ? -s.base[a] : s.base[a]) + s.n[a] + 16 < FITS;
-            if (!fits) { to_scalar(); walk_rest(); from_scalar(); continue; }
+            if (!fits) { to_scalar(); walk_rest(true); from_scalar(); continue; }
             A.px[l] = int32_t(s.px); A.py[l] = int32_t(s.py); A.pz[l] = int32_t(s.pz);
             A.rem[l] = int32_t(s.m - s.j);
             A.c0[l] = int32_t(s.k[0]); A.c1[l] = int32_t(s.k[1]); A.c2[l] = int32_t(s.k[2]);
@@ -1135,7 +1135,20 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
             // One ray's walk: its set-up, part 1 inside the near-sensor bricks (start_ray), and
             // part 2 beyond them (walk_rest here, or eight rays at a time below).
             RayWalk s;
-            auto start_ray = [&](int64_t r) -> bool {
+            // Crossing times k_from..k_to (1-based) of axis a of the ray in s into ta[a], and the
+            // merge sentinel after its last.
+            auto fill_crossings = [&](int a, int64_t k_from, int64_t k_to) {
+                float* t = ta[a].data();
+                const float da = s.d[a], oa = o[a];
+                const int64_t base = s.base[a], sg = s.sgn[a];
+                for (int64_t k = k_from; k <= k_to; ++k)                   // vectorized
+                    t[k - 1] = (float(base + sg * k) * vs - oa) / da;
+                if (k_to == s.n[a]) t[k_to] = INFINITY;
+            };
+            // Part 1 takes at most 24 crossings per axis (the block is 24 voxels wide), so it reads
+            // ta[a] up to index 24; the eight-lane walk computes the later crossings itself.
+            constexpr int64_t NEAR_CROSSINGS = 3 * 8 + 1;
+            auto start_ray = [&](int64_t r, bool all_crossings) -> bool {
                 const float d[3] = {dirs[3 * r], dirs[3 * r + 1], dirs[3 * r + 2]};
                 const float rng = ranges[r];
                 const float te = hit[r] ? rng - vs : rng;
@@ -1148,15 +1161,10 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
                     na = i1 > i0[a] ? i1 - i0[a] : i0[a] - i1;
                     if (na > (int64_t(1) << 26)) { set.range_error.store(1); na = 0; }
                     ta[a].resize(size_t(na) + 1);
-                    float* t = ta[a].data();
-                    const float da = d[a], oa = o[a];
-                    s.d[a] = da;
-                    s.base[a] = da > 0.0f ? i0[a] : i0[a] + 1;
-                    s.sgn[a] = da > 0.0f ? 1 : -1;
-                    const int64_t base = s.base[a], sg = s.sgn[a];
-                    for (int64_t k = 1; k <= na; ++k)                   // vectorized
-                        t[k - 1] = (float(base + sg * k) * vs - oa) / da;
-                    t[na] = INFINITY;                                     // merge sentinel
+                    s.d[a] = d[a];
+                    s.base[a] = d[a] > 0.0f ? i0[a] : i0[a] + 1;
+                    s.sgn[a] = d[a] > 0.0f ? 1 : -1;
+                    fill_crossings(a, 1, all_crossings ? na : std::min(na, NEAR_CROSSINGS));
                 }
                 s.m = s.n[0] + s.n[1] + s.n[2];
                 const float *p0 = ta[0].data(), *p1 = ta[1].data(), *p2 = ta[2].data();
@@ -1185,7 +1193,10 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
             // entering a new voxel (counted below). The voxel's place in its brick and the brick
             // follow the stepped axis; the brick is looked up only when that axis wraps around a
             // brick border.
-            auto walk_rest = [&]() {
+            auto walk_rest = [&](bool fill_rest) {
+                if (fill_rest)          // start_ray computed only part 1's crossings
+                    for (int a = 0; a < 3; ++a)
+                        if (s.n[a] > NEAR_CROSSINGS) fill_crossings(a, NEAR_CROSSINGS + 1, s.n[a]);
                 const int64_t m = s.m;
                 used[cur] = size_t(w - buckets[cur].data());
                 for (int b = 0; b < nt; ++b)
@@ -1241,7 +1252,7 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
 #pragma omp for schedule(dynamic, ray_chunk) nowait
             for (int64_t ri = 0; ri < n_rays; ++ri) {
                 if (!p->free_space || set.overflow.load(std::memory_order_relaxed)) continue;
-                if (start_ray(int64_t(order[size_t(ri)] & 0xFFFFFFFFu))) walk_rest();
+                if (start_ray(int64_t(order[size_t(ri)] & 0xFFFFFFFFu), true)) walk_rest(false);
             }
 #endif
             used[cur] = size_t(w - buckets[cur].data());
