@@ -809,13 +809,13 @@ void vx_copy_visited(const VxContext* ctx, int64_t* out) {
 
 // ----------------------------------------------------------------------------------------- LiDAR
 extern "C++" {     // templates inside the extern "C" block
-// One ray of the LiDAR walk where it leaves the near-sensor bricks: voxel (px, py, pz) after j
-// of its m steps, per axis the crossings n, step sign, first crossing's voxel index base, the
-// crossings k taken so far and the time t of the next one (+inf when none is left), direction d.
+// One ray of the LiDAR walk: its m steps and, per axis, the crossings n, step sign, first
+// crossing's voxel index base and direction d; once part 1 is done (near_part), the voxel
+// (px, py, pz) after j steps and the crossings k taken so far.
 struct RayWalk {
     int64_t px, py, pz, j, m;
     int64_t n[3], sgn[3], base[3], k[3];
-    float t[3], d[3];
+    float d[3];
 };
 
 #if defined(__AVX2__)
@@ -836,17 +836,18 @@ inline const __m256i* left_pack_table() {
     return reinterpret_cast<const __m256i*>(table.v);
 }
 
-// Part 2 of the LiDAR walk for eight rays at once, one per lane and branch-free per step: the
-// scalar walk's mispredicted three-way choice of the next axis becomes three compares and blends.
-// Same crossing times (the same float operations as start_ray's arrays), the same merge rule (ties:
-// x, then y, then z) and the same codes as walk_rest, which still takes any ray whose voxel indices
-// would not fit in int32. Rays come in chunks of `chunk` from the shared counter `next`; a lane
+// The LiDAR walk for eight rays at once, one per lane and branch-free per step: the scalar
+// walk's mispredicted three-way choice of the next axis becomes three compares and blends. Same
+// crossing times (the same float operations as near_part's arrays), the same merge rule (ties:
+// x, then y, then z), the same near-sensor counts and codes as near_part and walk_rest, which
+// still take any ray whose voxel indices would not fit in int32. Rays come in chunks of `chunk` from the shared counter `next`; a lane
 // whose ray ends takes the next one. Codes go to the bucket of their brick's owner thread; on
 // return used[] holds the buckets' fill levels and w points into bucket cur, as walk_rest left them.
-template <typename Start, typename Rest>
-void walk_lanes_avx2(RayWalk& s, Start& start_ray, Rest& walk_rest, std::atomic<int64_t>& next, int64_t n_rays,
-                     int chunk, const uint64_t* order, BrickSet& set, std::vector<uint32_t>* buckets, size_t* used,
-                     int& cur, uint32_t*& w, int nt, const float* o, float vs) {
+template <typename Setup, typename Near, typename Rest>
+void walk_lanes_avx2(RayWalk& s, Setup& setup_ray, Near& near_part, Rest& walk_rest, std::atomic<int64_t>& next,
+                     int64_t n_rays, int chunk, const uint64_t* order, BrickSet& set, std::vector<uint32_t>* buckets,
+                     size_t* used, int& cur, uint32_t*& w, int nt, const float* o, float vs, const int64_t* i0,
+                     const int64_t* nb0, uint32_t* near) {
     constexpr int L = 8;
     used[cur] = size_t(w - buckets[cur].data());
     std::vector<uint32_t*> wp(static_cast<size_t>(nt), nullptr);
@@ -879,26 +880,43 @@ void walk_lanes_avx2(RayWalk& s, Start& start_ray, Rest& walk_rest, std::atomic<
     } A = {};
     constexpr int64_t FITS = int64_t(1) << 30;
     // Lane l takes rays until one reaches part 2 (rem = steps left), or none is left (rem = -1).
+    // Lanes in the near-sensor bricks (every ray starts there, and once out it never comes back,
+    // the block being convex) count into the thread's private near counts instead of the
+    // buckets; their code is the near block's brick offset and their owner -1.
+    int near_bits = 0;
+    auto near_code = [&](int64_t bx, int64_t by, int64_t bz) -> int32_t {
+        const uint64_t nx = uint64_t(bx - nb0[0]), ny = uint64_t(by - nb0[1]), nz = uint64_t(bz - nb0[2]);
+        return (nx < 3) & (ny < 3) & (nz < 3) ? int32_t(((nz * 3 + ny) * 3 + nx) * BRICK_VOX) : -1;
+    };
+    // Lane l takes the next ray with a length (rem = steps left), or none is left (rem = -1).
     auto load_lane = [&](int l) {
+        near_bits &= ~(1 << l);
         for (;;) {
             const int64_t r = next_ray();
             if (r < 0) { A.rem[l] = -1; A.own[l] = -1; A.code[l] = 0; return; }
-            if (!start_ray(r, false)) continue;
+            if (!setup_ray(r)) continue;
             bool fits = true;
             for (int a = 0; a < 3; ++a) fits &= (s.base[a] < 0 ? -s.base[a] : s.base[a]) + s.n[a] + 16 < FITS;
-            if (!fits) { to_scalar(); walk_rest(true); from_scalar(); continue; }
-            A.px[l] = int32_t(s.px); A.py[l] = int32_t(s.py); A.pz[l] = int32_t(s.pz);
-            A.rem[l] = int32_t(s.m - s.j);
-            A.c0[l] = int32_t(s.k[0]); A.c1[l] = int32_t(s.k[1]); A.c2[l] = int32_t(s.k[2]);
+            if (!fits) {
+                to_scalar();
+                if (near_part()) walk_rest();
+                from_scalar();
+                continue;
+            }
+            A.px[l] = int32_t(i0[0]); A.py[l] = int32_t(i0[1]); A.pz[l] = int32_t(i0[2]);
+            A.rem[l] = int32_t(s.m);
+            A.c0[l] = A.c1[l] = A.c2[l] = 0;
             A.n0[l] = int32_t(s.n[0]); A.n1[l] = int32_t(s.n[1]); A.n2[l] = int32_t(s.n[2]);
             A.s0[l] = int32_t(s.sgn[0]); A.s1[l] = int32_t(s.sgn[1]); A.s2[l] = int32_t(s.sgn[2]);
             A.b0[l] = int32_t(s.base[0]); A.b1[l] = int32_t(s.base[1]); A.b2[l] = int32_t(s.base[2]);
-            A.t0[l] = s.t[0]; A.t1[l] = s.t[1]; A.t2[l] = s.t[2];
+            float* tl[3] = {A.t0, A.t1, A.t2};
+            for (int a = 0; a < 3; ++a)         // the first crossing, as near_part's arrays hold it
+                tl[a][l] = s.n[a] > 0 ? (float(s.base[a] + s.sgn[a]) * vs - o[a]) / s.d[a] : INFINITY;
             A.d0[l] = s.d[0]; A.d1[l] = s.d[1]; A.d2[l] = s.d[2];
-            A.bx[l] = int32_t(s.px >> 3); A.by[l] = int32_t(s.py >> 3); A.bz[l] = int32_t(s.pz >> 3);
-            const int32_t idx = set.insert(A.bx[l], A.by[l], A.bz[l]);
-            A.own[l] = owner(idx);
-            A.code[l] = idx >= 0 ? idx * BRICK_VOX : 0;
+            A.bx[l] = int32_t(i0[0] >> 3); A.by[l] = int32_t(i0[1] >> 3); A.bz[l] = int32_t(i0[2] >> 3);
+            A.own[l] = -1;
+            A.code[l] = near_code(A.bx[l], A.by[l], A.bz[l]);      // the sensor's brick: the centre one
+            near_bits |= 1 << l;
             return;
         }
     };
@@ -949,7 +967,7 @@ void walk_lanes_avx2(RayWalk& s, Start& start_ray, Rest& walk_rest, std::atomic<
     const __m256 vsv = _mm256_set1_ps(vs), inf = _mm256_set1_ps(INFINITY);
     const __m256 o0 = _mm256_set1_ps(o[0]), o1 = _mm256_set1_ps(o[1]), o2 = _mm256_set1_ps(o[2]);
     const __m256i seven = _mm256_set1_epi32(7), one = _mm256_set1_epi32(1), minus1 = _mm256_set1_epi32(-1);
-    // Time of crossing c + 1 of an axis (+inf past its last), as start_ray computes it.
+    // Time of crossing c + 1 of an axis (+inf past its last), as near_part computes it.
     auto crossing = [&](__m256i c, __m256i n, __m256i base, __m256i sg, __m256 d, __m256 oa) {
         const __m256i v = _mm256_add_epi32(base, _mm256_sign_epi32(_mm256_add_epi32(c, one), sg));
         const __m256 t = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), vsv), oa), d);
@@ -965,6 +983,11 @@ void walk_lanes_avx2(RayWalk& s, Start& start_ray, Rest& walk_rest, std::atomic<
             _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(py, seven), 3),
                             _mm256_slli_epi32(_mm256_and_si256(pz, seven), 6)));
         const __m256i codes = _mm256_add_epi32(code, lin);
+        if (near_bits & act) {
+            alignas(32) int32_t nc[L];
+            _mm256_store_si256((__m256i*)nc, codes);
+            for (int bits = near_bits & act; bits; bits &= bits - 1) ++near[nc[__builtin_ctz(unsigned(bits))]];
+        }
         for (int b = 0; b < nt; ++b) {     // left-pack the lanes of owner b, store all eight
             const int mb = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(ownv, _mm256_set1_epi32(b))));
             _mm256_storeu_si256((__m256i*)wp[size_t(b)], _mm256_permutevar8x32_epi32(codes, pack[mb]));
@@ -1000,10 +1023,18 @@ void walk_lanes_avx2(RayWalk& s, Start& start_ray, Rest& walk_rest, std::atomic<
             _mm256_store_si256((__m256i*)nb[2], nbz);
             for (int bits = moved; bits; bits &= bits - 1) {
                 const int l = __builtin_ctz(unsigned(bits));
+                const __m256i lane = _mm256_loadu_si256((const __m256i*)(LANE_PICK + L - l));
+                if (near_bits >> l & 1) {
+                    const int32_t nbc = near_code(nb[0][l], nb[1][l], nb[2][l]);
+                    if (nbc >= 0) {              // still inside the near bricks
+                        code = _mm256_blendv_epi8(code, _mm256_set1_epi32(nbc), lane);
+                        continue;
+                    }
+                    near_bits &= ~(1 << l);
+                }
                 const int32_t idx = set.insert(nb[0][l], nb[1][l], nb[2][l]);
                 // Into lane l by blending, not by a scalar store and a vector load (the load would
                 // wait for the store to retire: store forwarding cannot merge them).
-                const __m256i lane = _mm256_loadu_si256((const __m256i*)(LANE_PICK + L - l));
                 code = _mm256_blendv_epi8(code, _mm256_set1_epi32(idx >= 0 ? idx * BRICK_VOX : 0), lane);
                 ownv = _mm256_blendv_epi8(ownv, _mm256_set1_epi32(owner(idx)), lane);
             }
@@ -1132,23 +1163,11 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
             int cur = 0;                                   // bucket of the previous mark's brick
             if (buckets[0].empty()) buckets[0].resize(4096);
             uint32_t* w = buckets[0].data();
-            // One ray's walk: its set-up, part 1 inside the near-sensor bricks (start_ray), and
-            // part 2 beyond them (walk_rest here, or eight rays at a time below).
+            // One ray's walk: its set-up (setup_ray), part 1 inside the near-sensor bricks
+            // (near_part) and part 2 beyond them (walk_rest); or eight rays at a time, below.
             RayWalk s;
-            // Crossing times k_from..k_to (1-based) of axis a of the ray in s into ta[a], and the
-            // merge sentinel after its last.
-            auto fill_crossings = [&](int a, int64_t k_from, int64_t k_to) {
-                float* t = ta[a].data();
-                const float da = s.d[a], oa = o[a];
-                const int64_t base = s.base[a], sg = s.sgn[a];
-                for (int64_t k = k_from; k <= k_to; ++k)                   // vectorized
-                    t[k - 1] = (float(base + sg * k) * vs - oa) / da;
-                if (k_to == s.n[a]) t[k_to] = INFINITY;
-            };
-            // Part 1 takes at most 24 crossings per axis (the block is 24 voxels wide), so it reads
-            // ta[a] up to index 24; the eight-lane walk computes the later crossings itself.
-            constexpr int64_t NEAR_CROSSINGS = 3 * 8 + 1;
-            auto start_ray = [&](int64_t r, bool all_crossings) -> bool {
+            // The ray's crossings per axis (s.n, s.base, s.sgn, s.d, s.m). False: it has no length.
+            auto setup_ray = [&](int64_t r) -> bool {
                 const float d[3] = {dirs[3 * r], dirs[3 * r + 1], dirs[3 * r + 2]};
                 const float rng = ranges[r];
                 const float te = hit[r] ? rng - vs : rng;
@@ -1160,13 +1179,25 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
                     int64_t& na = s.n[a];
                     na = i1 > i0[a] ? i1 - i0[a] : i0[a] - i1;
                     if (na > (int64_t(1) << 26)) { set.range_error.store(1); na = 0; }
-                    ta[a].resize(size_t(na) + 1);
                     s.d[a] = d[a];
                     s.base[a] = d[a] > 0.0f ? i0[a] : i0[a] + 1;
                     s.sgn[a] = d[a] > 0.0f ? 1 : -1;
-                    fill_crossings(a, 1, all_crossings ? na : std::min(na, NEAR_CROSSINGS));
                 }
                 s.m = s.n[0] + s.n[1] + s.n[2];
+                return true;
+            };
+            // The crossing times of the ray in s (ta), and its part 1 inside the near-sensor
+            // bricks. False: the ray ends there; otherwise s holds the walk where it leaves them.
+            auto near_part = [&]() -> bool {
+                for (int a = 0; a < 3; ++a) {
+                    ta[a].resize(size_t(s.n[a]) + 1);
+                    float* t = ta[a].data();
+                    const float da = s.d[a], oa = o[a];
+                    const int64_t base = s.base[a], sg = s.sgn[a];
+                    for (int64_t k = 1; k <= s.n[a]; ++k)                   // vectorized
+                        t[k - 1] = (float(base + sg * k) * vs - oa) / da;
+                    t[s.n[a]] = INFINITY;                                     // merge sentinel
+                }
                 const float *p0 = ta[0].data(), *p1 = ta[1].data(), *p2 = ta[2].data();
                 int64_t px = i0[0], py = i0[1], pz = i0[2];
                 int64_t j = 0;
@@ -1186,17 +1217,13 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
                 }
                 s.px = px; s.py = py; s.pz = pz; s.j = j;
                 s.k[0] = p0 - ta[0].data(); s.k[1] = p1 - ta[1].data(); s.k[2] = p2 - ta[2].data();
-                s.t[0] = *p0; s.t[1] = *p1; s.t[2] = *p2;
                 return true;
             };
             // Part 2 of the ray in s, one voxel at a time: one code per (ray, voxel), every step
             // entering a new voxel (counted below). The voxel's place in its brick and the brick
             // follow the stepped axis; the brick is looked up only when that axis wraps around a
             // brick border.
-            auto walk_rest = [&](bool fill_rest) {
-                if (fill_rest)          // start_ray computed only part 1's crossings
-                    for (int a = 0; a < 3; ++a)
-                        if (s.n[a] > NEAR_CROSSINGS) fill_crossings(a, NEAR_CROSSINGS + 1, s.n[a]);
+            auto walk_rest = [&]() {
                 const int64_t m = s.m;
                 used[cur] = size_t(w - buckets[cur].data());
                 for (int b = 0; b < nt; ++b)
@@ -1246,13 +1273,13 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
             };
 #if defined(__AVX2__)
             if (p->free_space)
-                walk_lanes_avx2(s, start_ray, walk_rest, next_ray_chunk, n_rays, ray_chunk, order.data(), set,
-                                buckets, used, cur, w, nt, o, vs);
+                walk_lanes_avx2(s, setup_ray, near_part, walk_rest, next_ray_chunk, n_rays, ray_chunk, order.data(), set,
+                                buckets, used, cur, w, nt, o, vs, i0, nb0, near);
 #else
 #pragma omp for schedule(dynamic, ray_chunk) nowait
             for (int64_t ri = 0; ri < n_rays; ++ri) {
                 if (!p->free_space || set.overflow.load(std::memory_order_relaxed)) continue;
-                if (start_ray(int64_t(order[size_t(ri)] & 0xFFFFFFFFu), true)) walk_rest(false);
+                if (setup_ray(int64_t(order[size_t(ri)] & 0xFFFFFFFFu)) && near_part()) walk_rest();
             }
 #endif
             used[cur] = size_t(w - buckets[cur].data());
