@@ -1035,7 +1035,10 @@ void walk_lanes_avx2(RayWalk& s, Setup& setup_ray, Near& near_part, Rest& walk_r
                 const int32_t idx = set.insert(nb[0][l], nb[1][l], nb[2][l]);
                 // Into lane l by blending, not by a scalar store and a vector load (the load would
                 // wait for the store to retire: store forwarding cannot merge them).
-                code = _mm256_blendv_epi8(code, _mm256_set1_epi32(idx >= 0 ? idx * BRICK_VOX : 0), lane);
+                // (unsigned: a set of 2^23 bricks puts idx * 512 past INT32_MAX, as the scalar path's
+                // uint32_t codes allow)
+                code = _mm256_blendv_epi8(code, _mm256_set1_epi32(idx >= 0 ? int32_t(uint32_t(idx) * BRICK_VOX) : 0),
+                                          lane);
                 ownv = _mm256_blendv_epi8(ownv, _mm256_set1_epi32(owner(idx)), lane);
             }
             bx = nbx; by = nby; bz = nbz;

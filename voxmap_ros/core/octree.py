@@ -31,6 +31,10 @@ BRICK_SHIFT = 3                             # log2(BRICK)
 UNKNOWN_OCC = float("-inf")                 # summary value of a subtree with no observed voxel
 STALE_COMPACT_CALLS = 256                   # mark_stale notes kept before they are merged into one set
 FREE_TSDF_MIN = 0.999                       # normalised TSDF at which a weighted voxel counts as free space
+# Attribute rows a CPU map writes ahead of the highest brick slot in use, in one go. A pool's fresh
+# rows are otherwise committed by page faults in the frame that first takes them (~180 per LiDAR
+# scan), and on a VM a fault right after the CPU was idle costs several times more than in bulk.
+COMMIT_AHEAD_BRICKS = 4096
 
 # Voxel (x, y, z) offsets inside a brick in storage order: linear index = x + 8*y + 64*z.
 VOXEL_OFFSETS = torch.stack([torch.arange(BRICK_VOXELS) % BRICK, (torch.arange(BRICK_VOXELS) // BRICK) % BRICK,
@@ -132,6 +136,7 @@ class SparseVoxelOctree:
         self._alloc_bricks(cap_b)
         for spec in CORE_ATTRIBUTES:
             self.register_attribute(spec)
+        self._committed_rows = cap_b              # attribute rows written at least once (see _commit_ahead)
 
     def __deepcopy__(self, memo):
         """A copy that owns only the pools' capacity: deep-copying a view of a reserved buffer
@@ -257,7 +262,20 @@ class SparseVoxelOctree:
             free = getattr(self, free_name)
         taken = free[free.numel() - n:].flip(0)
         setattr(self, free_name, free[:free.numel() - n])
+        if attrs and n and self.device.type == "cpu":
+            self._commit_ahead(int(taken.max()) + 1)
         return taken
+
+    def _commit_ahead(self, rows_in_use: int) -> None:
+        """Once bricks reach past the rows written so far, write every attribute's rows up to
+        COMMIT_AHEAD_BRICKS beyond `rows_in_use` (or the pool's end) with its fill value, so that
+        the OS commits their pages in one pass instead of by faults scattered over many frames."""
+        if rows_in_use <= self._committed_rows:
+            return
+        end = min(self.brick_alive.shape[0], rows_in_use + COMMIT_AHEAD_BRICKS)
+        for name, spec in self.specs.items():
+            self.attrs[name][self._committed_rows:end].fill_(spec.fill)
+        self._committed_rows = end
 
     # ------------------------------------------------------------------ attributes
     def register_attribute(self, spec: AttributeSpec) -> None:
