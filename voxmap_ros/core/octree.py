@@ -34,7 +34,7 @@ FREE_TSDF_MIN = 0.999                       # normalised TSDF at which a weighte
 # Attribute rows a CPU map writes ahead of the highest brick slot in use, in one go. A pool's fresh
 # rows are otherwise committed by page faults in the frame that first takes them (~180 per LiDAR
 # scan), and on a VM a fault right after the CPU was idle costs several times more than in bulk.
-COMMIT_AHEAD_BRICKS = 4096
+COMMIT_AHEAD_BRICKS = 1024       # ~4.6 MB of the core attributes: a bounded stall every few frames
 
 # Voxel (x, y, z) offsets inside a brick in storage order: linear index = x + 8*y + 64*z.
 VOXEL_OFFSETS = torch.stack([torch.arange(BRICK_VOXELS) % BRICK, (torch.arange(BRICK_VOXELS) // BRICK) % BRICK,
