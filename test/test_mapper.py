@@ -314,9 +314,9 @@ def test_a_map_never_meshed_keeps_no_removal_list_and_meshes_right_later(indoor_
     slots = o.alive_slots()
     for _ in range(1000):
         o.mark_stale(slots[:50])
-    assert len(o._stale) < 300
+    assert int(o.brick_stale.sum()) == slots[:50].numel() > 0     # one bit per brick, however often noted
     o.flush_summaries()
-    assert o._stale == []
+    assert not o.summaries_pending and not bool(o.brick_stale.any())
 
 
 def test_mesh_store_drops_cleared_and_pruned_bricks(indoor_data):
@@ -423,8 +423,8 @@ def test_lazy_summaries_equal_eager_ones(indoor_data):
         for m in (lazy, eager):
             m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
         eager.octree.flush_summaries()
-        assert not eager.octree._stale
-    assert lazy.octree._stale, "integration defers the refresh"
+        assert not eager.octree.summaries_pending
+    assert lazy.octree.summaries_pending and bool(lazy.octree.brick_stale.any()), "integration defers the refresh"
     a, b = _summaries_by_key(lazy.octree), _summaries_by_key(eager.octree)   # items() does not flush
     assert a["keys"].numel() < b["keys"].numel(), "parents of the lazy map do not exist yet"
     lazy.octree.flush_summaries()
@@ -436,7 +436,7 @@ def test_lazy_summaries_equal_eager_ones(indoor_data):
     d, c, T = indoor_data.frames[0]
     fresh.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
     pts, _ = fresh.occupied_points(level=2)
-    assert len(pts) > 0 and not fresh.octree._stale
+    assert len(pts) > 0 and not fresh.octree.summaries_pending
 
 
 def test_lidar_kernel_summaries_equal_a_full_refresh(indoor_data, indoor_scene):
@@ -450,14 +450,14 @@ def test_lidar_kernel_summaries_equal_a_full_refresh(indoor_data, indoor_scene):
     o = m.octree
     for i, (d, c, T) in enumerate(indoor_data.frames[:6]):
         pts = scan_lidar(indoor_scene, T, beams=8, hfov_samples=128)
-        pending, n_fresh = o.summaries_pending, len(o._stale_parents)
+        pending, n_fresh = o.summaries_pending, int(o.brick_stale_parents.sum())
         m.integrate(Frame(T, depth=d if i % 2 else None, rgb=c if i % 2 else None, K=indoor_data.K, points=pts))
         # Right after a query the kernels write the bricks' own summaries (only ancestors wait);
         # with notes still pending, nothing read them: the refresh is left to the next query.
-        assert (len(o._stale_parents) > n_fresh) == (not pending), i
+        assert (int(o.brick_stale_parents.sum()) > n_fresh) == (not pending), i
         if i == 2:
             o.flush_summaries()
-    assert o._stale_parents and o._stale, "both kinds of notes were taken"
+    assert bool(o.brick_stale_parents.any()) and bool(o.brick_stale.any()), "both kinds of notes were taken"
     m.octree.flush_summaries()
     got = _summaries_by_key(m.octree)
     m.octree.update_summaries(m.octree.alive_slots())

@@ -29,7 +29,6 @@ BRICK = 8                                   # voxels per brick edge
 BRICK_VOXELS = BRICK ** 3
 BRICK_SHIFT = 3                             # log2(BRICK)
 UNKNOWN_OCC = float("-inf")                 # summary value of a subtree with no observed voxel
-STALE_COMPACT_CALLS = 256                   # mark_stale notes kept before they are merged into one set
 FREE_TSDF_MIN = 0.999                       # normalised TSDF at which a weighted voxel counts as free space
 # Attribute rows a CPU map writes ahead of the highest brick slot in use, in one go. A pool's fresh
 # rows are otherwise committed by page faults in the frame that first takes them (~180 per LiDAR
@@ -124,8 +123,7 @@ class SparseVoxelOctree:
         self.brick_summaries = None       # see use_kernels
         self._closure_kernel = None
         self._bricks_free_kernel = None
-        self._stale: list[torch.Tensor] = []     # slots whose summaries wait for flush_summaries
-        self._stale_parents: list[torch.Tensor] = []   # slots whose own summaries are fresh, not their parents'
+        self._stale_pending = False       # a brick_stale / brick_stale_parents bit is set
         self.table = HashTable(4 * initial_bricks, self.device)
         self.specs: dict[str, AttributeSpec] = {}
         self.attrs: dict[str, torch.Tensor] = {}
@@ -197,6 +195,11 @@ class SparseVoxelOctree:
         self.brick_node = self._pool("brick_node", (cap,), torch.int32, -1)
         self.brick_alive = self._pool("brick_alive", (cap,), torch.bool, False)
         self.brick_dirty = self._pool("brick_dirty", (cap,), torch.bool, False)   # changed since the last mesh call
+        # Bricks whose summaries (and their ancestors') wait for flush_summaries, and bricks whose
+        # own summaries are fresh but not their ancestors': one bit per brick, so frames that touch
+        # the same bricks between queries cost one refresh each, with no list to de-duplicate.
+        self.brick_stale = self._pool("brick_stale", (cap,), torch.bool, False)
+        self.brick_stale_parents = self._pool("brick_stale_parents", (cap,), torch.bool, False)
         self._free_bricks = torch.arange(cap - 1, -1, -1, dtype=torch.int64, device=self.device)
 
     def _pool(self, name: str, shape: tuple, dtype: torch.dtype, fill, per_brick: int = 1,
@@ -237,7 +240,7 @@ class SparseVoxelOctree:
         return grown
 
     NODE_FIELDS = ("node_key", "node_brick", "node_max_occ", "node_min_abs_tsdf", "node_observed", "node_free_mask")
-    BRICK_FIELDS = ("brick_coord", "brick_node", "brick_alive", "brick_dirty")
+    BRICK_FIELDS = ("brick_coord", "brick_node", "brick_alive", "brick_dirty", "brick_stale", "brick_stale_parents")
 
     def _grow(self, fields, attrs: bool, new_cap: int, free_name: str) -> None:
         old_cap = getattr(self, fields[0]).shape[0]
@@ -426,6 +429,8 @@ class SparseVoxelOctree:
         self._release_nodes(nodes)
         self.brick_alive[slots] = False
         self.brick_dirty[slots] = False
+        self.brick_stale[slots] = False          # their ancestors are refreshed below
+        self.brick_stale_parents[slots] = False
         self.brick_node[slots] = -1
         self._free_bricks = torch.cat([self._free_bricks, slots])
         self._refresh_ancestors(morton.parent(keys), drop_empty=True)
@@ -442,32 +447,29 @@ class SparseVoxelOctree:
         ancestors' are refreshed by the next flush_summaries (every query of node summaries
         flushes first). Frames arriving faster than queries then share one refresh per brick."""
         if slots.numel():
-            self._stale.append(slots.to(self.device, torch.int64))
-            # With no query for a long time (a node that publishes nothing) the notes are folded
-            # into one distinct set, which the brick pool bounds.
-            if len(self._stale) >= STALE_COMPACT_CALLS:
-                self._stale = [torch.unique(torch.cat(self._stale))]
+            self.brick_stale.index_fill_(0, slots.to(self.device, torch.int64), True)
+            self._stale_pending = True
 
     def mark_parents_stale(self, slots: torch.Tensor) -> None:
         """Like mark_stale, for brick slots (N,) int64 whose own summaries the caller has already
         brought up to date (the compiled RGB-D and LiDAR kernels do): only their ancestors wait."""
         if slots.numel():
-            self._stale_parents.append(slots.to(self.device, torch.int64))
-            if len(self._stale_parents) >= STALE_COMPACT_CALLS:
-                self._stale_parents = [torch.unique(torch.cat(self._stale_parents))]
+            self.brick_stale_parents.index_fill_(0, slots.to(self.device, torch.int64), True)
+            self._stale_pending = True
 
     @property
     def summaries_pending(self) -> bool:
         """Whether bricks are noted (mark_stale / mark_parents_stale) for the next flush."""
-        return bool(self._stale or self._stale_parents)
+        return self._stale_pending
 
     def flush_summaries(self) -> None:
         """Refresh the summaries noted by mark_stale / mark_parents_stale."""
-        if self._stale or self._stale_parents:
-            none = torch.zeros(0, dtype=torch.int64, device=self.device)
-            slots = torch.cat(self._stale) if self._stale else none
-            parents_only = torch.cat(self._stale_parents) if self._stale_parents else none
-            self._stale, self._stale_parents = [], []
+        if self._stale_pending:
+            slots = self.brick_stale.nonzero().squeeze(1)
+            parents_only = self.brick_stale_parents.nonzero().squeeze(1)
+            self.brick_stale.fill_(False)
+            self.brick_stale_parents.fill_(False)
+            self._stale_pending = False
             self.update_summaries(slots, parents_only)
 
     def update_summaries(self, slots: torch.Tensor, parents_only: torch.Tensor | None = None) -> None:
