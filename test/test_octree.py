@@ -172,6 +172,19 @@ def test_attribute_rows_are_written_ahead_of_the_bricks_in_use():
             assert bool((ahead == float(spec.fill)).all()), name
 
 
+@pytest.mark.parametrize("reserve", [0, 1 << 14])
+def test_new_bricks_start_at_the_fill_values_in_reused_and_fresh_rows(reserve):
+    o = SparseVoxelOctree(VOXEL_M, LEVELS, "cpu", initial_bricks=16, free_logodds=FREE_L, reserve_bricks=reserve)
+    first, _ = o.allocate_bricks(_distinct_coords(1500))        # past the first rows written ahead
+    for t in o.attrs.values():
+        t[first] = 7
+    o.erase_bricks(first[::3])
+    slots, new = o.allocate_bricks(_distinct_coords(3000, 5000))   # the erased rows, then fresh ones
+    assert bool(new.all()) and bool((slots < 1500).any()) and bool((slots >= 1500).any())
+    for name, spec in o.specs.items():
+        assert bool((o.attrs[name][slots].float() == float(spec.fill)).all()), name
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="counts minor page faults with getrusage (Linux)")
 def test_new_bricks_within_the_written_rows_take_no_page_faults():
     import resource

@@ -135,6 +135,7 @@ class SparseVoxelOctree:
         for spec in CORE_ATTRIBUTES:
             self.register_attribute(spec)
         self._committed_rows = cap_b              # attribute rows written at least once (see _commit_ahead)
+        self._rows_taken = 0                      # brick rows ever taken: those above still hold the fill values
 
     def __deepcopy__(self, memo):
         """A copy that owns only the pools' capacity: deep-copying a view of a reserved buffer
@@ -294,6 +295,16 @@ class SparseVoxelOctree:
         self.attrs[spec.name] = self._pool("attr:" + spec.name, (cap, BRICK_VOXELS) + spec.channels, spec.dtype,
                                            spec.fill)
 
+    def _reset_new_voxels(self, slots: torch.Tensor) -> None:
+        """Every attribute at its fill value in the rows of newly taken brick slots (N,) int64. On a
+        CPU map, rows never taken before hold it already (the pool's fill or _commit_ahead's)."""
+        if self.device.type == "cpu":
+            reused = slots[slots < self._rows_taken]
+            self._rows_taken = max(self._rows_taken, int(slots.max()) + 1)
+            slots = reused
+        if slots.numel():
+            self._reset_voxels(slots)
+
     def _reset_voxels(self, slots: torch.Tensor) -> None:
         for name, spec in self.specs.items():
             t = self.attrs[name]
@@ -365,8 +376,11 @@ class SparseVoxelOctree:
         fill value, except occupancy inside subtrees pruned as free, which starts free.
         """
         morton.check_coords(coords)                 # before the cast: a float would be truncated
-        coords = coords.to(self.device, torch.int64)
-        keys = self.brick_keys(coords)
+        return self.allocate_brick_keys(morton.encode(coords.to(self.device, torch.int64), 0), distinct)
+
+    def allocate_brick_keys(self, keys: torch.Tensor, distinct: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """allocate_bricks for level-0 keys (N,) int64 (morton.encode of in-range brick coordinates:
+        not checked here, as the compiled LiDAR trace gives them)."""
         if distinct:
             uniq, inv = keys, None
         else:
@@ -390,7 +404,7 @@ class SparseVoxelOctree:
             self.brick_node[slots] = node_ids.to(torch.int32)
             self.brick_alive[slots] = True
             self.brick_dirty[slots] = True
-            self._reset_voxels(slots)
+            self._reset_new_voxels(slots)
             was_free = self._expand_pruned(new_keys)
             if bool(was_free.any()):
                 self.attrs["occ"][slots[was_free]] = self.free_logodds
