@@ -329,7 +329,7 @@ struct VxContext {
     std::vector<uint64_t> slot_bits;      // scratch of sorted_distinct
     std::vector<std::vector<uint32_t>> thread_codes;   // free-space voxel codes, [lister * nt + owner]
     std::vector<size_t> thread_used;                   // codes written to each of those buckets
-    std::vector<std::vector<BandEntry>> band_entries;  // band samples and hits listed per thread
+    std::vector<std::vector<BandEntry>> band_entries;  // band samples and hits listed per chunk of rays
 };
 
 struct RgbdParams {     // all float32 as the reference's tensor ops see them
@@ -458,6 +458,7 @@ constexpr int64_t PREFETCH_BRICKS = 4;
 // a scan) come from memory, and 16 ahead hid too little of that latency (counting 1.28 -> 0.86 ms
 // per scan at 160; 320 was no better).
 constexpr size_t COUNT_PREFETCH = 160;
+constexpr int64_t BAND_CHUNK_RAYS = 256;   // rays per list of the LiDAR band pass
 
 inline void prefetch_brick(int64_t s, const half_t* tsdf_a, const half_t* w_a, const half_t* occ_a) {
     for (int off = 0; off < BRICK_VOX; off += 32) {        // 32 halves per 64-byte line
@@ -1326,27 +1327,27 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
         bits += 1;
     }
     ctx->t_phase[1] = omp_get_wtime();
-    // --- band and hits. (1) parallel over contiguous chunks of rays: the samples of each ray
+    // --- band and hits. (1) parallel over chunks of BAND_CHUNK_RAYS rays: the samples of each ray
     // (divisions, brick lookups, per-ray de-duplication) as (voxel code, observation) entries in
-    // ray order, per thread; a hit is an entry with obs = +inf. (2) parallel over bricks (brick
-    // index mod threads), each thread reading every list in thread order, so in ray order: the band
+    // ray order, one list per chunk; a hit is an entry with obs = +inf. (2) parallel over bricks
+    // (brick index mod threads), each thread reading every list in chunk order, so in ray order: the band
     // TSDF sums of a voxel add up in the order of the reference's index_add_ (ray by ray); each
     // (ray, voxel) counts once, at its first kept sample.
     BrickSet& set = ctx->set;
     uint32_t* cells = set.cells.data();
     uint64_t* masks = set.masks.data();
     auto list = [&](int64_t code) { masks[code >> 6] |= uint64_t(1) << (code & 63); };
-    if (ctx->band_entries.size() < size_t(nt)) ctx->band_entries.resize(size_t(nt));
+    // Chunks of rays go to whichever thread asks next (a thread that starts late, as after an
+    // idle spell on a VM, takes fewer); the merge reads the chunks' lists in ray order.
+    const int64_t n_chunks = (n_rays + BAND_CHUNK_RAYS - 1) / BAND_CHUNK_RAYS;
+    if (ctx->band_entries.size() < size_t(n_chunks)) ctx->band_entries.resize(size_t(n_chunks));
     if (ctx->band_acc.size() < size_t(nt)) ctx->band_acc.resize(size_t(nt));
+    std::atomic<int64_t> next_chunk{0};
     const int64_t team_region_5 = vx_team::begin();
 #pragma omp parallel num_threads(nt)
     {
         vx_team::spread(team_region_5);
-        const int tid = omp_get_thread_num();
-        // Thread-private while filled (see used_local above), its capacity kept across scans.
-        std::vector<BandEntry> mine;
-        mine.swap(ctx->band_entries[size_t(tid)]);
-        mine.clear();
+        std::vector<BandEntry> mine;      // a chunk's list, thread-private while filled (see used_local)
         std::vector<uint32_t> seen;       // voxels of this ray already counted
         int64_t cbx = INT64_MIN, cby = 0, cbz = 0;
         int32_t cidx = -1;
@@ -1359,34 +1360,37 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
             if (cidx < 0) return -1;
             return int64_t(cidx) * BRICK_VOX + ((vx & 7) | ((vy & 7) << 3) | ((vz & 7) << 6));
         };
-        const int64_t per = (n_rays + nt - 1) / nt;
-        const int64_t r_begin = std::min<int64_t>(n_rays, per * tid), r_end = std::min<int64_t>(n_rays, r_begin + per);
-        for (int64_t r = r_begin; r < r_end; ++r) {
-            if (!hit[r]) continue;
-            const float d0 = dirs[3 * r], d1 = dirs[3 * r + 1], d2 = dirs[3 * r + 2];
-            const float rng = ranges[r];
-            const float t0 = rng - p->trunc;
-            seen.clear();
-            for (int j = 0; j < nb; ++j) {
-                const float tj = t0 + float(j) * step;
-                if (!(tj > 0.0f)) continue;
-                const int64_t vx = ifloor((o0 + tj * d0) / vs);
-                const int64_t vy = ifloor((o1 + tj * d1) / vs);
-                const int64_t vz = ifloor((o2 + tj * d2) / vs);
-                const float c0 = (float(vx) + 0.5f) * vs, c1 = (float(vy) + 0.5f) * vs, c2 = (float(vz) + 0.5f) * vs;
-                const float sdf = rng - (((c0 - o0) * d0 + (c1 - o1) * d1) + (c2 - o2) * d2);
-                if (!(sdf >= neg_trunc)) continue;
-                const int64_t code = code_of(vx, vy, vz);
-                if (code < 0) break;              // overflow / range: handled below
-                if (std::find(seen.begin(), seen.end(), uint32_t(code)) != seen.end()) continue;
-                seen.push_back(uint32_t(code));
-                mine.push_back({uint32_t(code), std::min(std::max(sdf / p->trunc, -1.0f), 1.0f)});
+        for (int64_t ch; (ch = next_chunk.fetch_add(1, std::memory_order_relaxed)) < n_chunks;) {
+            mine.swap(ctx->band_entries[size_t(ch)]);    // its capacity kept across scans
+            mine.clear();
+            const int64_t r_end = std::min<int64_t>(n_rays, (ch + 1) * BAND_CHUNK_RAYS);
+            for (int64_t r = ch * BAND_CHUNK_RAYS; r < r_end; ++r) {
+                if (!hit[r]) continue;
+                const float d0 = dirs[3 * r], d1 = dirs[3 * r + 1], d2 = dirs[3 * r + 2];
+                const float rng = ranges[r];
+                const float t0 = rng - p->trunc;
+                seen.clear();
+                for (int j = 0; j < nb; ++j) {
+                    const float tj = t0 + float(j) * step;
+                    if (!(tj > 0.0f)) continue;
+                    const int64_t vx = ifloor((o0 + tj * d0) / vs);
+                    const int64_t vy = ifloor((o1 + tj * d1) / vs);
+                    const int64_t vz = ifloor((o2 + tj * d2) / vs);
+                    const float c0 = (float(vx) + 0.5f) * vs, c1 = (float(vy) + 0.5f) * vs, c2 = (float(vz) + 0.5f) * vs;
+                    const float sdf = rng - (((c0 - o0) * d0 + (c1 - o1) * d1) + (c2 - o2) * d2);
+                    if (!(sdf >= neg_trunc)) continue;
+                    const int64_t code = code_of(vx, vy, vz);
+                    if (code < 0) break;              // overflow / range: handled below
+                    if (std::find(seen.begin(), seen.end(), uint32_t(code)) != seen.end()) continue;
+                    seen.push_back(uint32_t(code));
+                    mine.push_back({uint32_t(code), std::min(std::max(sdf / p->trunc, -1.0f), 1.0f)});
+                }
+                const int64_t code = code_of(ifloor((o0 + rng * d0) / vs), ifloor((o1 + rng * d1) / vs),
+                                             ifloor((o2 + rng * d2) / vs));
+                if (code >= 0) mine.push_back({uint32_t(code), INFINITY});
             }
-            const int64_t code = code_of(ifloor((o0 + rng * d0) / vs), ifloor((o1 + rng * d1) / vs),
-                                         ifloor((o2 + rng * d2) / vs));
-            if (code >= 0) mine.push_back({uint32_t(code), INFINITY});
+            mine.swap(ctx->band_entries[size_t(ch)]);
         }
-        mine.swap(ctx->band_entries[size_t(tid)]);
     }
     ctx->t_band_list = omp_get_wtime();
     // A voxel's accumulator index is (its thread's count so far) * nt + thread: unique without
@@ -1404,8 +1408,8 @@ static int64_t lidar_trace(VxContext* ctx, const float* points, int64_t N, const
         BandSums& acc = ctx->band_acc[tid];
         acc.w.clear();
         acc.wt.clear();
-        for (int t = 0; t < nt; ++t) {
-            for (const BandEntry& e : ctx->band_entries[size_t(t)]) {
+        for (int64_t ch = 0; ch < n_chunks; ++ch) {
+            for (const BandEntry& e : ctx->band_entries[size_t(ch)]) {
                 const uint32_t brick = e.code / BRICK_VOX;
                 if ((pow2 ? brick & nt_mask : brick % uint32_t(nt)) != tid) continue;   // another thread's
                 uint32_t& cell = cells[e.code];
