@@ -166,7 +166,7 @@ def test_attribute_rows_are_written_ahead_of_the_bricks_in_use():
     for start, n in [(0, 10), (10, 300), (310, 1), (311, 2000)]:
         slots, _ = o.allocate_bricks(_distinct_coords(n, start))
         top = int(o.alive_slots().max()) + 1
-        assert o._committed_rows >= min(o.brick_alive.shape[0], top + octree_mod.COMMIT_AHEAD_BRICKS)
+        assert o._committed_rows >= min(o.brick_alive.shape[0], top + octree_mod.COMMIT_AHEAD_BYTES // 4608)
         for name, spec in o.specs.items():       # rows written ahead hold the fill value, not garbage
             ahead = o.attrs[name][top:o._committed_rows].float()
             assert bool((ahead == float(spec.fill)).all()), name

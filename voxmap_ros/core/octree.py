@@ -30,10 +30,12 @@ BRICK_VOXELS = BRICK ** 3
 BRICK_SHIFT = 3                             # log2(BRICK)
 UNKNOWN_OCC = float("-inf")                 # summary value of a subtree with no observed voxel
 FREE_TSDF_MIN = 0.999                       # normalised TSDF at which a weighted voxel counts as free space
-# Attribute rows a CPU map writes ahead of the highest brick slot in use, in one go. A pool's fresh
-# rows are otherwise committed by page faults in the frame that first takes them (~180 per LiDAR
-# scan), and on a VM a fault right after the CPU was idle costs several times more than in bulk.
-COMMIT_AHEAD_BRICKS = 1024       # ~4.6 MB of the core attributes: a bounded stall every few frames
+# Bytes of attribute rows a CPU map writes ahead of the highest brick slot in use, in one go
+# (1024 bricks of the core attributes; fewer bricks when later layers make a brick bigger). A
+# pool's fresh rows are otherwise committed by page faults in the frame that first takes them
+# (~180 per LiDAR scan), and on a VM a fault right after the CPU was idle costs several times
+# more than in bulk. In bytes, so that the stall every few frames stays bounded.
+COMMIT_AHEAD_BYTES = 1024 * 4608
 
 # Voxel (x, y, z) offsets inside a brick in storage order: linear index = x + 8*y + 64*z.
 VOXEL_OFFSETS = torch.stack([torch.arange(BRICK_VOXELS) % BRICK, (torch.arange(BRICK_VOXELS) // BRICK) % BRICK,
@@ -272,11 +274,12 @@ class SparseVoxelOctree:
 
     def _commit_ahead(self, rows_in_use: int) -> None:
         """Once bricks reach past the rows written so far, write every attribute's rows up to
-        COMMIT_AHEAD_BRICKS beyond `rows_in_use` (or the pool's end) with its fill value, so that
+        COMMIT_AHEAD_BYTES beyond `rows_in_use` (or the pool's end) with its fill value, so that
         the OS commits their pages in one pass instead of by faults scattered over many frames."""
         if rows_in_use <= self._committed_rows:
             return
-        end = min(self.brick_alive.shape[0], rows_in_use + COMMIT_AHEAD_BRICKS)
+        row_bytes = sum(t[0].numel() * t.element_size() for t in self.attrs.values())
+        end = min(self.brick_alive.shape[0], rows_in_use + max(1, COMMIT_AHEAD_BYTES // max(1, row_bytes)))
         for name, spec in self.specs.items():
             self.attrs[name][self._committed_rows:end].fill_(spec.fill)
         self._committed_rows = end
@@ -380,7 +383,10 @@ class SparseVoxelOctree:
 
     def allocate_brick_keys(self, keys: torch.Tensor, distinct: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """allocate_bricks for level-0 keys (N,) int64 (morton.encode of in-range brick coordinates:
-        not checked here, as the compiled LiDAR trace gives them)."""
+        only the dtype is checked here, as the compiled LiDAR trace gives them)."""
+        if keys.dtype != torch.int64 or keys.ndim != 1:
+            raise ValueError(f"brick keys must be (N,) int64, got {keys.dtype} {tuple(keys.shape)}")
+        keys = keys.to(self.device)
         if distinct:
             uniq, inv = keys, None
         else:
@@ -461,15 +467,15 @@ class SparseVoxelOctree:
         ancestors' are refreshed by the next flush_summaries (every query of node summaries
         flushes first). Frames arriving faster than queries then share one refresh per brick."""
         if slots.numel():
+            self._stale_pending = True            # first: bits set before a bad slot raises still count
             self.brick_stale.index_fill_(0, slots.to(self.device, torch.int64), True)
-            self._stale_pending = True
 
     def mark_parents_stale(self, slots: torch.Tensor) -> None:
         """Like mark_stale, for brick slots (N,) int64 whose own summaries the caller has already
         brought up to date (the compiled RGB-D and LiDAR kernels do): only their ancestors wait."""
         if slots.numel():
-            self.brick_stale_parents.index_fill_(0, slots.to(self.device, torch.int64), True)
             self._stale_pending = True
+            self.brick_stale_parents.index_fill_(0, slots.to(self.device, torch.int64), True)
 
     @property
     def summaries_pending(self) -> bool:
@@ -477,7 +483,8 @@ class SparseVoxelOctree:
         return self._stale_pending
 
     def flush_summaries(self) -> None:
-        """Refresh the summaries noted by mark_stale / mark_parents_stale."""
+        """Refresh the summaries noted by mark_stale / mark_parents_stale. Reading the bits costs
+        a pass over the brick pool's bits (~0.1 ms per 10^5 bricks of capacity) besides the refresh."""
         if self._stale_pending:
             slots = self.brick_stale.nonzero().squeeze(1)
             parents_only = self.brick_stale_parents.nonzero().squeeze(1)
