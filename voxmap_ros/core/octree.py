@@ -486,12 +486,13 @@ class SparseVoxelOctree:
         """Refresh the summaries noted by mark_stale / mark_parents_stale. Reading the bits costs
         a pass over the brick pool's bits (~0.1 ms per 10^5 bricks of capacity) besides the refresh."""
         if self._stale_pending:
-            slots = self.brick_stale.nonzero().squeeze(1)
-            parents_only = self.brick_stale_parents.nonzero().squeeze(1)
+            # nonzero gives them sorted and distinct, as _valid_slots would (at ~4 ms per 80 k)
+            slots = (self.brick_stale & self.brick_alive).nonzero().squeeze(1)
+            parents_only = (self.brick_stale_parents & self.brick_alive).nonzero().squeeze(1)
             self.brick_stale.fill_(False)
             self.brick_stale_parents.fill_(False)
             self._stale_pending = False
-            self.update_summaries(slots, parents_only)
+            self._update_valid_summaries(slots, parents_only)
 
     def update_summaries(self, slots: torch.Tensor, parents_only: torch.Tensor | None = None) -> None:
         """Recompute the summaries of bricks (N,) int64 and of all their ancestors, and of the
@@ -499,7 +500,12 @@ class SparseVoxelOctree:
 
         Cost is proportional to the number of bricks passed and the tree depth, not the map size.
         """
-        slots = self._valid_slots(slots)
+        none = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self._update_valid_summaries(self._valid_slots(slots),
+                                     self._valid_slots(parents_only) if parents_only is not None else none)
+
+    def _update_valid_summaries(self, slots: torch.Tensor, parents_only: torch.Tensor) -> None:
+        """update_summaries for distinct alive slots (N,) and (K,) int64, sorted."""
         if slots.numel():
             nodes = self.brick_node[slots].long()
             if self.brick_summaries is not None:
@@ -509,8 +515,8 @@ class SparseVoxelOctree:
             self.node_max_occ[nodes] = max_occ
             self.node_min_abs_tsdf[nodes] = min_tsdf
             self.node_observed[nodes] = observed
-        if parents_only is not None and parents_only.numel():
-            slots = torch.cat([slots, self._valid_slots(parents_only)])
+        if parents_only.numel():
+            slots = torch.cat([slots, parents_only])
         if slots.numel():
             self._refresh_ancestors(morton.parent(self.node_key[self.brick_node[slots].long()]), drop_empty=False)
 
