@@ -415,6 +415,25 @@ def _summaries_by_key(octree) -> dict:
             "observed": octree.node_observed[ids], "free_mask": octree.node_free_mask[ids]}
 
 
+def test_stale_marks_on_erased_bricks_change_nothing(indoor_data):
+    """A note on a brick that is gone by the flush (erased, its slot not reused) is dropped: the
+    tree equals one that never had the note."""
+    a, b = Mapper(make_config(0.05)), Mapper(make_config(0.05))
+    d, c, T = indoor_data.frames[0]
+    for m in (a, b):
+        m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+        m.octree.flush_summaries()
+        m._erase(m.octree.alive_slots()[:20])
+    gone = torch.nonzero(~a.octree.brick_alive[:a.octree.alive_slots().max()]).squeeze(1)[:20]
+    assert gone.numel() == 20
+    a.octree.mark_stale(gone)
+    a.octree.mark_parents_stale(gone)
+    a.octree.flush_summaries()
+    got, want = _summaries_by_key(a.octree), _summaries_by_key(b.octree)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
 def test_lazy_summaries_equal_eager_ones(indoor_data):
     """Mapper.integrate only marks bricks stale; the first query refreshes them. The result must
     be the tree an eager refresh after every frame builds (same nodes, same summaries)."""
