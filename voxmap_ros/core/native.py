@@ -418,9 +418,7 @@ def integrate_lidar_cpp(octree, points: torch.Tensor, T_W_L: torch.Tensor, p,
             return torch.zeros(0, dtype=torch.int64)
         coords = torch.empty((m, 3), dtype=torch.int64)
         lib.vx_copy_bricks(ctx, coords.data_ptr())
-        morton.check_coords(coords)       # the trace's brick set reaches farther than the keys
-        keys = torch.empty(m, dtype=torch.int64)
-        lib.vx_morton_encode(coords.data_ptr(), m, None, 0, keys.data_ptr())
+        keys = octree.brick_keys(coords)  # range-checked: the trace's brick set reaches farther
         clock.tick("lidar_trace")
         slots, _ = octree.allocate_brick_keys(keys, distinct=True)    # the kernel's brick set
         slots = slots.contiguous()

@@ -268,8 +268,6 @@ class SparseVoxelOctree:
             free = getattr(self, free_name)
         taken = free[free.numel() - n:].flip(0)
         setattr(self, free_name, free[:free.numel() - n])
-        if attrs and n and self.device.type == "cpu":
-            self._commit_ahead(int(taken.max()) + 1)
         return taken
 
     def _commit_ahead(self, rows_in_use: int) -> None:
@@ -302,8 +300,10 @@ class SparseVoxelOctree:
         """Every attribute at its fill value in the rows of newly taken brick slots (N,) int64. On a
         CPU map, rows never taken before hold it already (the pool's fill or _commit_ahead's)."""
         if self.device.type == "cpu":
+            top = int(slots.max()) + 1
+            self._commit_ahead(top)
             reused = slots[slots < self._rows_taken]
-            self._rows_taken = max(self._rows_taken, int(slots.max()) + 1)
+            self._rows_taken = max(self._rows_taken, top)
             slots = reused
         if slots.numel():
             self._reset_voxels(slots)
