@@ -80,6 +80,23 @@ def test_plane_mesh_lies_on_the_plane(wall_map):
     assert extent_y > 1.8
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("trunc_vox", [4.0, 16.0, 32.0])
+def test_a_wide_band_allocates_every_brick_across_it(backend, trunc_vox):
+    """A wall at 2.1 m seen head-on: the band's bricks along the view axis are every brick between
+    2.1 - trunc and 2.1 + trunc, none skipped, however wide the band (5 samples per pixel skipped
+    bricks from 16 voxels of truncation on)."""
+    from voxmap_ros.core import native
+    if backend == "cpp" and not native.available():
+        pytest.skip("compiled kernels unavailable")
+    x_m = 2.1
+    m = Mapper(make_config(VOXEL_M, tsdf__trunc_vox=trunc_vox, map__backend=backend))
+    m.integrate(_rgbd_frames(_wall_scene(x_m=x_m), [_wall_pose()], noise=False)[0])
+    trunc, brick = m.params.trunc_m, m.octree.brick_size_m
+    xs = set(m.octree.brick_coord[m.octree.alive_slots()][:, 0].tolist())
+    assert xs == set(range(math.floor((x_m - trunc) / brick), math.floor((x_m + trunc) / brick) + 1))
+
+
 def test_allocation_only_in_truncation_band(wall_map):
     o = wall_map.octree
     trunc = wall_map.params.trunc_m

@@ -141,7 +141,8 @@ def test_api_arguments_are_checked(mapper_with_data):
     for level in (-1, 1.5, m.octree.levels + 1, True):
         with pytest.raises(ValueError, match="level"):
             m.occupied_points(level)
-    assert len(m.occupied_points(m.octree.levels)[0]) >= 0
+    top = m.occupied_points(m.octree.levels)[0]          # the coarsest level is a valid query too
+    assert top.ndim == 2 and top.shape[1] == 3
 
 
 def test_an_invalid_config_change_changes_nothing(mapper_with_data):
@@ -165,6 +166,25 @@ def test_empty_cloud_is_a_noop(mapper_with_data):
     assert m.integrate(Frame(T, depth=np.full_like(d, np.nan), K=SMALL_K)) == 0
     assert (m.stats.frames_integrated, m.stats.frames_empty) == (n_int, n_empty + 3)
     assert_same_state(before, octree_state(m.octree))
+
+
+def test_an_empty_frame_far_away_clears_nothing(indoor_data):
+    """With a clearing radius, a frame without readings (an empty cloud, depth all NaN) at a pose
+    100 m away neither drops bricks nor moves the clearing centre; the next real frame there does."""
+    m = Mapper(make_config(VOXEL_M, map__clearing_radius_m=3.0))
+    d, c, T = indoor_data.frames[0]
+    m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    assert m.octree.num_bricks > 0
+    before, centre = octree_state(m.octree), m.last_sensor_position_m.copy()
+    far = T.copy(); far[0, 3] += 100.0
+    assert m.integrate(Frame(far, points=np.zeros((0, 3), np.float32))) == 0
+    assert m.integrate(Frame(far, depth=np.full_like(d, np.nan), K=indoor_data.K)) == 0
+    assert_same_state(before, octree_state(m.octree))
+    np.testing.assert_array_equal(m.last_sensor_position_m, centre)
+    m.integrate(Frame(far, points=np.array([[2.0, 0.0, 0.0]], np.float32)))
+    assert np.allclose(m.last_sensor_position_m, far[:3, 3])
+    centres = (m.octree.brick_coord[m.octree.alive_slots()].double() + 0.5) * m.octree.brick_size_m
+    assert bool(((centres - torch.from_numpy(far[:3, 3])).norm(dim=1) <= 3.0).all())
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])

@@ -342,6 +342,7 @@ struct RgbdParams {     // all float32 as the reference's tensor ops see them
     float radius;       // float32(sqrt(3) / 2 * brick_size), for clearing
     float pixel_round;  // added before floor() when a voxel picks its pixel: 0.5 nearest, 0 floor
     int depth_weighting;
+    int n_band;         // samples per pixel across the band (rgbd_band_fractions), >= 5
 };
 
 struct NodeSummaries {    // where vx_lidar_apply writes the brick summaries (octree node pools)
@@ -532,10 +533,11 @@ inline void brick_summary(int64_t s, const half_t* tsdf_a, const half_t* w_a, co
 static int64_t rgbd_band(VxContext* ctx, const float* depth, int64_t H, int64_t W, const double* T12,
                      const RgbdParams* p, int nthreads) {
     ctx->lidar_ready = false;                     // the brick set is reused below
-    static const float BAND[5] = {-1.0f, -0.5f, 0.0f, 0.5f, 1.0f};
     const Pose P = make_pose(T12);
-    float steps[5];
-    for (int j = 0; j < 5; ++j) steps[j] = BAND[j] * p->trunc;
+    // -1 .. 1 in n_band steps, rounded to float from double exactly as the reference's fractions.
+    const int n_band = p->n_band;
+    std::vector<float> steps(n_band);
+    for (int j = 0; j < n_band; ++j) steps[j] = float(-1.0 + 2.0 * j / (n_band - 1)) * p->trunc;
     // x = (u - cx) / fx per column and y per row, exactly as the reference computes them.
     std::vector<float> xs(W);
     for (int64_t u = 0; u < W; ++u) xs[u] = (float(u) - p->cx) / p->fx;
@@ -559,7 +561,7 @@ static int64_t rgbd_band(VxContext* ctx, const float* depth, int64_t H, int64_t 
             for (int64_t v = 0; v < H; ++v) {
                 const float y = (float(v) - p->cy) / p->fy;
                 const float* __restrict row = depth + v * W;
-                for (int j = 0; j < 5; ++j) {
+                for (int j = 0; j < n_band; ++j) {
                     const float sj = steps[j];
                     // Vectorizable: brick coordinates of sample j of every pixel of the row
                     // (INT32_MIN for invalid pixels; coordinates clamped far outside the key range

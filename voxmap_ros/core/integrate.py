@@ -8,7 +8,8 @@ truncation distance to [-1, 1]. Occupancy is log-odds (OctoMap's sensor model).
 
 Shared semantics (both backends):
 - RGB-D bricks: every valid pixel with depth d votes for the bricks holding the points at depths
-  d + trunc * {-1, -1/2, 0, 1/2, 1} on its ray ("the truncation band"); existing bricks in the view
+  d + trunc * {-1, -1/2, 0, 1/2, 1} on its ray ("the truncation band"; more samples, at most 2
+  voxels apart, for truncations beyond 4 voxels: rgbd_band_fractions); existing bricks in the view
   frustum that lie wholly in front of the observed surface are visited too, so free space clears
   old surfaces. Each voxel of a visited brick projects to its nearest pixel (or, with
   rgbd.pixel_lookup 'floor', to pixel floor(u) as Open3D's VoxelBlockGrid does); sdf = depth - z.
@@ -75,7 +76,12 @@ class FusionParams:
                    pixel_round=0.5 if cfg.rgbd.pixel_lookup == "nearest" else 0.0)
 
 
-BAND_STEPS = (-1.0, -0.5, 0.0, 0.5, 1.0)     # truncation-band samples per pixel, in units of trunc
+def rgbd_band_fractions(p: FusionParams) -> tuple[float, ...]:
+    """Where a pixel's ray is sampled for the band's bricks, in units of trunc, from -1 to 1:
+    -1, -1/2, 0, 1/2, 1 up to a 4-voxel truncation, more beyond it so that samples stay at most 2
+    voxels apart (5 samples over a 16-voxel band would step over whole bricks)."""
+    n = max(5, math.ceil(p.trunc_m / p.voxel_size_m - 1e-6) + 1)
+    return tuple(-1.0 + 2.0 * j / (n - 1) for j in range(n))
 
 
 def obs_weight(z_m: torch.Tensor, depth_weighting: bool) -> torch.Tensor:
@@ -99,8 +105,8 @@ def rgbd_band_brick_coords(depth_m: torch.Tensor, K: torch.Tensor, T_W_C: torch.
     d = depth_m[v, u]
     x = (u.float() - float(K[0, 2])) / float(K[0, 0])
     y = (v.float() - float(K[1, 2])) / float(K[1, 1])
-    steps = torch.tensor(BAND_STEPS, dtype=torch.float32, device=depth_m.device) * p.trunc_m
-    z = (d[:, None] + steps[None]).clamp_min(1e-3)                      # (N, 5)
+    steps = torch.tensor(rgbd_band_fractions(p), dtype=torch.float32, device=depth_m.device) * p.trunc_m
+    z = (d[:, None] + steps[None]).clamp_min(1e-3)                      # (N, S)
     pts = torch.stack([x[:, None] * z, y[:, None] * z, z], dim=-1).reshape(-1, 3)
     R, t = T_W_C[:3, :3].float(), T_W_C[:3, 3].float()
     pw = pts @ R.T + t

@@ -239,11 +239,13 @@ class Mapper:
         self.octree.brick_dirty.index_fill_(0, slots, True)
         self.octree.mark_stale(stale)               # summaries refresh lazily, on the next query
         self.octree.mark_parents_stale(fresh)
-        pos = np.asarray(frame.T_W_S, dtype=np.float64)[:3, 3]
-        self.last_sensor_position_m = pos
-        if self.config.map.clearing_radius_m > 0:
-            self.clear_far(pos, self.config.map.clearing_radius_m)
         if slots.numel():
+            # Only a frame that observed something moves the clearing centre: an empty cloud or a
+            # frame without readings in range is a no-op, wherever its pose says the sensor is.
+            pos = np.asarray(frame.T_W_S, dtype=np.float64)[:3, 3]
+            self.last_sensor_position_m = pos
+            if self.config.map.clearing_radius_m > 0:
+                self.clear_far(pos, self.config.map.clearing_radius_m)
             self.stats.frames_integrated += 1
         else:
             self.stats.frames_empty += 1

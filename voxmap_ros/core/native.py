@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from . import morton
+from . import integrate, morton
 from .ranges import range_starts
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class _RgbdParams(ctypes.Structure):       # mirrors RgbdParams in fusion.cpp
     _fields_ = [(n, ctypes.c_float) for n in (
         "fx", "fy", "cx", "cy", "voxel", "brick", "trunc", "half_voxel", "brick_clear", "dmin", "dmax",
         "max_weight", "l_hit", "l_miss", "l_min", "l_max", "radius", "pixel_round")] + [
-        ("depth_weighting", ctypes.c_int)]
+        ("depth_weighting", ctypes.c_int), ("n_band", ctypes.c_int)]
 
 
 class _LidarParams(ctypes.Structure):      # mirrors LidarParams in fusion.cpp
@@ -328,7 +328,7 @@ def _rgbd_params(octree, K: torch.Tensor, p) -> _RgbdParams:
         brick_clear=octree.brick_size_m, dmin=p.rgbd_min_m, dmax=p.rgbd_max_m, max_weight=p.max_weight,
         l_hit=p.l_hit, l_miss=p.l_miss, l_min=p.l_min, l_max=p.l_max,
         radius=math.sqrt(3.0) * 0.5 * octree.brick_size_m, pixel_round=p.pixel_round,
-        depth_weighting=int(bool(p.depth_weighting)))
+        depth_weighting=int(bool(p.depth_weighting)), n_band=len(integrate.rgbd_band_fractions(p)))
 
 
 def _lidar_params(p) -> _LidarParams:
