@@ -49,6 +49,44 @@ def test_timing_stats_and_json(tmp_path, monkeypatch):
     assert env["VOXMAP_SPREAD_THREADS"] == "0" and "OMP_PROC_BIND" not in env
 
 
+def test_flat_cost_windows_on_synthetic_timings():
+    """timing_stats' flat-cost check: medians of the first and last 50 items and last / first,
+    None with fewer than 100 items (two full windows)."""
+    assert common.FLAT_WINDOW == 50                   # the JSON keys say 50
+    rng = np.random.default_rng(0)
+    # Distinct values: a window one item wider (taking in a 1000) or narrower moves its median by
+    # about 1 %, so the exact medians below pin the window to the first / last 50 items.
+    first = rng.permutation(np.linspace(0.5, 1.5, 50))        # median 1.0
+    middle = np.full(20, 1000.0)                              # in neither window
+    last = rng.permutation(np.linspace(1.0, 3.0, 50))         # median 2.0
+    last[0] = 1e6                                             # a spike moves a mean, not this median
+    s = common.timing_stats(np.concatenate([first, middle, last]).tolist())
+    assert s["n"] == 120
+    assert s["first50_median"] == pytest.approx(1.0, abs=1e-12)
+    assert s["last50_median"] == pytest.approx(float(np.median(last)), abs=1e-12)
+    assert s["last50_median"] == pytest.approx(2.0, abs=1e-9)
+    assert s["last50_over_first50"] == pytest.approx(s["last50_median"] / s["first50_median"], rel=1e-12)
+    # The last 50 exactly 2x the first 50: ratio 2.0.
+    exact = [1.0] * 50 + [1000.0] * 20 + [2.0] * 50
+    s = common.timing_stats(exact, "ms_per_scan")
+    assert (s["first50_median"], s["last50_median"], s["last50_over_first50"]) == (1.0, 2.0, 2.0)
+    assert s["ms_per_scan_median"] == 2.0                       # the other statistics keep their prefix
+    # A flat run: ratio 1. Two windows exactly (100 items, no overlap) are enough.
+    s = common.timing_stats([3.0] * 50 + [6.0] * 50)
+    assert (s["first50_median"], s["last50_median"], s["last50_over_first50"]) == (3.0, 6.0, 2.0)
+    assert common.timing_stats([4.0] * 100)["last50_over_first50"] == 1.0
+    # Fewer than two windows: no check at all (overlapping windows would hide a trend).
+    for n in (1, 50, 99):
+        s = common.timing_stats([1.0] * (n - n // 2) + [2.0] * (n // 2))
+        assert s["n"] == n
+        assert (s["first50_median"], s["last50_median"], s["last50_over_first50"]) == (None, None, None), n
+    s = common.timing_stats([])
+    assert (s["first50_median"], s["last50_median"], s["last50_over_first50"]) == (None, None, None)
+    # A first window of zeros has no ratio (division by a non-positive median).
+    s = common.timing_stats([0.0] * 50 + [1.0] * 50)
+    assert s["first50_median"] == 0.0 and s["last50_median"] == 1.0 and s["last50_over_first50"] is None
+
+
 def test_bench_rgbd_smoke(sim_dataset, tmp_path, capsys):
     out = tmp_path / "rgbd.json"
     rc = cli_main(["bench", "rgbd", "--data", sim_dataset["rgbd_dir"], "--frames", str(RGBD_FRAMES),
@@ -66,17 +104,39 @@ def test_bench_rgbd_smoke(sim_dataset, tmp_path, capsys):
         assert r["ms_per_frame_p95"] >= r["ms_per_frame_median"]
         assert len(r["ms_per_frame"]) == RGBD_FRAMES and len(r["repeat_medians_ms"]) == 2
         assert len(r["repeat_p95_ms"]) == 2 and all(p >= m for p, m in zip(r["repeat_p95_ms"], r["repeat_medians_ms"]))
+    for name, r in d["results"].items():               # the spec's size fields, every system
+        for k in ("voxels", "map_bytes"):
+            assert isinstance(r[k], int) and not isinstance(r[k], bool) and r[k] >= 0, (name, k)
+        assert r["backend"], name
     for name in ("voxmap", "open3d_vbg"):
         r = d["results"][name]
-        assert _positive_finite(r["voxels"]) and _positive_finite(r["map_bytes"]) and r["backend"]
+        assert _positive_finite(r["voxels"]) and _positive_finite(r["map_bytes"])
+        assert not r.get("estimated_fields"), name                  # counted, not estimated
         assert 0 < r["used_bytes"] <= r["capacity_bytes"], name      # like for like: data in use vs reserved
         assert r["mesh_triangles"] > 0
+    # ScalableTSDFVolume reports no sizes: both figures are estimates from its voxel point cloud,
+    # marked as such, and consistent with the units they are counted from.
+    s = d["results"]["open3d_scalable"]
+    assert set(s["estimated_fields"]) == {"voxels", "map_bytes"}
+    assert "estimate" in s["voxels_note"] and "estimate" in s["map_bytes_note"]
+    assert s["voxels"] == s["volume_units"] * s["volume_unit_resolution"] ** 3
+    assert s["map_bytes"] == s["voxels"] * s["voxel_bytes"] and s["voxel_bytes"] == 48
+    assert 0 <= s["voxels_near_surface"] <= s["voxels"]
+    assert (s["volume_units"] > 0) == (s["voxels_near_surface"] > 0)
+    if s["valid"]:                     # a build whose volume fuses real surfaces holds some voxels
+        assert _positive_finite(s["voxels"]) and _positive_finite(s["map_bytes"])
     assert d["results"]["voxmap"]["backend"] in ("torch", "cpp")
     for k in ("voxmap_over_open3d_vbg_ms", "voxmap_over_open3d_scalable_ms"):
         assert _positive_finite(d["ratios"][k])
     c = d["mesh_crosscheck"]["voxmap_vs_open3d_vbg"]
     assert math.isfinite(c["chamfer_m"]) and c["chamfer_m"] >= 0
-    assert "RGB-D fusion" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "RGB-D fusion" in out and "map MiB" in out
+    row = next(line for line in out.splitlines() if line.startswith("open3d_scalable"))
+    assert "~" in row                                   # the estimated cells are marked in the table
+    assert "~ open3d_scalable map_bytes: estimate" in out and "~ open3d_scalable voxels: estimate" in out
+    vox_row = next(line for line in out.splitlines() if line.startswith("voxmap "))
+    assert "~" not in vox_row
 
 
 def test_bench_lidar_smoke(sim_dataset, tmp_path, capsys):
