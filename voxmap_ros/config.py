@@ -41,7 +41,7 @@ class MapConfig:
                                       "bricks are used; ~4.7 KB of address space per brick); 0 = grow by copying (use 0 "
                                       "under strict overcommit, vm.overcommit_memory=2)",
                              lo=0, hi=1 << 26)
-    clearing_radius_m: float = _f(0.0, "Drop bricks farther than this from the latest sensor position; 0 = off",
+    clearing_radius_m: float = _f(0.0, "Drop bricks farther than this from the latest sensor position (of a frame that observed something); 0 = off",
                                   lo=0.0, hi=1e6, runtime=True)
     frame_id: str = _f("map", "Frame of the map (world)")
 
