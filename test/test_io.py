@@ -1,6 +1,7 @@
 """Map files: bit-exact round trip, clear errors for truncated and foreign files, no pickle."""
 import io as pyio
 import json
+import struct
 import zipfile
 
 import numpy as np
@@ -124,6 +125,22 @@ def test_corrupted_member(saved_map, tmp_path):
         for n, b in members.items():
             z.writestr(n, b)
     with pytest.raises(ValueError):
+        Mapper.load(p)
+
+
+def test_a_flipped_byte_in_the_array_data_is_refused(saved_map, tmp_path):
+    """One byte flipped in the middle of the stored tsdf array (not its header): the zip's CRC
+    catches it, and loading says which member is damaged instead of returning a wrong map."""
+    _, path = saved_map
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("attr_tsdf.npy")
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    data_start = info.header_offset + 30 + name_len + extra_len
+    raw[data_start + info.compress_size // 2] ^= 0x01
+    p = tmp_path / "flipped.npz"
+    p.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="attr_tsdf"):
         Mapper.load(p)
 
 
