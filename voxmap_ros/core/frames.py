@@ -17,7 +17,8 @@ _EYE3 = np.eye(3)
 
 
 def check_pose(T: np.ndarray, name: str = "T_W_S") -> np.ndarray:
-    """Validate a rigid transform (4, 4); returns it as float64."""
+    """Validate a rigid transform T (4, 4), any float or integer dtype, on the host (numpy,
+    list, CPU tensor); returns it as a float64 numpy array."""
     T = np.asarray(T)
     if T.shape != (4, 4):
         raise ValueError(f"{name} must be a 4x4 matrix, got shape {T.shape}")
@@ -41,8 +42,9 @@ def check_pose(T: np.ndarray, name: str = "T_W_S") -> np.ndarray:
 
 
 def check_intrinsics(K: np.ndarray, allow_skew: bool = False) -> np.ndarray:
-    """Validate pinhole intrinsics (3, 3) with fx, fy > 0, and no skew unless allow_skew (fusion
-    projects with fx, fy, cx, cy only; geometric queries take any pinhole K); returns float64."""
+    """Validate pinhole intrinsics K (3, 3), any numeric array-like on the host (numpy, list, CPU
+    tensor), with fx, fy > 0, and no skew unless allow_skew (fusion projects with fx, fy, cx, cy
+    only; geometric queries take any pinhole K); returns a float64 numpy array."""
     if K is None:
         raise ValueError("an RGB-D frame needs intrinsics K (3x3), got None")
     try:
@@ -70,7 +72,8 @@ def check_intrinsics(K: np.ndarray, allow_skew: bool = False) -> np.ndarray:
 
 
 def depth_to_metres(depth: np.ndarray, depth_scale: float) -> np.ndarray:
-    """(H, W) uint16 in 1/depth_scale metres, or float32 metres -> float32 metres; invalid -> 0."""
+    """(H, W) uint16 in 1/depth_scale metres, or float32 metres -> (H, W) float32 metres, C order;
+    invalid -> 0. numpy arrays (host)."""
     if depth.dtype == np.uint16:
         d = depth.astype(np.float32) / np.float32(depth_scale)
         d[depth == np.iinfo(np.uint16).max] = 0.0          # 65535 = "no reading" on common sensors
@@ -81,8 +84,9 @@ def depth_to_metres(depth: np.ndarray, depth_scale: float) -> np.ndarray:
 
 
 def prepare_rgbd(frame: Frame, depth_scale: float, device: torch.device):
-    """-> (depth_m (H, W) float32, rgb (H, W, 3) uint8 | None, K (3, 3) float64, T (4, 4) float64),
-    torch tensors on `device`."""
+    """frame: depth (H, W) uint16 or float32, rgb (H, W, 3) uint8 or None, K (3, 3) and T_W_S
+    (4, 4) numeric, numpy arrays (host) -> (depth_m (H, W) float32, rgb (H, W, 3) uint8 | None,
+    K (3, 3) float64, T (4, 4) float64), torch tensors on `device`."""
     depth = frame.depth
     if not isinstance(depth, np.ndarray) or depth.ndim != 2:
         raise ValueError(f"depth must be a 2-D numpy array (H, W), got {getattr(depth, 'shape', type(depth))}")
@@ -109,7 +113,8 @@ def prepare_rgbd(frame: Frame, depth_scale: float, device: torch.device):
 
 
 def prepare_lidar(frame: Frame, device: torch.device):
-    """-> (points (N, 3) float32 finite, T (4, 4) float64) on `device`; N may be 0."""
+    """frame: points (N, 3) float32 or float64 and T_W_S (4, 4), numpy arrays (host) ->
+    (points (N, 3) float32 finite, T (4, 4) float64) torch tensors on `device`; N may be 0."""
     pts = frame.points
     if not isinstance(pts, np.ndarray) or pts.ndim != 2 or pts.shape[1] != 3:
         raise ValueError(f"points must be a numpy array of shape (N, 3), got {getattr(pts, 'shape', type(pts))}")

@@ -27,7 +27,8 @@ GROWTH_SLOTS_PER_KEY = 2            # old slots migrated per inserted key while 
 
 
 def hash_slots(keys: torch.Tensor, bits: int) -> torch.Tensor:
-    """Fibonacci hash of (N,) int64 keys to home slots in [0, 2^bits), (N,) int64."""
+    """Fibonacci hash of (N,) int64 keys to home slots in [0, 2^bits), (N,) int64 on the keys'
+    device."""
     k = keys ^ ((keys >> 29) & ((1 << 35) - 1))
     k = k * -7046029254386353131          # 0x9E3779B97F4A7C15 as int64; the product wraps mod 2^64
     return (k >> (64 - bits)) & ((1 << bits) - 1)
@@ -117,7 +118,8 @@ class _Table:
 class HashTable:
     """int64 key -> int32 value map with batched insert / lookup / erase.
 
-    All methods take (N,) int64 key tensors on `device` and never loop over keys in Python.
+    All methods take (N,) int64 key tensors on `device` and never loop over keys in Python;
+    values are (N,) int32 (other integer dtypes are cast) on `device` too, and results are there.
     """
 
     def __init__(self, capacity: int = 1 << 14, device: str | torch.device = "cpu"):
@@ -151,7 +153,8 @@ class HashTable:
         return self._old is not None
 
     def contains(self, keys: torch.Tensor) -> torch.Tensor:
-        """(N,) bool: whether each key of keys (N,) int64 is stored (whatever its value)."""
+        """(N,) bool: whether each key of keys (N,) int64 is stored (whatever its value); both on
+        the table device."""
         self._check(keys)
         found = self._new.find(keys) >= 0
         if self._old is not None and not bool(found.all()):
@@ -189,7 +192,8 @@ class HashTable:
 
     # ---- updates ------------------------------------------------------------------------
     def insert(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Insert keys (N,) int64 (duplicates allowed) with values (N,) int32 where absent.
+        """Insert keys (N,) int64 (duplicates allowed) with values (N,) int32 where absent, both on
+        the table device.
 
         Returns (N,) bool: True where the key was newly inserted by this call (for duplicates,
         only the first occurrence counts as new and its value is the one stored).
@@ -212,8 +216,9 @@ class HashTable:
 
     def insert_new(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Insert keys (N,) int64 that the caller knows to be distinct and absent (it has just
-        looked them up), with values (N,) int32. Skips insert()'s de-duplication and membership
-        test; a key that repeats or is present already would be stored twice."""
+        looked them up), with values (N,) int32, both on the table device. Skips insert()'s
+        de-duplication and membership test; a key that repeats or is present already would be
+        stored twice."""
         self._check(keys)
         if values.shape != keys.shape:
             raise ValueError(f"values shape {tuple(values.shape)} must match keys {tuple(keys.shape)}")
@@ -230,8 +235,8 @@ class HashTable:
         self._new.insert_absent(keys, values.to(torch.int32))
 
     def erase(self, keys: torch.Tensor) -> torch.Tensor:
-        """Remove keys (N,) int64 (repeats allowed). Returns (U,) bool over the distinct keys in
-        ascending order, True where a key was present."""
+        """Remove keys (N,) int64 on the table device (repeats allowed). Returns (U,) bool there,
+        over the distinct keys in ascending order, True where a key was present."""
         self._check(keys)
         keys = torch.unique(keys)
         found = torch.zeros(keys.numel(), dtype=torch.bool, device=self.device)
@@ -245,7 +250,8 @@ class HashTable:
         return found
 
     def update_values(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Overwrite the values of keys that are present, (N,) int64 / (N,) int32."""
+        """Overwrite the values of keys that are present, (N,) int64 / (N,) int32 (any integer
+        dtype, cast), on the table device."""
         self._check(keys)
         for t in [self._new] + ([self._old] if self._old else []):
             s = t.find(keys)

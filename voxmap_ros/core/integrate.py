@@ -85,7 +85,8 @@ def rgbd_band_fractions(p: FusionParams) -> tuple[float, ...]:
 
 
 def obs_weight(z_m: torch.Tensor, depth_weighting: bool) -> torch.Tensor:
-    """Per-observation weight for depths z_m (any shape, float32): 1, or 1/z^2 beyond 1 m."""
+    """Per-observation weight for depths z_m (any shape, float32, any device): 1, or 1/z^2 beyond
+    1 m; same shape, dtype and device."""
     if not depth_weighting:
         return torch.ones_like(z_m)
     return 1.0 / z_m.clamp_min(1.0).square()
@@ -119,10 +120,11 @@ def _span_error() -> ValueError:
 
 
 def unique_coords(coords: torch.Tensor, return_inverse: bool = False):
-    """torch.unique(coords, dim=0) for (N, 3) int64 coordinates, through 1-D Morton keys (much
-    faster than a row-wise unique). Results are in Morton order of coords, or of coords - their
-    per-axis minimum when coords lie outside the keys' range (LiDAR voxel coordinates far from the
-    origin: keys would wrap around); ValueError when even their spread does not fit."""
+    """torch.unique(coords, dim=0) for (N, 3) int64 coordinates on any device, through 1-D Morton
+    keys (much faster than a row-wise unique): (M, 3) int64 [, inverse (N,) int64] on that device.
+    Results are in Morton order of coords, or of coords - their per-axis minimum when coords lie
+    outside the keys' range (LiDAR voxel coordinates far from the origin: keys would wrap around);
+    ValueError when even their spread does not fit."""
     base = None
     if coords.numel() and (int(coords.min()) < morton.COORD_MIN or int(coords.max()) > morton.COORD_MAX):
         base = coords.min(dim=0).values
@@ -142,7 +144,8 @@ def unique_coords(coords: torch.Tensor, return_inverse: bool = False):
 
 def rgbd_clearing_slots(octree: SparseVoxelOctree, depth_m: torch.Tensor, K: torch.Tensor,
                         T_W_C: torch.Tensor, p: FusionParams) -> torch.Tensor:
-    """Existing brick slots (M,) int64 wholly in front of the observed surface at their centre pixel."""
+    """Existing brick slots (M,) int64 wholly in front of the observed surface at their centre pixel.
+    depth_m (H, W) float32 metres, K (3, 3) and T_W_C (4, 4) float64, on the map device."""
     slots = octree.alive_slots()
     if slots.numel() == 0:
         return slots
@@ -167,7 +170,8 @@ def rgbd_update_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, depth_m: 
                        chunk: int = 2048) -> None:
     """Projective TSDF / colour / occupancy update of the voxels of bricks `slots` (M,) int64.
 
-    depth_m (H, W) float32; rgb (H, W, 3) uint8 or None; K (3, 3) and T_W_C (4, 4) float64.
+    depth_m (H, W) float32; rgb (H, W, 3) uint8 or None; K (3, 3) and T_W_C (4, 4) float64; all
+    on the map device.
     """
     H, W = depth_m.shape
     R, t = T_W_C[:3, :3].float(), T_W_C[:3, 3].float()
@@ -232,7 +236,8 @@ def integrate_rgbd_torch(octree: SparseVoxelOctree, depth_m: torch.Tensor, rgb: 
 # ---------------------------------------------------------------------------------- LiDAR
 def lidar_rays(points: torch.Tensor, T_W_L: torch.Tensor, p: FusionParams):
     """Rays of a scan: (origin (3,) f32, dirs (N, 3) f32, ranges (N,) f32 clipped to max range,
-    hit (N,) bool). points (N, 3) float32 sensor frame; non-finite and too-close points dropped."""
+    hit (N,) bool). points (N, 3) float32 sensor frame, T_W_L (4, 4) float64, on one device (the
+    results on it); non-finite and too-close points dropped."""
     r = points.norm(dim=1)
     keep = torch.isfinite(points).all(1) & (r >= p.lidar_min_m) & (r > 0)
     pts, r = points[keep], r[keep]
@@ -274,8 +279,8 @@ def ray_voxels(origin: torch.Tensor, dirs: torch.Tensor, t_end: torch.Tensor, vo
     traversal): from the voxel of the origin, the segment crosses voxel boundaries at computed
     times; taken in order of t (ties: x, then y, then z), each crossing steps one axis by one
     voxel, ending in the voxel of the end point. origin (3,) float32, dirs (R, 3) float32 unit,
-    t_end (R,) float32 metres (<= 0: no voxel). Returns (ray (F,) int64, voxel (F, 3) int64),
-    grouped by ray in order along it; float32 arithmetic for the crossing times."""
+    t_end (R,) float32 metres (<= 0: no voxel), all on one device. Returns (ray (F,) int64, voxel
+    (F, 3) int64) on it, grouped by ray in order along it; float32 arithmetic for the crossing times."""
     dev = dirs.device
     vs = voxel_size_m
     live = t_end > 0
@@ -318,9 +323,11 @@ def ray_voxels(origin: torch.Tensor, dirs: torch.Tensor, t_end: torch.Tensor, vo
 
 def lidar_samples(origin: torch.Tensor, dirs: torch.Tensor, ranges: torch.Tensor, hit: torch.Tensor,
                   p: FusionParams, ray_ids: torch.Tensor, with_free_rays: bool = False):
-    """Voxel indices touched by a chunk of rays, as flat tensors (all float32 arithmetic):
+    """Voxel indices touched by a chunk of R rays, as flat tensors (all float32 arithmetic):
     free voxels (F, 3) int64; band (ray_id (B,), voxel (B, 3) int64, sdf (B,) f32); hit voxels (Hn, 3).
-    With `with_free_rays`, free is (ray_id (F,) int64, voxel (F, 3) int64)."""
+    With `with_free_rays`, free is (ray_id (F,) int64, voxel (F, 3) int64). origin (3,), dirs
+    (R, 3) unit and ranges (R,) float32 as lidar_rays gives them, hit (R,) bool, ray_ids (R,) int64,
+    all on one device (the results on it)."""
     vs = p.voxel_size_m
     step = 0.5 * vs
     dev = dirs.device

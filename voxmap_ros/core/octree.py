@@ -170,15 +170,17 @@ class SparseVoxelOctree:
         self._bricks_free_kernel = bricks_free
 
     def bricks_free_torch(self, slots: torch.Tensor, occ_max: float, tsdf_min: float = FREE_TSDF_MIN) -> torch.Tensor:
-        """(N,) bool for alive slots (N,) int64: the brick is wholly observed free space, every
-        voxel with occupancy log-odds <= occ_max and either no weight or TSDF >= tsdf_min."""
+        """(N,) bool for alive slots (N,) int64, on the map device: the brick is wholly observed
+        free space, every voxel with occupancy log-odds <= occ_max and either no weight or TSDF >=
+        tsdf_min."""
         occ = self.attrs["occ"][slots].float()
         tsdf = self.attrs["tsdf"][slots].float()
         w = self.attrs["weight"][slots].float()
         return (occ <= occ_max).all(1) & ((w == 0) | (tsdf >= tsdf_min)).all(1)
 
     def bricks_free(self, slots: torch.Tensor, occ_max: float, tsdf_min: float = FREE_TSDF_MIN) -> torch.Tensor:
-        """bricks_free_torch, through the compiled twin when one is installed (use_kernels)."""
+        """bricks_free_torch (slots (N,) int64 -> (N,) bool, on the map device), through the
+        compiled twin when one is installed (use_kernels)."""
         if self._bricks_free_kernel is not None and self.device.type == "cpu":
             return self._bricks_free_kernel(self, slots, occ_max, tsdf_min)
         return self.bricks_free_torch(slots, occ_max, tsdf_min)
@@ -350,14 +352,15 @@ class SparseVoxelOctree:
         return self.brick_alive.nonzero().squeeze(1)
 
     def brick_keys(self, coords: torch.Tensor) -> torch.Tensor:
-        """Brick coordinates (N, 3) int -> level-0 keys (N,) int64 (range-checked)."""
+        """Brick coordinates (N, 3) int32/int64 -> level-0 keys (N,) int64 (range-checked), on the
+        coordinates' device."""
         morton.check_coords(coords)
         return morton.encode(coords, 0)
 
     def lookup_bricks(self, coords: torch.Tensor) -> torch.Tensor:
-        """Brick coordinates (N, 3) int32/int64 -> brick slots (N,) int64, -1 where not allocated,
-        which includes coordinates outside the key range (no brick can be there: the neighbours of
-        a brick at the map's edge)."""
+        """Brick coordinates (N, 3) int32/int64, any device -> brick slots (N,) int64 on the map
+        device, -1 where not allocated, which includes coordinates outside the key range (no brick
+        can be there: the neighbours of a brick at the map's edge)."""
         coords = coords.to(self.device)
         if coords.ndim == 2 and coords.shape[1] == 3 and not coords.is_floating_point() and coords.numel():
             inside = ((coords >= morton.COORD_MIN) & (coords <= morton.COORD_MAX)).all(1)
@@ -372,18 +375,18 @@ class SparseVoxelOctree:
         return out
 
     def allocate_bricks(self, coords: torch.Tensor, distinct: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Find or create bricks at coordinates (N, 3) int (duplicates allowed, unless `distinct`
-        promises that no coordinate repeats, which skips the de-duplication).
+        """Find or create bricks at coordinates (N, 3) int32/int64, any device (duplicates allowed,
+        unless `distinct` promises that no coordinate repeats, which skips the de-duplication).
 
-        Returns (slots (N,) int64, is_new (N,) bool). New bricks start with every attribute at its
+        Returns (slots (N,) int64, is_new (N,) bool) on the map device. New bricks start with every attribute at its
         fill value, except occupancy inside subtrees pruned as free, which starts free.
         """
         morton.check_coords(coords)                 # before the cast: a float would be truncated
         return self.allocate_brick_keys(morton.encode(coords.to(self.device, torch.int64), 0), distinct)
 
     def allocate_brick_keys(self, keys: torch.Tensor, distinct: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """allocate_bricks for level-0 keys (N,) int64 (morton.encode of in-range brick coordinates:
-        only the dtype is checked here, as the compiled LiDAR trace gives them)."""
+        """allocate_bricks for level-0 keys (N,) int64, any device (morton.encode of in-range brick
+        coordinates: only the dtype is checked here, as the compiled LiDAR trace gives them)."""
         if keys.dtype != torch.int64 or keys.ndim != 1:
             raise ValueError(f"brick keys must be (N,) int64, got {keys.dtype} {tuple(keys.shape)}")
         keys = keys.to(self.device)
@@ -439,8 +442,9 @@ class SparseVoxelOctree:
         return slots[self.brick_alive[slots]]
 
     def erase_bricks(self, slots: torch.Tensor) -> None:
-        """Free brick slots (N,) int64 and their nodes; ancestors' summaries are refreshed.
-        Negative slots (lookup_bricks' "not allocated") and dead ones are skipped."""
+        """Free brick slots (N,) int64 (any integer dtype, any device) and their nodes; ancestors'
+        summaries are refreshed. Negative slots (lookup_bricks' "not allocated") and dead ones are
+        skipped."""
         slots = self._valid_slots(slots)
         if slots.numel() == 0:
             return
@@ -463,7 +467,8 @@ class SparseVoxelOctree:
 
     # ------------------------------------------------------------------ summaries
     def mark_stale(self, slots: torch.Tensor) -> None:
-        """Note that the voxels of brick slots (N,) int64 changed; their summaries and their
+        """Note that the voxels of brick slots (N,) int64 (any integer dtype and device) changed;
+        their summaries and their
         ancestors' are refreshed by the next flush_summaries (every query of node summaries
         flushes first). Frames arriving faster than queries then share one refresh per brick."""
         if slots.numel():
@@ -471,7 +476,8 @@ class SparseVoxelOctree:
             self.brick_stale.index_fill_(0, slots.to(self.device, torch.int64), True)
 
     def mark_parents_stale(self, slots: torch.Tensor) -> None:
-        """Like mark_stale, for brick slots (N,) int64 whose own summaries the caller has already
+        """Like mark_stale, for brick slots (N,) int64 (any integer dtype and device) whose own
+        summaries the caller has already
         brought up to date (the compiled RGB-D and LiDAR kernels do): only their ancestors wait."""
         if slots.numel():
             self._stale_pending = True
@@ -496,7 +502,8 @@ class SparseVoxelOctree:
 
     def update_summaries(self, slots: torch.Tensor, parents_only: torch.Tensor | None = None) -> None:
         """Recompute the summaries of bricks (N,) int64 and of all their ancestors, and of the
-        ancestors of bricks parents_only (K,) int64 (whose own summaries are up to date).
+        ancestors of bricks parents_only (K,) int64 (whose own summaries are up to date); slots of
+        any integer dtype and device.
 
         Cost is proportional to the number of bricks passed and the tree depth, not the map size.
         """
@@ -656,7 +663,8 @@ class SparseVoxelOctree:
         return inside
 
     def clear_outside_radius(self, center_m: torch.Tensor, radius_m: float) -> int:
-        """Erase bricks whose centre is farther than radius_m from center_m (3,) float, and forget
+        """Erase bricks whose centre is farther than radius_m from center_m (3,) float tensor (any
+        float dtype and device), and forget
         pruned free space (free bits) whose cube centre is: the map then answers nothing beyond
         the radius and stays bounded. Returns the number of bricks erased."""
         if radius_m <= 0:
@@ -667,14 +675,16 @@ class SparseVoxelOctree:
         return int(far.numel())
 
     def bricks_outside_radius(self, center_m: torch.Tensor, radius_m: float) -> torch.Tensor:
-        """Slots (N,) int64 of the bricks whose centre is farther than radius_m from center_m (3,)."""
+        """Slots (N,) int64, on the map device, of the bricks whose centre is farther than radius_m
+        from center_m (3,) float tensor (any float dtype and device)."""
         slots = self.alive_slots()
         centres = (self.brick_coord[slots].double() + 0.5) * self.brick_size_m
         return slots[(centres - center_m.to(self.device).double()).norm(dim=1) > radius_m]
 
     def forget_free_outside_radius(self, center_m: torch.Tensor, radius_m: float) -> None:
         """Clear the free bits of pruned cubes whose centre is farther than radius_m from
-        center_m (3,); nodes left with neither children nor free bits go."""
+        center_m (3,) float tensor (any float dtype and device); nodes left with neither children
+        nor free bits go."""
         if not bool(self.node_free_mask.any()):
             return
         c = center_m.to(self.device).double()
@@ -713,7 +723,8 @@ class SparseVoxelOctree:
 
     # ------------------------------------------------------------------ queries
     def occupancy_at(self, points_m: torch.Tensor, level: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Occupancy log-odds at world points (N, 3) float, at `level` (0 = voxel; L >= 1 = max over
+        """Occupancy log-odds at world points (N, 3) float tensor (any dtype and device; read as
+        float64), at `level` (0 = voxel; L >= 1 = max over
         the level-L node containing the point). Returns (logodds (N,) float32, known (N,) bool),
         on the map device. Inside pruned free subtrees the answer is the free value; outside the
         map's key range it is unknown. ValueError for a bad shape, non-finite points or level."""
@@ -782,7 +793,8 @@ class SparseVoxelOctree:
         return torch.sort(k).values
 
     def bricks_in_aabb(self, lo_m, hi_m) -> torch.Tensor:
-        """Slots (M,) int64 of bricks that overlap the box [lo_m, hi_m] (each (3,) metres, faces
+        """Slots (M,) int64, on the map device, of bricks that overlap the box [lo_m, hi_m] (each
+        (3,) metres: sequence, numpy array or tensor on any device, read as float64; faces
         included). ValueError unless both are finite (3,) with lo_m <= hi_m."""
         lo = torch.as_tensor(lo_m, dtype=torch.float64).to(self.device)
         hi = torch.as_tensor(hi_m, dtype=torch.float64).to(self.device)
@@ -797,8 +809,9 @@ class SparseVoxelOctree:
         return slots[inside]
 
     def bricks_in_frustum(self, K, T_W_C, width: int, height: int, near_m: float, far_m: float) -> torch.Tensor:
-        """Slots (M,) int64 of bricks whose bounding sphere meets the pinhole frustum of camera
-        K (3, 3), pose T_W_C (4, 4), image width x height (pixel edges at -0.5 and width - 0.5),
+        """Slots (M,) int64, on the map device, of bricks whose bounding sphere meets the pinhole
+        frustum of camera K (3, 3), pose T_W_C (4, 4) (numeric numpy arrays or tensors on any
+        device, checked as float64), image width x height (pixel edges at -0.5 and width - 0.5),
         depth range [near_m, far_m]. Every brick that meets the frustum is returned (a sphere
         against the six planes: bricks near an edge of the frustum may come along). ValueError
         for a bad K or pose, a size below 1 pixel or a depth range other than 0 <= near_m < far_m."""
@@ -818,7 +831,8 @@ class SparseVoxelOctree:
         return slots[ok]
 
     def voxel_centers(self, slots: torch.Tensor) -> torch.Tensor:
-        """World centres (N, 512, 3) float32 of the voxels of bricks (N,) int64, metres."""
+        """World centres (N, 512, 3) float32 of the voxels of bricks (N,) int64, metres, on the map
+        device."""
         base = self.brick_coord[slots].long() * BRICK
         idx = base[:, None, :] + VOXEL_OFFSETS.to(self.device)[None]
         return ((idx.double() + 0.5) * self.voxel_size_m).float()
@@ -826,10 +840,11 @@ class SparseVoxelOctree:
 
 def spheres_in_frustum(centres_cam: torch.Tensor, radius_m: float, K, width: int, height: int,
                        near_m: float, far_m: float) -> torch.Tensor:
-    """(N,) bool: whether spheres of radius_m around centres_cam (N, 3) float64 (camera frame,
-    optical axes) meet the pinhole frustum of K (3, 3; skew K[0, 1] included), width x height pixels
-    (pixel edges at -0.5 and width - 0.5) and depth range [near_m, far_m]; tested against the six
-    planes, so spheres near a frustum edge may come along."""
+    """(N,) bool on the centres' device: whether spheres of radius_m around centres_cam (N, 3)
+    float64 (any float dtype is read as float64; camera frame, optical axes) meet the pinhole
+    frustum of K (3, 3) numpy array or tensor, any float dtype and device (skew K[0, 1] included),
+    width x height pixels (pixel edges at -0.5 and width - 0.5) and depth range [near_m, far_m];
+    tested against the six planes, so spheres near a frustum edge may come along."""
     fx, s, fy = float(K[0, 0]), float(K[0, 1]), float(K[1, 1])
     cx, cy = float(K[0, 2]), float(K[1, 2])
     # Inward normals of the four side planes (through the optical centre): n . p >= 0 inside. The
