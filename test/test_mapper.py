@@ -662,3 +662,12 @@ def test_frame_times_cover_every_frame_in_bounded_memory(monkeypatch):
     assert t.count == 4000 and len(t._exact) == 0 and t._hist.size == FrameTimes.HIST_BINS
     for q in (0.1, 0.5, 0.95):
         assert t.quantile(q) == pytest.approx(float(np.quantile(many, q)), rel=0.005), q
+
+
+def test_poses_that_numpy_cannot_read_are_value_errors():
+    """A pose numpy cannot turn into an array (a tensor that requires grad, as a CUDA tensor would
+    be too; ragged lists) is a ValueError naming the pose, like every other bad pose."""
+    from voxmap_ros.core.frames import check_pose
+    for bad in (torch.eye(4, dtype=torch.float64, requires_grad=True), [[1, 0, 0, 0], [0, 1]]):
+        with pytest.raises(ValueError, match="T_W_S must be a 4x4 matrix on the host"):
+            check_pose(bad)

@@ -146,8 +146,9 @@ class RenderedView:
 
 @dataclass
 class MapSnapshot:
-    """The TSDF of some bricks, copied out of a map (see map_snapshot)."""
-    coords: torch.Tensor               # (B, 3) brick coordinates
+    """The TSDF of some bricks, copied out of a map (see map_snapshot): tensors on the map's
+    device, in its dtypes (tsdf / weight float16, color uint8 for the core attributes)."""
+    coords: torch.Tensor               # (B, 3) int32 brick coordinates
     attrs: dict                        # tsdf / weight / color rows (B, 512[, 3]) of those bricks
     voxel_size_m: float
     levels: int
@@ -156,8 +157,9 @@ class MapSnapshot:
 
 
 def scaled_view(K, width: int, height: int, T_W_C, max_width: int, max_height: int) -> View:
-    """The camera (K, width x height) scaled down to fit max_width x max_height (aspect kept; never
-    scaled up). Pixel centres stay at integer coordinates: u' = s (u + 1/2) - 1/2."""
+    """The camera (K (3, 3), width x height; pose T_W_C (4, 4)) scaled down to fit max_width x
+    max_height (aspect kept; never scaled up). K and T_W_C: numeric array-likes on the host; the
+    View holds float64 numpy copies. Pixel centres stay at integer coordinates: u' = s (u + 1/2) - 1/2."""
     K = np.asarray(K, np.float64)
     s = min(1.0, max_width / width, max_height / height)
     if s >= 1.0:
@@ -263,7 +265,8 @@ def render_view(mapper, view: View, render_cfg) -> RenderedView:
 
 
 def depth_to_png_mm(depth_m: np.ndarray) -> np.ndarray:
-    """Depth in metres (NaN / <= 0 = none) -> uint16 millimetres, 0 = none (65535 never written)."""
+    """Depth in metres (NaN / <= 0 = none), numpy (host) of any shape and real dtype -> uint16
+    millimetres of the same shape, 0 = none (65535 never written)."""
     d = np.asarray(depth_m, np.float64) * DEPTH_PNG_SCALE
     ok = np.isfinite(d) & (d > 0) & (d <= 65534)
     return np.where(ok, np.round(np.where(ok, d, 0)), 0).astype(np.uint16)
@@ -282,7 +285,8 @@ def write_rendered(rv: RenderedView, out_dir: str | Path, stem: str) -> dict:
 
 
 def depth_colormap(depth_m: np.ndarray, max_m: float | None = None) -> np.ndarray:
-    """Depth (NaN / <= 0 = none) -> (H, W, 3) uint8 RGB (turbo, near blue, far red; black = none)."""
+    """Depth (H, W) metres, numpy (host) of any real dtype (NaN / <= 0 = none) -> (H, W, 3) uint8
+    RGB (turbo, near blue, far red; black = none)."""
     import cv2
     d = np.asarray(depth_m, np.float64)
     ok = np.isfinite(d) & (d > 0)
@@ -296,7 +300,8 @@ def compare_picture(input_rgb: np.ndarray | None, input_depth_m: np.ndarray, rv:
                     path: str | Path, err_max_m: float) -> Path:
     """Side by side: input colour (or input depth, colour-mapped, without colour) | rendered colour |
     |rendered - input depth| (inferno, 0 .. err_max_m; grey where either depth is missing), each
-    panel under a caption."""
+    panel under a caption. input_rgb (H, W, 3) uint8 or None, input_depth_m (H, W) float metres
+    (any real dtype), numpy (host), the size of rv's images."""
     import cv2
     d_in = np.asarray(input_depth_m, np.float64)
     both = np.isfinite(d_in) & (d_in > 0) & rv.valid

@@ -19,7 +19,10 @@ _EYE3 = np.eye(3)
 def check_pose(T: np.ndarray, name: str = "T_W_S") -> np.ndarray:
     """Validate a rigid transform T (4, 4), any float or integer dtype, on the host (numpy,
     list, CPU tensor); returns it as a float64 numpy array."""
-    T = np.asarray(T)
+    try:
+        T = np.asarray(T)
+    except (TypeError, ValueError, RuntimeError) as e:   # a CUDA tensor, one that requires grad, ragged lists
+        raise ValueError(f"{name} must be a 4x4 matrix on the host (numpy, list, CPU tensor): {e}") from None
     if T.shape != (4, 4):
         raise ValueError(f"{name} must be a 4x4 matrix, got shape {T.shape}")
     if not np.issubdtype(T.dtype, np.floating) and not np.issubdtype(T.dtype, np.integer):

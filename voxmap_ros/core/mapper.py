@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class MeshUpdate:
     """What changed since the previous `update_mesh` call: `mesh` holds the triangles of the
     re-meshed bricks (tagged by brick key), `remeshed_keys` (M,) int64 the bricks whose triangles
-    it replaces (a brick may now have none), `removed_keys` (R,) int64 bricks that no longer exist."""
+    it replaces (a brick may now have none), `removed_keys` (R,) int64 bricks that no longer exist;
+    all on the map device."""
     mesh: mesh.BrickMesh
     remeshed_keys: torch.Tensor
     removed_keys: torch.Tensor
@@ -33,7 +34,8 @@ class MeshUpdate:
 @dataclass
 class MeshJob:
     """Bricks to re-mesh, gathered by Mapper.prepare_mesh_update: their blocks (a copy), their
-    keys (M,) int64 and the keys (R,) int64 of bricks removed since the previous update."""
+    keys (M,) int64 and the keys (R,) int64 of bricks removed since the previous update; all on
+    the map device."""
     blocks: list
     keys: torch.Tensor
     removed: torch.Tensor
@@ -202,8 +204,10 @@ class Mapper:
 
     # ------------------------------------------------------------------ integration
     def integrate(self, frame: Frame) -> int:
-        """Fuse one frame (RGB-D and/or LiDAR). Validates everything before touching the map and
-        raises ValueError on bad input, leaving the map unchanged. Returns bricks visited."""
+        """Fuse one frame (RGB-D and/or LiDAR): its arrays are numpy (host), shapes and dtypes as
+        in types.Frame (depth (H, W) uint16 / float32, rgb (H, W, 3) uint8, points (N, 3) float32 /
+        float64; K (3, 3) and T_W_S (4, 4) of any real dtype). Validates everything before touching the map and raises
+        ValueError on bad input, leaving the map unchanged. Returns bricks visited."""
         t0 = time.perf_counter()
         rgbd = lidar = None
         visited, summarised = [], []           # summarised: slots whose own summaries are fresh
@@ -274,7 +278,8 @@ class Mapper:
     # ------------------------------------------------------------------ memory control
     def clear_far(self, center_m, radius_m: float) -> int:
         """Drop bricks (and pruned free space) farther than radius_m (> 0) from center_m (3,)
-        metres in the map frame, judged by their centres. Returns bricks dropped."""
+        metres in the map frame (any numeric array-like on the host: numpy, list, CPU tensor; read
+        as float64), judged by their centres. Returns bricks dropped."""
         try:
             c = np.asarray(center_m, dtype=np.float64)
             r = float(radius_m)

@@ -121,8 +121,8 @@ def _check_inputs(sdf, valid, colors, origins_vox, voxel_size_m, iso) -> None:
 
 
 def check_edge_key_range(origins_vox: torch.Tensor, block_vox: int) -> None:
-    """ValueError unless blocks of block_vox^3 samples at origins_vox (B, 3) int64 (voxel index of
-    sample (0, 0, 0)) lie inside the edge keys' range."""
+    """ValueError unless blocks of block_vox^3 samples at origins_vox (B, 3) int64 or int32, any
+    device (voxel index of sample (0, 0, 0)), lie inside the edge keys' range."""
     if origins_vox.shape[0]:
         lo, hi = int(origins_vox.min()), int(origins_vox.max()) + block_vox - 1
         if lo < KEY_COORD_MIN or hi > KEY_COORD_MAX:

@@ -37,7 +37,8 @@ def max_jump_tsdf(max_jump_vox: float, trunc_vox: float) -> float:
 
 def gather_blocks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float):
     """Padded blocks of bricks `slots` (B,) int64: (sdf (B, 9, 9, 9) float32 [b, z, y, x],
-    valid (B, 9, 9, 9) bool, colors (B, 9, 9, 9, 3) uint8, origins_vox (B, 3) int64), map device."""
+    valid (B, 9, 9, 9) bool, colors (B, 9, 9, 9, 3) uint8, origins_vox (B, 3) int64), slots and
+    results on the map device."""
     B = slots.numel()
     dev = octree.device
     sdf = torch.ones((B, 9, 9, 9), dtype=torch.float32, device=dev)
@@ -70,7 +71,8 @@ def gather_blocks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: fl
 @dataclass
 class BrickMesh:
     """Triangle soup of some bricks: tri_vertices (T, 3, 3) float32, tri_colors (T, 3, 3) uint8,
-    tri_edge_keys (T, 3) int64 (weld keys), tri_brick_keys (T,) int64 (level-0 key of the owning brick)."""
+    tri_edge_keys (T, 3) int64 (weld keys), tri_brick_keys (T,) int64 (level-0 key of the owning brick);
+    all on one device (the map's)."""
     tri_vertices: torch.Tensor
     tri_colors: torch.Tensor
     tri_edge_keys: torch.Tensor
@@ -83,6 +85,7 @@ class BrickMesh:
                    torch.zeros((0,), dtype=torch.int64, device=device))
 
     def select(self, mask: torch.Tensor) -> "BrickMesh":
+        """The triangles where mask (T,) bool (or at (K,) int64 indices), on the mesh's device."""
         return BrickMesh(self.tri_vertices[mask], self.tri_colors[mask], self.tri_edge_keys[mask],
                          self.tri_brick_keys[mask])
 
@@ -132,24 +135,26 @@ class CompactBricks:
 
 def block_neighbours(octree: SparseVoxelOctree, slots: torch.Tensor) -> torch.Tensor:
     """(B, 8) int64 slots of the bricks the padded blocks of bricks `slots` (B,) int64 read,
-    column dx + 2 dy + 4 dz (column 0 = the brick itself), -1 where there is none."""
+    column dx + 2 dy + 4 dz (column 0 = the brick itself), -1 where there is none; on the map
+    device."""
     coords = octree.brick_coord[slots].long()
     nb = octree.lookup_bricks((coords[:, None, :] + _PAD_OFFSETS.to(coords.device)[None]).reshape(-1, 3))
     return nb.reshape(-1, _PAD_OFFSETS.shape[0])
 
 
 def inside_edge_key_range(octree: SparseVoxelOctree, slots: torch.Tensor) -> torch.Tensor:
-    """(N,) bool for brick slots (N,) int64: the brick's cells (its voxels and one more per axis)
-    lie inside the range of the weld's edge keys, [-2^19, 2^19 - 1] voxels per axis (+-5.2 km at
-    1 cm, +-26 km at 5 cm). The octree reaches 4x farther; bricks beyond are not meshed."""
+    """(N,) bool for brick slots (N,) int64, on the map device: the brick's cells (its voxels and
+    one more per axis) lie inside the range of the weld's edge keys, [-2^19, 2^19 - 1] voxels per
+    axis (+-5.2 km at 1 cm, +-26 km at 5 cm). The octree reaches 4x farther; bricks beyond are not
+    meshed."""
     origin = octree.brick_coord[slots].long() * BRICK
     return ((origin >= KEY_COORD_MIN) & (origin + BRICK <= KEY_COORD_MAX)).all(1)
 
 
 def gather_compact(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float,
                    nb: torch.Tensor | None = None, max_jump: float = math.inf) -> CompactBricks:
-    """CompactBricks of bricks `slots` (B,) int64 (CPU octree); nb: their block_neighbours when the
-    caller has them already."""
+    """CompactBricks of bricks `slots` (B,) int64 (CPU octree, CPU tensors); nb: their (B, 8) int64
+    block_neighbours when the caller has them already."""
     coords = octree.brick_coord[slots].long()
     nb = block_neighbours(octree, slots) if nb is None else nb
     have = nb >= 0
@@ -165,8 +170,9 @@ def gather(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float, ch
            backend: str = "torch", nb: torch.Tensor | None = None,
            max_jump: float = math.inf) -> list[Blocks | CompactBricks]:
     """Copies of what meshing bricks `slots` (B,) int64 reads, in chunks of at most `chunk` bricks:
-    padded Blocks for the torch mesher, CompactBricks for backend 'cpp' (nb: (B, 8) block_neighbours
-    of `slots` if already known); max_jump (normalised TSDF) travels with them, see max_jump_tsdf."""
+    padded Blocks for the torch mesher, CompactBricks for backend 'cpp' (nb: (B, 8) int64
+    block_neighbours of `slots` if already known); max_jump (normalised TSDF) travels with them, see
+    max_jump_tsdf. slots, nb and the copies on the map device."""
     if backend == "cpp":
         return [gather_compact(octree, slots[i:i + chunk], min_weight, None if nb is None else nb[i:i + chunk],
                                max_jump) for i in range(0, slots.numel(), chunk)]
@@ -175,7 +181,8 @@ def gather(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float, ch
 
 
 def mesh_blocks(blocks: list[Blocks | CompactBricks], voxel_size_m: float, device) -> BrickMesh:
-    """Marching cubes over gathered blocks -> BrickMesh (triangles tagged by brick key)."""
+    """Marching cubes over gathered blocks -> BrickMesh (triangles tagged by brick key) on the
+    blocks' device (`device` when there are no triangles)."""
     parts = []
     for b in blocks:
         if isinstance(b, CompactBricks):
@@ -198,7 +205,8 @@ def mesh_blocks(blocks: list[Blocks | CompactBricks], voxel_size_m: float, devic
 
 def mesh_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float,
                 chunk: int = 4096, backend: str = "torch", max_jump: float = math.inf) -> BrickMesh:
-    """Marching cubes over bricks `slots` (B,) int64 -> BrickMesh (triangles tagged by brick)."""
+    """Marching cubes over bricks `slots` (B,) int64 -> BrickMesh (triangles tagged by brick), on
+    the map device."""
     parts = [mesh_blocks([b], octree.voxel_size_m, octree.device)
              for b in gather(octree, slots, min_weight, chunk, backend, max_jump=max_jump)]
     return BrickMesh.cat(parts) if parts else BrickMesh.empty(octree.device)
@@ -210,7 +218,7 @@ def may_have_surface(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight:
     can produce a triangle. A cell needs all 8 corners valid (weight >= min_weight) and a sign
     change, so the block must hold a valid voxel with TSDF < 0 (the brick or one of its +x/+y/+z
     neighbours). Bricks of observed free space (most of a LiDAR map) are skipped this way.
-    nb: the (B, 8) block_neighbours of `slots` if already known."""
+    nb: the (B, 8) int64 block_neighbours of `slots` if already known; all on the map device."""
     if slots.numel() == 0:
         return torch.zeros(0, dtype=torch.bool, device=octree.device)
     nb = (block_neighbours(octree, slots) if nb is None else nb).reshape(-1)
@@ -228,7 +236,7 @@ def may_have_surface(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight:
 
 def affected_by(octree: SparseVoxelOctree, changed_slots: torch.Tensor) -> torch.Tensor:
     """Alive brick slots whose mesh depends on the changed bricks (N,) int64: them and their
-    -x/-y/-z neighbours. (M,) int64."""
+    -x/-y/-z neighbours. (M,) int64; on the map device."""
     if changed_slots.numel() == 0:
         return changed_slots
     coords = octree.brick_coord[changed_slots].long()

@@ -63,7 +63,7 @@ def _compact3(v: torch.Tensor) -> torch.Tensor:
 
 
 def check_coords(coords: torch.Tensor) -> None:
-    """Raise ValueError unless coords (N, 3) integer are inside the representable range."""
+    """Raise ValueError unless coords (N, 3) int32/int64 are inside the representable range."""
     if coords.ndim != 2 or coords.shape[1] != 3:
         raise ValueError(f"coords must have shape (N, 3), got {tuple(coords.shape)}")
     if coords.dtype not in (torch.int32, torch.int64):
@@ -138,9 +138,9 @@ def child_index(keys: torch.Tensor) -> torch.Tensor:
 
 
 def neighbours(keys: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
-    """Keys (N,) int64 -> (N, M) int64 keys of the same-level neighbours at `offsets` (M, 3)
-    (default: the 26-neighbourhood). ValueError when a neighbour lies outside the key range (keys
-    at its edge): its key would wrap around onto another node's."""
+    """Keys (N,) int64 -> (N, M) int64 keys of the same-level neighbours at `offsets` (M, 3) int64
+    on any device (default: the 26-neighbourhood). ValueError when a neighbour lies outside the
+    key range (keys at its edge): its key would wrap around onto another node's."""
     offsets = NEIGHBOUR_OFFSETS if offsets is None else offsets
     coords, level = decode(keys)
     nb = (coords[:, None, :] + offsets.to(keys.device)[None]).reshape(-1, 3)

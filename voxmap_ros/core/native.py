@@ -466,7 +466,8 @@ def _checked_slots(octree, slots: torch.Tensor) -> torch.Tensor:
 
 
 def bricks_free_cpp(octree, slots: torch.Tensor, occ_max: float, tsdf_min: float) -> torch.Tensor:
-    """Compiled twin of SparseVoxelOctree.bricks_free_torch: (N,) bool for alive slots (N,) int64."""
+    """Compiled twin of SparseVoxelOctree.bricks_free_torch: (N,) bool for alive slots (N,) int64
+    of a CPU octree (contiguous CPU tensor)."""
     slots = _checked_slots(octree, slots)
     lib, _ = _lib()
     out = torch.empty(slots.numel(), dtype=torch.bool)
@@ -477,7 +478,8 @@ def bricks_free_cpp(octree, slots: torch.Tensor, occ_max: float, tsdf_min: float
 
 
 def brick_summaries_cpp(octree, slots: torch.Tensor):
-    """The per-brick part of SparseVoxelOctree.update_summaries for alive slots (N,) int64:
+    """The per-brick part of SparseVoxelOctree.update_summaries for alive slots (N,) int64 of a
+    CPU octree (contiguous CPU tensor; results on the CPU):
     (max occupancy over seen voxels (N,) float32, -inf if none; min |TSDF| over weighted voxels
     (N,) float32, 1 if none; observed (N,) bool)."""
     slots = _checked_slots(octree, slots)
@@ -685,8 +687,9 @@ def mesh_bricks_cpp(tsdf: torch.Tensor, weight: torch.Tensor, color: torch.Tenso
 
 
 def bricks_negative_cpp(octree, slots: torch.Tensor, min_weight: float, iso: float = 0.0) -> torch.Tensor:
-    """(N,) bool for alive brick slots (N,) int64 of a CPU octree: the brick holds a voxel with
-    TSDF < iso and weight >= max(min_weight, 1e-6) (core.mesh.may_have_surface's per-brick test)."""
+    """(N,) bool for alive brick slots (N,) int64 (contiguous CPU tensor) of a CPU octree: the
+    brick holds a voxel with TSDF < iso and weight >= max(min_weight, 1e-6)
+    (core.mesh.may_have_surface's per-brick test)."""
     slots = _checked_slots(octree, slots)
     lib, _ = _lib()
     out = torch.empty(slots.numel(), dtype=torch.bool)

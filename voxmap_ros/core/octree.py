@@ -378,8 +378,9 @@ class SparseVoxelOctree:
         """Find or create bricks at coordinates (N, 3) int32/int64, any device (duplicates allowed,
         unless `distinct` promises that no coordinate repeats, which skips the de-duplication).
 
-        Returns (slots (N,) int64, is_new (N,) bool) on the map device. New bricks start with every attribute at its
-        fill value, except occupancy inside subtrees pruned as free, which starts free.
+        Returns (slots (N,) int64, is_new (N,) bool) on the map device. New bricks start with
+        every attribute at its fill value, except occupancy inside subtrees pruned as free, which
+        starts free.
         """
         morton.check_coords(coords)                 # before the cast: a float would be truncated
         return self.allocate_brick_keys(morton.encode(coords.to(self.device, torch.int64), 0), distinct)
@@ -468,17 +469,17 @@ class SparseVoxelOctree:
     # ------------------------------------------------------------------ summaries
     def mark_stale(self, slots: torch.Tensor) -> None:
         """Note that the voxels of brick slots (N,) int64 (any integer dtype and device) changed;
-        their summaries and their
-        ancestors' are refreshed by the next flush_summaries (every query of node summaries
-        flushes first). Frames arriving faster than queries then share one refresh per brick."""
+        their summaries and their ancestors' are refreshed by the next flush_summaries (every
+        query of node summaries flushes first). Frames arriving faster than queries then share one
+        refresh per brick."""
         if slots.numel():
             self._stale_pending = True            # first: bits set before a bad slot raises still count
             self.brick_stale.index_fill_(0, slots.to(self.device, torch.int64), True)
 
     def mark_parents_stale(self, slots: torch.Tensor) -> None:
         """Like mark_stale, for brick slots (N,) int64 (any integer dtype and device) whose own
-        summaries the caller has already
-        brought up to date (the compiled RGB-D and LiDAR kernels do): only their ancestors wait."""
+        summaries the caller has already brought up to date (the compiled RGB-D and LiDAR kernels
+        do): only their ancestors wait."""
         if slots.numel():
             self._stale_pending = True
             self.brick_stale_parents.index_fill_(0, slots.to(self.device, torch.int64), True)
@@ -664,9 +665,9 @@ class SparseVoxelOctree:
 
     def clear_outside_radius(self, center_m: torch.Tensor, radius_m: float) -> int:
         """Erase bricks whose centre is farther than radius_m from center_m (3,) float tensor (any
-        float dtype and device), and forget
-        pruned free space (free bits) whose cube centre is: the map then answers nothing beyond
-        the radius and stays bounded. Returns the number of bricks erased."""
+        float dtype and device), and forget pruned free space (free bits) whose cube centre is:
+        the map then answers nothing beyond the radius and stays bounded. Returns the number of
+        bricks erased."""
         if radius_m <= 0:
             return 0
         far = self.bricks_outside_radius(center_m, radius_m)
@@ -723,9 +724,9 @@ class SparseVoxelOctree:
 
     # ------------------------------------------------------------------ queries
     def occupancy_at(self, points_m: torch.Tensor, level: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Occupancy log-odds at world points (N, 3) float tensor (any dtype and device; read as
-        float64), at `level` (0 = voxel; L >= 1 = max over
-        the level-L node containing the point). Returns (logodds (N,) float32, known (N,) bool),
+        """Occupancy log-odds at world points (N, 3), a tensor of any real dtype on any device
+        (read as float64), at `level` (0 = voxel; L >= 1 = max over the level-L node containing
+        the point). Returns (logodds (N,) float32, known (N,) bool),
         on the map device. Inside pruned free subtrees the answer is the free value; outside the
         map's key range it is unknown. ValueError for a bad shape, non-finite points or level."""
         if not isinstance(points_m, torch.Tensor) or points_m.ndim != 2 or points_m.shape[1] != 3:

@@ -30,7 +30,9 @@ from voxmap_ros.types import MeshData
 
 def load_mesh(mesh) -> MeshData:
     """A `MeshData` from a MeshData, a path to a mesh file Open3D reads (.ply, .obj, ...), or
-    any object with `vertices` (V, 3) and `triangles` (T, 3) arrays (e.g. a sim Scene)."""
+    any object with `vertices` (V, 3) and `triangles` (T, 3) arrays (e.g. a sim Scene) and
+    optionally `colors` (V, 3): numeric arrays on the host (numpy or CPU tensors), cast to float32,
+    int64 and uint8."""
     if isinstance(mesh, (str, Path)):
         p = Path(mesh)
         if not p.is_file():
@@ -69,8 +71,8 @@ def _declares_no_vertices(path: Path) -> bool:
 
 
 def sample_surface(mesh: MeshData, n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, 3) float64 points uniform by area on the triangles of `mesh` (vertices (V, 3),
-    triangles (T, 3)). Returns (0, 3) for a mesh with no area."""
+    """(n, 3) float64 numpy points uniform by area on the triangles of `mesh` (vertices (V, 3)
+    any float dtype, triangles (T, 3) integer; numpy, host). Returns (0, 3) for a mesh with no area."""
     v = np.asarray(mesh.vertices, np.float64)
     tri = v[np.asarray(mesh.triangles, np.int64)]                   # (T, 3, 3)
     if len(tri) == 0 or n <= 0:
@@ -90,8 +92,9 @@ def sample_surface(mesh: MeshData, n: int, rng: np.random.Generator) -> np.ndarr
 
 
 def point_to_mesh_distance(points: np.ndarray, mesh: MeshData) -> np.ndarray:
-    """(N,) float64 exact distances from points (N, 3) to the closest triangle of `mesh`
-    (inf for every point when the mesh has no triangles)."""
+    """(N,) float64 numpy exact distances from points (N, 3) (any numeric dtype, host; queried
+    in float32) to the closest triangle of `mesh` (inf for every point when the mesh has no
+    triangles)."""
     pts = np.asarray(points, np.float32).reshape(-1, 3)
     if len(mesh.triangles) == 0:
         return np.full(len(pts), np.inf)
@@ -138,8 +141,9 @@ def mesh_metrics(pred, gt, tau_m: float, n_samples: int = 200_000, seed: int = 0
 def depth_errors(pred_depth: np.ndarray, gt_depth: np.ndarray) -> dict:
     """Absolute depth errors over pixels valid (finite and > 0) in both images.
 
-    pred_depth, gt_depth: (H, W) float metres, same shape. Returns median_abs_m, mean_abs_m,
-    rmse_m (nan when no pixel is valid in both), n_valid and valid_fraction (of all pixels).
+    pred_depth, gt_depth: (H, W) float metres (any float dtype), same shape, numpy (host).
+    Returns median_abs_m, mean_abs_m, rmse_m (nan when no pixel is valid in both), n_valid and
+    valid_fraction (of all pixels).
     """
     p, g = np.asarray(pred_depth), np.asarray(gt_depth)
     if p.shape != g.shape or p.ndim != 2:

@@ -65,7 +65,8 @@ MAX_SAMPLES = 16           # sub-segments per cell
 
 @dataclass
 class RenderOutput:
-    """One rendered view. (H, W) images unless noted; float images in the voxel values' dtype.
+    """One rendered view. (H, W) images unless noted; float images in the voxel values' dtype;
+    all on the voxels' device.
 
     depth: expected z-depth (m) normalised by alpha; depth_acc: un-normalised sum(w t); alpha:
     opacity; color (H, W, 3): premultiplied RGB in [0, 1]; normal (H, W, 3): unit world-frame
@@ -148,7 +149,8 @@ def render(voxels: VoxelSet, camera: Camera, field: str = "sdf", sharpness: floa
 
     field: "sdf" (values are SDF in metres; needs sharpness, 1/m) or "density" (values are
     densities, 1/m, >= 0). samples: sub-segments per cell (1..16). t_min: a ray stops after the
-    cell where its transmittance falls below this. backend: one of BACKENDS.
+    cell where its transmittance falls below this. backend: one of BACKENDS; the voxels may be on
+    any device it runs on (check_backend), and the output is on theirs.
     Raises ValueError on bad input (shapes, dtypes, devices, options), before any work."""
     if not isinstance(camera, Camera):
         raise ValueError(f"camera must be a Camera (build it with make_camera), got {type(camera).__name__}")
@@ -178,8 +180,9 @@ def render(voxels: VoxelSet, camera: Camera, field: str = "sdf", sharpness: floa
 
 def render_map(field: TsdfField, K, T_W_C, width: int, height: int, near_m: float = 0.05, far_m: float = 100.0,
                lod_px: float = 1.0, **kw) -> RenderOutput:
-    """Render a TsdfField from a pinhole camera (checked by make_camera) with level of detail
-    `lod_px` (cells smaller than this many pixels are drawn from their parent level)."""
+    """Render a TsdfField from a pinhole camera K (3, 3), T_W_C (4, 4) (as make_camera takes and
+    checks them) with level of detail `lod_px` (cells smaller than this many pixels are drawn from
+    their parent level). Output on the field's device."""
     cam = make_camera(K, T_W_C, width, height, near_m, far_m)
     try:
         lod = float(lod_px)

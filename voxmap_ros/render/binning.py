@@ -42,8 +42,8 @@ class Bins:
 
 
 def project_rects(v: VoxelSet, cam: Camera) -> torch.Tensor:
-    """Pixel rectangles (N, 4) int64 (u0, u1, v0, v1), clipped to the image; empty where the cell
-    is outside the image or the depth range."""
+    """Pixel rectangles (N, 4) int64 (u0, u1, v0, v1) on the voxels' device, clipped to the image;
+    empty where the cell is outside the image or the depth range."""
     dev = v.device
     lo = v.cell_lo_m().double().detach()
     size = v.cell_size_m().double().detach()
@@ -76,8 +76,9 @@ def project_rects(v: VoxelSet, cam: Camera) -> torch.Tensor:
 
 
 def octant_ranks(v: VoxelSet, octants: list[int]) -> dict[int, torch.Tensor]:
-    """{octant: rank (N,) int64 of each cell in that octant's front-to-back order}. Mirroring all
-    three axes reverses the order, so an octant and its complement share one sort."""
+    """{octant: rank (N,) int64 of each cell in that octant's front-to-back order}, on the voxels'
+    device. Mirroring all three axes reverses the order, so an octant and its complement share
+    one sort."""
     rel, size, extent = order_coords(v)
     n = rel.shape[0]
     out: dict[int, torch.Tensor] = {}

@@ -104,7 +104,8 @@ class Camera:
         return ((d[..., 0] < 0).long() | ((d[..., 1] < 0).long() << 1) | ((d[..., 2] < 0).long() << 2))
 
     def world_to_camera(self, p: torch.Tensor) -> torch.Tensor:
-        """Points (..., 3) world -> camera frame (same dtype as p)."""
+        """Points p (..., 3) world, any float dtype and device -> camera frame (same shape, dtype
+        and device as p)."""
         R = self.R.to(p.device, p.dtype)
         t = self.origin.to(p.device, p.dtype)
         return (p - t) @ R
@@ -113,10 +114,12 @@ class Camera:
 def make_camera(K, T_W_C, width, height, near_m: float = 0.05, far_m: float = 100.0) -> Camera:
     """Check a pinhole camera and return it as a `Camera`; raise ValueError naming what is wrong.
 
-    K (3, 3): finite, fx, fy > 0, last row (0, 0, 1). T_W_C (4, 4): finite, rigid (orthonormal
-    rotation with det +1 within ROTATION_TOL, last row (0, 0, 0, 1); the rotation is replaced by the
-    nearest exact one). width, height: integers in [1, MAX_IMAGE_SIDE] with
-    at most MAX_IMAGE_PIXELS pixels. 0 < near_m < far_m <= MAX_FAR_M."""
+    K (3, 3) and T_W_C (4, 4): numpy arrays (or array-likes) of any float or integer dtype, or
+    float / int32 / int64 tensors on any device; the Camera holds CPU float64 copies.
+    K: finite, fx, fy > 0, last row (0, 0, 1). T_W_C: finite, rigid (orthonormal rotation with
+    det +1 within ROTATION_TOL, last row (0, 0, 0, 1); the rotation is replaced by the nearest
+    exact one). width, height: integers in [1, MAX_IMAGE_SIDE] with at most MAX_IMAGE_PIXELS
+    pixels. 0 < near_m < far_m <= MAX_FAR_M."""
     if isinstance(K, Camera):
         raise ValueError("pass K, T_W_C, width, height (not a Camera) to make_camera")
     K = _as_matrix(K, "K", (3, 3))

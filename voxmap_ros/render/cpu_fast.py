@@ -167,7 +167,8 @@ class _RasterCpu(torch.autograd.Function):
 
 def render_cpu(v: VoxelSet, cam: Camera, field: str, sharpness: float, samples: int, t_min: float):
     """Raw accumulations like reference.render_reference, from the compiled kernels (with the
-    front-most cell already mapped through v.ids: key "voxel_id" instead of "index")."""
+    front-most cell already mapped through v.ids: key "voxel_id" instead of "index"). The voxel
+    set must be on the CPU; float64 sets are drawn in float32, results in the values' dtype."""
     if v.device.type != "cpu":
         raise ValueError(f"the CPU render path needs CPU tensors, got {v.device}")
     prep = _Prepared(v)

@@ -33,7 +33,8 @@ SUB_TAU_MAX = 1e4          # optical depth of one sub-segment is capped here (ex
 
 
 def slab(o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, size: torch.Tensor, near: float, far: float):
-    """Ray / box intersection. o (3,), d (P, 3), lo (L, 3), size (L,) -> (t_in, t_out) (P, L)."""
+    """Ray / box intersection. o (3,), d (P, 3), lo (L, 3), size (L,) -> (t_in, t_out) (P, L); one
+    float dtype and device throughout."""
     dd = torch.where(d.abs() < DIR_EPS, torch.full_like(d, DIR_EPS), d)
     inv = 1.0 / dd
     a = (lo[None] - o) * inv[:, None, :]                               # (P, L, 3)
@@ -44,13 +45,15 @@ def slab(o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, size: torch.Tensor,
 
 
 def trilinear_weights(q: torch.Tensor) -> torch.Tensor:
-    """Local coordinates q (..., 3) in [0, 1] -> corner weights (..., 8), corner c = i + 2j + 4k."""
+    """Local coordinates q (..., 3) in [0, 1] -> corner weights (..., 8), corner c = i + 2j + 4k;
+    in q's float dtype and on its device."""
     off = CORNER_OFFSETS.to(q.device, q.dtype)
     return torch.where(off.bool(), q[..., None, :], 1 - q[..., None, :]).prod(-1)
 
 
 def sub_tau(f: torch.Tensor, t: torch.Tensor, dnorm: torch.Tensor, field: str, sharpness: float) -> torch.Tensor:
-    """Optical depth (..., K) of the K sub-segments from field values f (..., K+1) at t (..., K+1)."""
+    """Optical depth (..., K) of the K sub-segments from field values f (..., K+1) at t (..., K+1),
+    ray direction norms dnorm broadcastable to (..., K); one float dtype and device throughout."""
     if field == "sdf":
         sp = torch.nn.functional.softplus(-(sharpness * f).clamp_min(-SDF_X_MIN))
         return (sp[..., 1:] - sp[..., :-1]).clamp_min(0)
@@ -140,9 +143,9 @@ def render_reference(v: VoxelSet, cam: Camera, field: str, sharpness: float, sam
 
 
 def pack_output_grads(gA, gD, gC, rows: int, device=None) -> torch.Tensor:
-    """Incoming gradients of (alpha (P,), depth (P,), colour (P, 3)) as one (rows, 5) float32
-    tensor [alpha, depth, r, g, b] (zeros where a gradient is None): the layout the fast paths'
-    backward kernels read."""
+    """Incoming gradients of (alpha (P,), depth (P,), colour (P, 3)), any float dtype and device,
+    as one (rows, 5) float32 tensor on `device` (None: CPU) [alpha, depth, r, g, b] (zeros where a
+    gradient is None): the layout the fast paths' backward kernels read."""
     g = torch.zeros((rows, 5), dtype=torch.float32, device=device)
     if gA is not None:
         g[:, 0] = gA.reshape(-1).float()

@@ -74,7 +74,9 @@ class _RasterTriton(torch.autograd.Function):
 
 
 def render_triton(v: VoxelSet, cam: Camera, field: str, sharpness: float, samples: int, t_min: float):
-    """Raw accumulations like reference.render_reference, from the Triton kernels."""
+    """Raw accumulations like reference.render_reference, from the Triton kernels: the voxel set
+    on CUDA (CPU under TRITON_INTERPRET=1), drawn in float32, results in the values' dtype on its
+    device."""
     dev = v.device
     H, W = cam.height, cam.width
     bins = bin_cells(v, cam)

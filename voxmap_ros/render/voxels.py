@@ -82,7 +82,8 @@ class VoxelSet:
             self.values.dtype)
 
     def id_of(self, index: torch.Tensor) -> torch.Tensor:
-        """Cell indices (any shape, -1 = none) -> ids (same shape), -1 kept."""
+        """Cell indices (any shape) int64, -1 = none, any device -> ids (same shape, dtype and
+        device), -1 kept."""
         if self.ids is None:
             return index
         out = torch.full_like(index, -1)
@@ -91,6 +92,7 @@ class VoxelSet:
         return out
 
     def subset(self, mask: torch.Tensor) -> "VoxelSet":
+        """The cells where mask (N,) bool (or at (K,) int64 indices), on the set's device."""
         return VoxelSet(self.coords[mask], self.level[mask], self.values[mask], self.colors[mask],
                         self.voxel_size_m, self.origin_m,
                         None if self.ids is None else self.ids[mask], self.trusted)
@@ -184,9 +186,10 @@ def order_coords(v: VoxelSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 def morton_keys(rel: torch.Tensor, size: torch.Tensor, extent: torch.Tensor, octant: int) -> torch.Tensor:
     """Front-to-back sort keys (N,) int64 for rays whose direction has sign bits `octant`
-    (bit a set: d[a] < 0): the Morton code of each cell's min corner after mirroring the axes
-    the rays run down. For non-overlapping octree-aligned cells, ascending keys are a
-    front-to-back order along every ray of that octant (Morton order is monotone per axis)."""
+    (bit a set: d[a] < 0), from rel (N, 3), size (N,) and extent (3,) int64 as order_coords
+    gives them, on one device (the keys on it): the Morton code of each cell's min corner after
+    mirroring the axes the rays run down. For non-overlapping octree-aligned cells, ascending keys
+    are a front-to-back order along every ray of that octant (Morton order is monotone per axis)."""
     q = rel.clone()
     for a in range(3):
         if octant >> a & 1:
@@ -214,7 +217,8 @@ def _softplus(x: torch.Tensor) -> torch.Tensor:
 
 
 def sdf_cell_tau_bound(values_m: torch.Tensor, sharpness: float) -> torch.Tensor:
-    """Upper bound (N,) of the optical depth a ray can collect in a cell under the SDF mapping:
+    """Upper bound (N,) of the optical depth a ray can collect in a cell under the SDF mapping,
+    from corner SDF values_m (N, 8) metres, any float dtype and device (the bound in the same):
     twice the drop of softplus(-s f) between the cell's largest and smallest corner (the trilinear
     field stays within its corner range; a ray can run down that range at most twice)."""
     x = (sharpness * values_m).clamp_min(-SDF_X_MIN)
@@ -367,8 +371,10 @@ class TsdfField:
 def voxels_from_sdf(sdf_fn, lo_m, hi_m, voxel_size_m: float, band_m: float, color=(0.5, 0.5, 0.5),
                     dtype: torch.dtype = torch.float64, device="cpu") -> VoxelSet:
     """Level-0 cells of an analytic SDF (tests, demos): the lattice of spacing voxel_size_m from
-    lo_m to hi_m (3,) metres, origin at lo_m; sdf_fn maps points (M, 3) float64 -> (M,) metres.
-    Keeps the cells whose corners come within band_m of the surface (or straddle it)."""
+    lo_m to hi_m (3,) metres (sequences, numpy arrays or CPU tensors; read as float64), origin at
+    lo_m; sdf_fn maps points (M, 3) float64 CPU -> an (M,) tensor of metres (any float dtype,
+    CPU). Keeps the cells whose corners come within band_m of the surface (or straddle it), all
+    coloured `color` (3,) RGB in [0, 1]; the set is in `dtype` on `device`."""
     v = float(voxel_size_m)
     lo = torch.as_tensor(lo_m, dtype=torch.float64)
     n = torch.ceil((torch.as_tensor(hi_m, dtype=torch.float64) - lo) / v).long()

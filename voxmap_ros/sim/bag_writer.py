@@ -42,8 +42,9 @@ def _typestore():
 
 
 def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation -> (4,) float64 unit quaternion (x, y, z, w) with w >= 0 (Shepperd's method,
-    stable for any rotation). R is re-orthonormalized first so slightly non-rigid input is tolerated."""
+    """(3, 3) rotation, any float dtype (numpy, host) -> (4,) float64 unit quaternion (x, y, z, w)
+    with w >= 0 (Shepperd's method, stable for any rotation). R is re-orthonormalized first so
+    slightly non-rigid input is tolerated."""
     R = np.asarray(R, np.float64)
     u, _, vt = np.linalg.svd(R)
     R = u @ vt
@@ -87,6 +88,8 @@ class MessageBuilder:
         return self.Header(stamp=self.Time(sec=sec, nanosec=nsec), frame_id=frame_id)
 
     def image(self, stamp_ns, frame_id, arr: np.ndarray, encoding: str):
+        """sensor_msgs/Image of arr (H, W) or (H, W, C) numpy, its dtype written little-endian
+        (it must match `encoding`: uint16 for 16UC1, float32 for 32FC1, uint8 (H, W, 3) for rgb8)."""
         arr = np.ascontiguousarray(arr)
         h, w = arr.shape[:2]
         return self.Image(header=self.header(stamp_ns, frame_id), height=h, width=w, encoding=encoding,
@@ -95,6 +98,7 @@ class MessageBuilder:
                                              np.uint8))
 
     def camera_info(self, stamp_ns, frame_id, K: np.ndarray, width: int, height: int):
+        """sensor_msgs/CameraInfo of intrinsics K (3, 3) float numpy, no distortion, P = [K | 0]."""
         P = np.zeros((3, 4))
         P[:, :3] = K
         return self.CameraInfo(header=self.header(stamp_ns, frame_id), height=height, width=width,
@@ -104,6 +108,8 @@ class MessageBuilder:
                                                          do_rectify=False))
 
     def cloud(self, stamp_ns, frame_id, points: np.ndarray):
+        """sensor_msgs/PointCloud2 of points (N, 3) xyz or (N, 4) xyz + intensity, any real dtype
+        on the host (written as float32)."""
         pts = np.asarray(points, np.float32)
         if pts.ndim != 2 or pts.shape[1] not in (3, 4):
             raise ValueError(f"LiDAR points must be (N, 3) xyz or (N, 4) xyz+intensity, got {pts.shape}")
@@ -116,6 +122,8 @@ class MessageBuilder:
                                 data=np.frombuffer(xyzi.tobytes(), np.uint8), is_dense=True)
 
     def transform(self, stamp_ns, parent, child, T: np.ndarray):
+        """geometry_msgs/TransformStamped parent -> child of T (4, 4) finite, any real dtype on the
+        host (read as float64)."""
         T = np.asarray(T, np.float64)
         if T.shape != (4, 4) or not np.all(np.isfinite(T)):
             raise ValueError(f"transform {parent} -> {child} must be a finite (4, 4) matrix, got {T.shape}")
@@ -147,10 +155,10 @@ def write_bag(out_path, *, rgbd_frames: Sequence | None = None, K: np.ndarray | 
     """Write a rosbag2 directory at `out_path` (must not exist) and return its path.
 
     rgbd_frames: list of (depth_m (H, W) float metres, 0 = no reading; rgb (H, W, 3) uint8 RGB or
-    None; T_W_C (4, 4) camera -> map), with K (3, 3). Depth is written as 16UC1 in units of
-    1/depth_scale metre (rounded as `dataset_writer.depth_to_uint16`) or, with
-    depth_encoding="32FC1", as float32 metres. lidar_scans: list of (points (N, 3) or (N, 4) with
-    intensity, sensor frame; T_W_L (4, 4)).
+    None; T_W_C (4, 4) float camera -> map), with K (3, 3) float; all numpy (host). Depth is
+    written as 16UC1 in units of 1/depth_scale metre (rounded as `dataset_writer.depth_to_uint16`)
+    or, with depth_encoding="32FC1", as float32 metres. lidar_scans: list of (points (N, 3) or (N, 4) with
+    intensity, any float dtype (written as float32), sensor frame; T_W_L (4, 4) float).
     Frame i is stamped base_time_ns + i / rate_hz unless rgbd_stamps_ns / lidar_stamps_ns give
     the stamps. /tf carries map -> camera_frame / map -> lidar_frame at each frame's stamp, unless
     `tf_samples` (list of (stamp_ns, parent, child, T_parent_child 4x4)) is given: then exactly

@@ -47,8 +47,8 @@ def _write_matrix_rows(path: Path, rows: np.ndarray) -> None:
 def write_rgbd_folder(out_dir, frames: list, K: np.ndarray, depth_scale: float = 1000.0,
                       times_s: list[float] | np.ndarray | None = None) -> Path:
     """Write an RGB-D folder. `frames`: list of (depth_m (H, W) float metres with 0 = no hit,
-    rgb (H, W, 3) uint8 RGB or None, T_W_C (4, 4) float). K (3, 3). `times_s` (optional, one per
-    frame, seconds) goes to times.txt. Returns the folder path."""
+    rgb (H, W, 3) uint8 RGB or None, T_W_C (4, 4) float). K (3, 3) float. All numpy (host).
+    `times_s` (optional, one per frame, seconds) goes to times.txt. Returns the folder path."""
     out = Path(out_dir)
     K = np.asarray(K, np.float64)
     if K.shape != (3, 3):

@@ -180,7 +180,8 @@ def plane_mesh(corner, edge_u, edge_v, color, checker_color=None, tile_m: float 
     `tile_m` wide. Each tile has its own 4 vertices so a checker (`color` / `checker_color`,
     RGB 0..255) has sharp edges. The front face normal is edge_u x edge_v.
 
-    corner, edge_u, edge_v: 3-vectors (metres) in the world frame.
+    corner, edge_u, edge_v: 3-vectors (metres) in the world frame; colours (3,) RGB; all numeric
+    array-likes on the host (read as float64; colours rounded to uint8).
     """
     corner, eu, ev = (np.asarray(x, np.float64).reshape(3) for x in (corner, edge_u, edge_v))
     if tile_m <= 0:
@@ -208,7 +209,8 @@ def plane_mesh(corner, edge_u, edge_v, color, checker_color=None, tile_m: float 
 def box_mesh(center, size, color, checker_color=None, tile_m: float = 0.5, yaw_rad: float = 0.0,
              label: int = 0, obj_id: int = 0, name: str = "") -> Scene:
     """A closed box with outward normals. center (3,) metres, size (3,) full extents (metres)
-    along the box's own axes, rotated by `yaw_rad` about world z."""
+    along the box's own axes, rotated by `yaw_rad` about world z; colours (3,) RGB 0..255. All
+    numeric array-likes on the host (read as float64; colours rounded to uint8)."""
     c = np.asarray(center, np.float64).reshape(3)
     h = np.asarray(size, np.float64).reshape(3) / 2
     if np.any(h <= 0):
@@ -232,7 +234,8 @@ def box_mesh(center, size, color, checker_color=None, tile_m: float = 0.5, yaw_r
 def cylinder_mesh(base_center, radius_m: float, height_m: float, color, segments: int = 24,
                   capped: bool = True, label: int = 0, obj_id: int = 0, name: str = "",
                   max_aspect: float = 4.0) -> Scene:
-    """A vertical (z-axis) cylinder standing on `base_center` (3,) metres, with outward normals.
+    """A vertical (z-axis) cylinder standing on `base_center` (3,) metres (numeric array-like,
+    read as float64), with outward normals, coloured `color` (3,) RGB 0..255 (rounded to uint8).
     `segments` facets around; the side is split into rings so no facet is more than
     `max_aspect` times taller than wide (float32 closest-point queries lose about a millimetre
     on metre-long sliver triangles); caps are triangle fans when `capped`."""
@@ -264,7 +267,8 @@ def cylinder_mesh(base_center, radius_m: float, height_m: float, color, segments
 
 def sphere_mesh(center, radius_m: float, color, n_lat: int = 12, n_lon: int = 24,
                 label: int = 0, obj_id: int = 0, name: str = "") -> Scene:
-    """A UV sphere of `radius_m` around `center` (3,) metres, with outward normals."""
+    """A UV sphere of `radius_m` around `center` (3,) metres (numeric array-like, read as
+    float64), with outward normals, coloured `color` (3,) RGB 0..255 (rounded to uint8)."""
     if radius_m <= 0 or n_lat < 2 or n_lon < 3:
         raise ValueError(f"need radius_m > 0, n_lat >= 2, n_lon >= 3; got {radius_m}, {n_lat}, {n_lon}")
     c = np.asarray(center, np.float64).reshape(3)

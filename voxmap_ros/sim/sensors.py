@@ -22,7 +22,8 @@ _raycasters: "weakref.WeakKeyDictionary[Scene, o3d.t.geometry.RaycastingScene]" 
 
 
 def kinect_depth_sigma_m(z_m: np.ndarray) -> np.ndarray:
-    """Axial depth noise standard deviation (metres) for z-depth `z_m` (any shape, metres)."""
+    """Axial depth noise standard deviation (metres) for z-depth `z_m` (any shape, metres, any
+    numeric dtype; numpy): float64 of the same shape."""
     z_m = np.asarray(z_m, np.float64)
     return 0.0012 + 0.0019 * (z_m - 0.4) ** 2
 
@@ -148,7 +149,8 @@ def scan_lidar(scene: Scene, T_W_L: np.ndarray, beams: int = 16,
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     """T_W_C (4, 4) float64 of a camera at `eye` (3,) looking at `target` (3,), world frame,
-    optical convention: camera z towards the target, x right, y down (opposite to `up`)."""
+    optical convention: camera z towards the target, x right, y down (opposite to `up` (3,)).
+    eye, target, up: numeric array-likes on the host (read as float64)."""
     eye, target, up = (np.asarray(x, np.float64).reshape(3) for x in (eye, target, up))
     z = target - eye
     if np.linalg.norm(z) < 1e-9:
