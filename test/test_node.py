@@ -310,6 +310,9 @@ class Ros:
 
 
 # ============================================================================ fixture
+PROBE_FRAME = "discovery_probe"                 # child frame of the pose that proves delivery
+
+
 @contextlib.contextmanager
 def running_node(cfg, domain_id: int, ns: str, client_cls, node_publishers):
     """A VoxmapNode and a test client (client_cls(ctx, ns, "voxmap")) in their own rclpy context,
@@ -333,6 +336,11 @@ def running_node(cfg, domain_id: int, ns: str, client_cls, node_publishers):
             wait_for(lambda p=pub: p.get_subscription_count() >= 1, WAIT_S, f"a subscriber on {pub.topic_name}")
         wait_for(lambda: client.info(client.next_stamp) or node._K is not None, WAIT_S, "the first CameraInfo",
                  period=0.05)
+        # A matched publisher is not yet a delivering one: on a loaded machine the first poses could
+        # come in after a frame had waited its pose_wait_s out. A pose of a frame no test uses,
+        # re-sent until the node holds it, makes sure the pose path delivers before the tests start.
+        wait_for(lambda: client.pose(client.next_stamp, PROBE_FRAME, np.eye(4)) or PROBE_FRAME in node._poses,
+                 WAIT_S, "the first pose", period=0.05)
         yield node, client
     finally:
         if executor is not None:
