@@ -65,6 +65,21 @@ def _random_coords(rng, n, span=12):
     return torch.from_numpy(rng.integers(-span, span, (n, 3)))
 
 
+def test_slots_that_are_not_integers_are_refused():
+    """Float slots would be truncated to other bricks and a bool mask read as slots 0 / 1: erase,
+    summary refresh and the stale marks refuse them and change nothing."""
+    o = _tree()
+    o.allocate_bricks(torch.tensor([[0, 0, 0], [1, 0, 0], [2, 0, 0]]))
+    n, stale = o.num_bricks, o.summaries_pending
+    for bad in (torch.tensor([1.7]), torch.tensor([True, False, True])):
+        for op in (o.erase_bricks, o.update_summaries, o.mark_stale, o.mark_parents_stale):
+            with pytest.raises(ValueError, match="integer tensor"):
+                op(bad)
+    assert o.num_bricks == n and o.summaries_pending == stale
+    o.erase_bricks(torch.tensor([1], dtype=torch.int32))          # any integer dtype is fine
+    assert o.num_bricks == n - 1
+
+
 def test_allocate_lookup_erase_bricks():
     o = _tree()
     rng = np.random.default_rng(0)

@@ -98,6 +98,14 @@ CORE_ATTRIBUTES = (
 )
 
 
+
+def _check_integer_slots(slots: torch.Tensor) -> None:
+    """ValueError for brick slots that are not integers (a float slot would be truncated to the
+    wrong brick, a bool mask read as slots 0 / 1)."""
+    if slots.dtype == torch.bool or slots.dtype.is_floating_point or slots.dtype.is_complex:
+        raise ValueError(f"brick slots must be an integer tensor, got dtype {slots.dtype}")
+
+
 class SparseVoxelOctree:
     """Sparse voxel octree addressed by one hash table. See the module docstring for the layout.
 
@@ -436,7 +444,9 @@ class SparseVoxelOctree:
     def _valid_slots(self, slots: torch.Tensor) -> torch.Tensor:
         """Distinct alive slots among (N,) integer slots; negative ones (lookup_bricks' "not
         allocated") are skipped. ValueError for a slot beyond the pool."""
-        slots = torch.unique(torch.as_tensor(slots).to(self.device, torch.int64))
+        slots = torch.as_tensor(slots)
+        _check_integer_slots(slots)
+        slots = torch.unique(slots.to(self.device, torch.int64))
         if slots.numel() and int(slots.max()) >= self.brick_alive.shape[0]:
             raise ValueError(f"brick slot {int(slots.max())} is beyond the pool of {self.brick_alive.shape[0]}")
         slots = slots[slots >= 0]
@@ -472,6 +482,7 @@ class SparseVoxelOctree:
         their summaries and their ancestors' are refreshed by the next flush_summaries (every
         query of node summaries flushes first). Frames arriving faster than queries then share one
         refresh per brick."""
+        _check_integer_slots(slots)
         if slots.numel():
             self._stale_pending = True            # first: bits set before a bad slot raises still count
             self.brick_stale.index_fill_(0, slots.to(self.device, torch.int64), True)
@@ -480,6 +491,7 @@ class SparseVoxelOctree:
         """Like mark_stale, for brick slots (N,) int64 (any integer dtype and device) whose own
         summaries the caller has already brought up to date (the compiled RGB-D and LiDAR kernels
         do): only their ancestors wait."""
+        _check_integer_slots(slots)
         if slots.numel():
             self._stale_pending = True
             self.brick_stale_parents.index_fill_(0, slots.to(self.device, torch.int64), True)
