@@ -13,11 +13,17 @@ import pytest
 import torch
 
 from voxmap_ros.config import VoxmapConfig
+from voxmap_ros.core import native
 from voxmap_ros.sim import indoor_camera_trajectory, make_scene, render_rgbd
 from voxmap_ros.sim.dataset_writer import default_intrinsics
 
 # Real recordings (optional): <project root>/../shared/data
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# The two CPU backends, for pytest.mark.parametrize("backend", CPU_BACKENDS): the compiled one
+# is skipped, with the reason, where its kernels cannot be built (no compiler).
+CPU_BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(
+    not native.available(), reason=f"compiled kernels unavailable: {native.unavailable_reason()}"))]
 
 # Small images keep the suite fast on 2 CPU cores.
 IMG_W, IMG_H = 160, 120

@@ -13,17 +13,15 @@ import math
 import numpy as np
 import pytest
 
-from conftest import IMG_H, IMG_W, SMALL_K, assert_same_state, make_config, octree_state
+from conftest import CPU_BACKENDS, IMG_H, IMG_W, SMALL_K, assert_same_state, make_config, octree_state
 from voxmap_ros.core.mapper import Mapper
 from voxmap_ros.core.octree import BRICK
 from voxmap_ros.sim import look_at
 from voxmap_ros.types import Frame
 
-from voxmap_ros.core import native
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-BACKENDS = ["torch", "cpp"]
 ZERO_CROSSING_TOL_VOX = 0.25              # |zero crossing - true surface| <= this many voxels
 
 # Plane seen by RGB-D (5 cm voxels, 160x120 camera, 1.2-2 m away).
@@ -61,10 +59,8 @@ RGBD_MIN_M, RGBD_MAX_M = 0.4, 3.0
 WALL_DEPTH_M = 2.0                        # the wall already in the map
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=CPU_BACKENDS)
 def backend(request):
-    if request.param == "cpp" and not native.available():
-        pytest.skip(f"compiled kernels unavailable: {native.unavailable_reason()}")
     return request.param
 
 

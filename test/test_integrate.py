@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import IMG_H, IMG_W, SMALL_K, assert_same_state, make_config, octree_state
+from conftest import CPU_BACKENDS, IMG_H, IMG_W, SMALL_K, assert_same_state, make_config, octree_state
 from voxmap_ros.core.integrate import logodds, ray_voxels
 from voxmap_ros.core.mapper import Mapper
 from voxmap_ros.core.octree import BRICK
@@ -80,15 +80,12 @@ def test_plane_mesh_lies_on_the_plane(wall_map):
     assert extent_y > 1.8
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("trunc_vox", [4.0, 16.0, 32.0])
 def test_a_wide_band_allocates_every_brick_across_it(backend, trunc_vox):
     """A wall at 2.1 m seen head-on: the band's bricks along the view axis are every brick between
     2.1 - trunc and 2.1 + trunc, none skipped, however wide the band (5 samples per pixel skipped
     bricks from 16 voxels of truncation on)."""
-    from voxmap_ros.core import native
-    if backend == "cpp" and not native.available():
-        pytest.skip("compiled kernels unavailable")
     x_m = 2.1
     m = Mapper(make_config(VOXEL_M, tsdf__trunc_vox=trunc_vox, map__backend=backend))
     m.integrate(_rgbd_frames(_wall_scene(x_m=x_m), [_wall_pose()], noise=False)[0])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import IMG_H, IMG_W, SMALL_K, assert_same_state, make_config, octree_state
+from conftest import CPU_BACKENDS, IMG_H, IMG_W, SMALL_K, assert_same_state, make_config, octree_state
 from voxmap_ros.core import morton
 from voxmap_ros.core.mapper import Mapper
 from voxmap_ros.core.octree import BRICK
@@ -187,13 +187,10 @@ def test_an_empty_frame_far_away_clears_nothing(indoor_data):
     assert bool(((centres - torch.from_numpy(far[:3, 3])).norm(dim=1) <= 3.0).all())
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_no_reading_is_no_surface_even_with_a_zero_min_range(indoor_data, backend):
     """Holes (0, NaN, inf, negative, uint16 0 / 65535) are 'no reading' whatever rgbd.min_range_m
     allows: a zero minimum must not fuse them as a surface at the camera."""
-    from voxmap_ros.core import native
-    if backend == "cpp" and not native.available():
-        pytest.skip("compiled kernels unavailable")
     d, c, T = indoor_data.frames[0]
     m = Mapper(make_config(VOXEL_M, rgbd__min_range_m=0.0, map__backend=backend))
     for depth in (np.zeros_like(d), np.full_like(d, np.nan), np.full_like(d, -1.0), np.full_like(d, np.inf),

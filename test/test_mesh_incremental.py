@@ -23,16 +23,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import IMG_H, IMG_W, make_config
-from voxmap_ros.core import mesh, morton, native
+from conftest import CPU_BACKENDS, IMG_H, IMG_W, make_config
+from voxmap_ros.core import mesh, morton
 from voxmap_ros.core.mapper import Mapper
 from voxmap_ros.types import Frame
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 VOXEL_M = 0.05
-BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(
-    not native.available(), reason=f"compiled kernels unavailable: {native.unavailable_reason()}"))]
 # The bricks whose cells read brick b: b - d for these d (b itself first).
 LOWER = list(itertools.product((0, 1), repeat=3))
 LATTICE = 4                            # synthetic maps: LATTICE^3 bricks from (0, 0, 0)
@@ -131,7 +129,7 @@ def check_update(m: Mapper, before: dict[int, tuple], changed: set[int]) -> tupl
 
 
 # ------------------------------------------------------------------------------------ fused frames
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_a_small_frame_remeshes_only_the_bricks_it_touched_and_their_lower_neighbours(indoor_data, backend):
     m = Mapper(make_config(VOXEL_M, map__backend=backend))
     for d, c, T in indoor_data.frames[:4]:
@@ -200,7 +198,7 @@ def sphere_map(backend: str, skip=None) -> Mapper:
     return m
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("coord", [(2, 2, 2), (0, 2, 1), (3, 3, 3)])
 def test_rewriting_one_brick_remeshes_it_and_the_bricks_whose_cells_read_it(backend, coord):
     """(2, 2, 2): all 7 lower neighbours exist and hold the same sphere; (0, 2, 1): the -x side is
@@ -238,7 +236,7 @@ def test_rewriting_one_brick_remeshes_it_and_the_bricks_whose_cells_read_it(back
         assert not changed_tsdf and b in before and after[b] == before[b]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_a_new_brick_remeshes_itself_and_its_lower_neighbours_only(backend):
     """A brick allocated where the map had none (allocate_bricks marks it changed): the lower
     neighbours' +face cells, which had no samples there, now have triangles."""
