@@ -239,6 +239,15 @@ def test_bad_camera(case):
         make_camera(K, T, w, h, near, far)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.float16, torch.float64])
+def test_camera_from_tensors_of_any_real_dtype(dtype):
+    """Tensors take the dtypes numpy arrays do (once int16 / uint8 tensors were refused, arrays not)."""
+    K, T = np.array([[8.0, 0, 4], [0, 8, 3], [0, 0, 1]]), np.eye(4)    # whole numbers: exact in uint8
+    want = make_camera(K, T, 8, 6)
+    got = make_camera(torch.as_tensor(K).to(dtype), torch.as_tensor(T).to(dtype), 8, 6)
+    assert torch.equal(got.K, want.K) and torch.equal(got.T_W_C, want.T_W_C)
+
+
 @pytest.mark.parametrize("case", [
     "values_shape", "values_dtype", "colors_shape", "dtype_mismatch", "coords_shape", "misaligned",
     "negative_density", "nan_values", "field", "sharpness", "samples", "t_min", "backend", "camera",

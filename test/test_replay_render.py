@@ -120,3 +120,22 @@ def test_a_rejected_frame_does_not_shift_the_rendered_frames(replayed, tmp_path)
     assert summary["frames_rejected"] == 1
     assert sorted(p.name for p in (out / "render").glob("*_depth.png")) == \
         [f"{i:06d}_depth.png" for i in range(0, N_FRAMES, EVERY)]
+
+
+@pytest.mark.parametrize("case", ["float_rgb", "rgb_size", "depth_size"])
+def test_compare_picture_refuses_images_that_do_not_fit(tmp_path, case):
+    from voxmap_ros.outputs import RenderedView, View, compare_picture
+    h, w = 6, 8
+    view = View(np.array([[8.0, 0, 4], [0, 8.0, 3], [0, 0, 1]]), np.eye(4), w, h)
+    rv = RenderedView(np.ones((h, w), np.float32), np.zeros((h, w, 3), np.uint8), np.ones((h, w), np.float32), view)
+    rgb, depth = np.zeros((h, w, 3), np.uint8), np.ones((h, w))
+    compare_picture(rgb, depth, rv, tmp_path / "ok.png", err_max_m=0.1)
+    if case == "float_rgb":          # 0..1 floats once cast to a black picture without a word
+        rgb = np.full((h, w, 3), 0.5)
+    elif case == "rgb_size":
+        rgb = rgb[:, :-1]
+    else:
+        depth = depth[:-1]
+    with pytest.raises(ValueError):
+        compare_picture(rgb, depth, rv, tmp_path / "bad.png", err_max_m=0.1)
+    assert not (tmp_path / "bad.png").exists()

@@ -303,18 +303,24 @@ def compare_picture(input_rgb: np.ndarray | None, input_depth_m: np.ndarray, rv:
     panel under a caption. input_rgb (H, W, 3) uint8 or None, input_depth_m (H, W) float metres
     (any real dtype), numpy (host), the size of rv's images."""
     import cv2
+    h, w = rv.rgb.shape[:2]
+    if input_rgb is not None:
+        input_rgb = np.asarray(input_rgb)
+        if input_rgb.dtype != np.uint8 or input_rgb.shape != (h, w, 3):   # a float image would wrap on the cast
+            raise ValueError(f"input_rgb must be ({h}, {w}, 3) uint8, got {input_rgb.shape} {input_rgb.dtype}")
     d_in = np.asarray(input_depth_m, np.float64)
+    if d_in.shape != (h, w):
+        raise ValueError(f"input_depth_m must be ({h}, {w}), got {d_in.shape}")
     both = np.isfinite(d_in) & (d_in > 0) & rv.valid
     err = np.abs(np.where(both, rv.depth_m, 0) - np.where(both, d_in, 0))
     u8 = np.clip(err / err_max_m * 255.0, 0, 255).astype(np.uint8)
     err_rgb = cv2.applyColorMap(u8, cv2.COLORMAP_INFERNO)[..., ::-1]
     err_rgb = np.where(both[..., None], err_rgb, 96).astype(np.uint8)
     if input_rgb is not None:
-        left, left_name = np.asarray(input_rgb, np.uint8), "input"
+        left, left_name = input_rgb, "input"
     else:
         left, left_name = depth_colormap(d_in), "input depth"
     panels = [(left, left_name), (rv.rgb, "rendered"), (err_rgb, f"|depth err| 0-{err_max_m * 100:.0f} cm")]
-    h, w = rv.rgb.shape[:2]
     bar = 18
     scale = 0.4 if w < 400 else 0.6
     cols = []

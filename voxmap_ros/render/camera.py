@@ -33,8 +33,8 @@ def _as_matrix(x, name: str, shape: tuple[int, int]) -> torch.Tensor:
             t = torch.as_tensor(a.astype(np.float64))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{name} must be a {shape} float matrix (numpy array or tensor): {e}") from None
-    if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64)) or t.dtype == torch.bool:
-        raise ValueError(f"{name} must hold floats, got dtype {t.dtype}")
+    if t.dtype.is_complex or t.dtype == torch.bool:   # numpy's rule above: real floats and integers only
+        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     t = t.to("cpu", torch.float64)
@@ -114,8 +114,8 @@ class Camera:
 def make_camera(K, T_W_C, width, height, near_m: float = 0.05, far_m: float = 100.0) -> Camera:
     """Check a pinhole camera and return it as a `Camera`; raise ValueError naming what is wrong.
 
-    K (3, 3) and T_W_C (4, 4): numpy arrays (or array-likes) of any float or integer dtype, or
-    float / int32 / int64 tensors on any device; the Camera holds CPU float64 copies.
+    K (3, 3) and T_W_C (4, 4): numpy arrays (or array-likes) or tensors on any device, of any real
+    float or integer dtype (not bool or complex); the Camera holds CPU float64 copies.
     K: finite, fx, fy > 0, last row (0, 0, 1). T_W_C: finite, rigid (orthonormal rotation with
     det +1 within ROTATION_TOL, last row (0, 0, 0, 1); the rotation is replaced by the nearest
     exact one). width, height: integers in [1, MAX_IMAGE_SIDE] with at most MAX_IMAGE_PIXELS
