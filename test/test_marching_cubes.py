@@ -451,3 +451,18 @@ if __name__ == "__main__":
     if "--bench" in sys.argv:
         for dev in DEVICES:
             print(benchmark(2000, dev))
+
+
+@pytest.mark.parametrize("high", [50, 1 << 21, 1 << 40])     # packed; the widest that packs; too wide
+def test_unique_rows_first_matches_a_dict(high):
+    from voxmap_ros.core.marching_cubes import _unique_rows_first
+    g = torch.Generator().manual_seed(high % 997)
+    rows = torch.randint(0, high, (3000, 3), generator=g)
+    rows = torch.cat([rows, rows[torch.randint(0, 3000, (2000,), generator=g)]])   # duplicates
+    rows[-1] = high - 1
+    first = {}
+    for i, r in enumerate(map(tuple, rows.tolist())):
+        first.setdefault(r, i)
+    uniq, pos = _unique_rows_first(rows)
+    got = dict(zip(map(tuple, uniq.tolist()), pos.tolist()))
+    assert got == first and len(got) == uniq.shape[0]

@@ -290,9 +290,21 @@ def weld_by_keys(vertices: torch.Tensor, triangles: torch.Tensor, colors: torch.
     return vertices[rep], tris, colors[rep], new_keys
 
 
+_PACK_BITS = 21                       # three indices below 2^21 fit in one non-negative int64
+
+
 def _unique_rows_first(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unique rows of an (N, 3) int64 tensor and the first position of each in the input."""
-    uniq, inv = torch.unique(rows, dim=0, return_inverse=True)
+    """Unique rows of an (N, 3) int64 tensor of non-negative indices and the first position of
+    each in the input (the unique rows in no particular order)."""
+    if rows.shape[0] and int(rows.max()) < (1 << _PACK_BITS):
+        # Why: torch.unique(dim=0) sorts rows lexicographically, ~15x slower on the CPU than a
+        # 1-D unique of one packed key per row (1.7 s vs 0.1 s for 1.2M triangles).
+        packed = (rows[:, 0] << (2 * _PACK_BITS)) | (rows[:, 1] << _PACK_BITS) | rows[:, 2]
+        ukeys, inv = torch.unique(packed, return_inverse=True)
+        mask = (1 << _PACK_BITS) - 1
+        uniq = torch.stack([ukeys >> (2 * _PACK_BITS), (ukeys >> _PACK_BITS) & mask, ukeys & mask], 1)
+    else:
+        uniq, inv = torch.unique(rows, dim=0, return_inverse=True)
     pos = torch.full((uniq.shape[0],), rows.shape[0], dtype=torch.int64, device=rows.device)
     pos.scatter_reduce_(0, inv, torch.arange(rows.shape[0], device=rows.device), reduce="amin")
     return uniq, pos
