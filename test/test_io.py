@@ -82,6 +82,23 @@ def test_round_trip_is_bit_exact(saved_map):
     assert len(loaded.extract_mesh().triangles) == len(m.extract_mesh().triangles)
 
 
+def test_members_are_deflated_and_files_of_stored_members_still_load(saved_map, tmp_path):
+    m, path = saved_map
+    with zipfile.ZipFile(path) as z:
+        infos = z.infolist()
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in infos)
+        size = {i.filename: (i.compress_size, i.file_size) for i in infos}
+        # Free space is one TSDF value and no colour over whole bricks: those members shrink most.
+        for name in ("attr_tsdf.npy", "attr_color.npy"):
+            assert size[name][0] < size[name][1] / 2, (name, size[name])
+        stored = tmp_path / "stored.npz"              # as np.savez wrote the same format before
+        with zipfile.ZipFile(stored, "w", compression=zipfile.ZIP_STORED) as out:
+            for i in infos:
+                out.writestr(i.filename, z.read(i.filename))
+    a, b = _by_key(m.octree), _by_key(Mapper.load(stored).octree)
+    assert all(torch.equal(_bits(a[k]), _bits(b[k])) for k in a)
+
+
 def test_no_pickle_in_the_file(saved_map):
     _, path = saved_map
     with zipfile.ZipFile(path) as z:

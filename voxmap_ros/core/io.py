@@ -1,4 +1,4 @@
-"""Versioned map files: one .npz (zip of .npy arrays), never pickle.
+"""Versioned map files: one .npz (zip of deflated .npy arrays), never pickle.
 
 Contents: `header` (UTF-8 JSON as uint8: format, version, config, frame ids, attribute specs),
 and the compacted map: node keys and summaries, brick coordinates, and one array per registered
@@ -20,6 +20,7 @@ from .octree import (ATTRIBUTE_DTYPES, BRICK_VOXELS, CORE_ATTRIBUTES, AttributeS
 
 FORMAT = "voxmap_ros.map"
 VERSION = 1
+ZIP_LEVEL = 1               # zlib level of the archive's members (files of stored members load too)
 _HEADER_FIELDS = {"voxel_size_m": (int, float), "levels": int, "free_logodds": (int, float),
                   "num_nodes": int, "num_bricks": int, "attributes": list, "extra": dict}
 
@@ -53,18 +54,26 @@ def save_octree(octree: SparseVoxelOctree, path: str | Path, extra: dict | None 
         "node_observed": octree.node_observed[ids].cpu().numpy(),
         "node_free_mask": octree.node_free_mask[ids].cpu().numpy(),
     }
-    for name, t in octree.attrs.items():
-        a = t[brick_slots]
-        # Every registrable dtype maps 1:1 onto a numpy dtype (octree.ATTRIBUTE_DTYPES).
-        arrays[f"attr_{name}"] = a.cpu().numpy()
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+        # Deflate at level 1: observed free space (TSDF +1, no colour) is most of a LiDAR map and
+        # shrinks ~13x (386 -> 29 MB for 200 Livox scans at 10 cm) for ~1.4 s of one core.
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=ZIP_LEVEL) as z:
+            for name, a in arrays.items():
+                _write_member(z, name, a)
+            for name, t in octree.attrs.items():
+                # One attribute's copy at a time (a 5 cm LiDAR map holds GBs of them).
+                # Every registrable dtype maps 1:1 onto a numpy dtype (octree.ATTRIBUTE_DTYPES).
+                _write_member(z, f"attr_{name}", t[brick_slots].cpu().numpy())
         tmp.replace(path)          # atomic: a reader never sees half a file
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _write_member(z: zipfile.ZipFile, name: str, a: np.ndarray) -> None:
+    with z.open(name + ".npy", "w", force_zip64=True) as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
 
 
 def read_header(path: str | Path) -> dict:
