@@ -256,3 +256,23 @@ def test_a_new_brick_remeshes_itself_and_its_lower_neighbours_only(backend):
     for k in remeshed - {b, corner}:                          # face / edge neighbours gained seam cells
         assert len(after[k]) > len(before[k]), k
     assert after[corner] == before[corner]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_the_full_mesh_skips_free_bricks_and_equals_meshing_every_brick(indoor_data, backend):
+    """extract_mesh meshes only bricks whose padded block holds a valid negative voxel; on a map
+    with LiDAR free space (most of its bricks) the result is the mesh of every brick, bit for bit."""
+    from voxmap_ros.sim import lidar_trajectory, scan_lidar
+    m = Mapper(make_config(VOXEL_M, **{"map.backend": backend}))
+    for d, c, T in indoor_data.frames[:2]:
+        m.integrate(Frame(T, depth=d, rgb=c, K=indoor_data.K))
+    for T in lidar_trajectory(indoor_data.scene, 2, seed=0):
+        m.integrate(Frame(T, points=scan_lidar(indoor_data.scene, T, beams=8, hfov_samples=256)))
+    o = m.octree
+    slots = o.alive_slots()
+    skipped = int((~mesh.may_have_surface(o, slots, m.config.tsdf.min_weight_mesh)).sum())
+    assert skipped > slots.numel() // 3, (skipped, slots.numel())
+    got, want = m.extract_mesh(), fresh_full(m).to_mesh()
+    assert len(got.triangles) > 500
+    for a, b in zip((got.vertices, got.triangles, got.colors), (want.vertices, want.triangles, want.colors)):
+        assert np.array_equal(a, b)

@@ -383,11 +383,17 @@ class Mapper:
     def extract_mesh(self) -> MeshData:
         """Full-map mesh, welded, freshly computed from every brick (but those beyond the weld
         keys' range, counted in stats.bricks_beyond_mesh_range)."""
-        slots = self.octree.alive_slots()
-        inside = mesh.inside_edge_key_range(self.octree, slots)
+        o, wmin, backend = self.octree, self.config.tsdf.min_weight_mesh, self._mesh_backend()
+        slots = o.alive_slots()
+        inside = mesh.inside_edge_key_range(o, slots)
         self.stats.bricks_beyond_mesh_range = int(slots.numel() - inside.sum())
-        return mesh.mesh_bricks(self.octree, slots[inside], self.config.tsdf.min_weight_mesh,
-                                backend=self._mesh_backend(), max_jump=self._mesh_max_jump()).to_mesh()
+        slots = slots[inside]
+        # Only bricks that can hold a surface are copied and meshed (not the free space that is
+        # most of a LiDAR map: 2.4 -> 1.1 s at 5 cm for the Livox example, same mesh).
+        nb = mesh.block_neighbours(o, slots)
+        has = mesh.may_have_surface(o, slots, wmin, backend, nb=nb)
+        return mesh.mesh_bricks(o, slots[has], wmin, backend=backend, max_jump=self._mesh_max_jump(),
+                                nb=nb[has]).to_mesh()
 
     def _mesh_max_jump(self) -> float:
         t = self.config.tsdf

@@ -206,11 +206,16 @@ def mesh_blocks(blocks: list[Blocks | CompactBricks], voxel_size_m: float, devic
 
 
 def mesh_bricks(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float,
-                chunk: int = 4096, backend: str = "torch", max_jump: float = math.inf) -> BrickMesh:
+                chunk: int = 4096, backend: str = "torch", max_jump: float = math.inf,
+                nb: torch.Tensor | None = None) -> BrickMesh:
     """Marching cubes over bricks `slots` (B,) int64 -> BrickMesh (triangles tagged by brick), on
-    the map device."""
-    parts = [mesh_blocks([b], octree.voxel_size_m, octree.device)
-             for b in gather(octree, slots, min_weight, chunk, backend, max_jump=max_jump)]
+    the map device; nb: their (B, 8) int64 block_neighbours if already known. One chunk's copy
+    at a time."""
+    parts = []
+    for i in range(0, slots.numel(), chunk):
+        b = gather(octree, slots[i:i + chunk], min_weight, chunk, backend,
+                   nb=None if nb is None else nb[i:i + chunk], max_jump=max_jump)
+        parts.append(mesh_blocks(b, octree.voxel_size_m, octree.device))
     return BrickMesh.cat(parts) if parts else BrickMesh.empty(octree.device)
 
 
