@@ -585,6 +585,28 @@ def test_diagnostics_counters(ros):
     assert int(values["queue_size"]) == QUEUE_SIZE
 
 
+def test_save_map_writes_its_files_without_holding_the_map(ros, monkeypatch):
+    """Only the copies are taken under the map lock; compressing and writing them (seconds for a
+    large map) must not stop frames from being fused meanwhile."""
+    from voxmap_ros.ros import node as node_mod
+    held = []
+
+    def spy(cap, out_dir, stem=""):
+        # Held by this (the service's) thread, the lock would never come free; other threads
+        # (timers, frames) give it back within moments.
+        free = ros.node._lock.acquire(timeout=10)
+        if free:
+            ros.node._lock.release()
+        held.append(not free)
+        return write(cap, out_dir, stem)
+    write = node_mod.write_captured
+    monkeypatch.setattr(node_mod, "write_captured", spy)
+    ros.ensure_wall()
+    res = ros.client.call(ros.client.save, Trigger.Request())
+    assert res.success, res.message
+    assert held == [False]
+
+
 def test_save_map(ros):
     ros.ensure_wall()
     res = ros.client.call(ros.client.save, Trigger.Request())

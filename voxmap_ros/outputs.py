@@ -91,21 +91,41 @@ def mesh_preview(mesh: MeshData, path: str | Path, width: int = 960, height: int
     return Path(path)
 
 
-def write_outputs(mapper, out_dir: str | Path, stem: str = "") -> dict:
-    """Everything a run produces, from a Mapper. Returns {name: path}."""
+@dataclass
+class CapturedOutputs:
+    """What a run's outputs need from the map, copied: the welded mesh, the 2D grid and a map
+    file snapshot (core.io.MapSnapshot)."""
+    mesh: MeshData
+    grid: Grid2D
+    map_snapshot: object          # core.io.MapSnapshot
+
+
+def capture_outputs(mapper) -> CapturedOutputs:
+    """Read what write_captured writes from a Mapper; the only step that needs the map (a node
+    holds its map lock for this, not for the compression and file writing)."""
+    return CapturedOutputs(mapper.extract_mesh(), mapper.occupancy_grid(), mapper.snapshot())
+
+
+def write_captured(cap: CapturedOutputs, out_dir: str | Path, stem: str = "") -> dict:
+    """Write map file, mesh PLY, occupancy PGM + YAML + PNG and a mesh PNG under out_dir.
+    Returns {name: path}."""
+    from .core import io as mapio
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mesh = mapper.extract_mesh()
-    grid = mapper.occupancy_grid()
     paths = {
-        "map": mapper.save(out / f"{stem}map.npz"),
-        "mesh": write_ply(mesh, out / f"{stem}mesh.ply"),
-        "occupancy_yaml": occupancy.save_map_server(grid, out / f"{stem}occupancy.pgm"),
+        "map": mapio.write_snapshot(cap.map_snapshot, out / f"{stem}map.npz"),
+        "mesh": write_ply(cap.mesh, out / f"{stem}mesh.ply"),
+        "occupancy_yaml": occupancy.save_map_server(cap.grid, out / f"{stem}occupancy.pgm"),
         "occupancy_pgm": out / f"{stem}occupancy.pgm",
-        "occupancy_png": grid_preview(grid, out / f"{stem}occupancy.png"),
-        "mesh_png": mesh_preview(mesh, out / f"{stem}mesh.png"),
+        "occupancy_png": grid_preview(cap.grid, out / f"{stem}occupancy.png"),
+        "mesh_png": mesh_preview(cap.mesh, out / f"{stem}mesh.png"),
     }
     return {k: str(v) for k, v in paths.items()}
+
+
+def write_outputs(mapper, out_dir: str | Path, stem: str = "") -> dict:
+    """Everything a run produces, from a Mapper. Returns {name: path}."""
+    return write_captured(capture_outputs(mapper), out_dir, stem)
 
 
 # ============================================================================ rendered views

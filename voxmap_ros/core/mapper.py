@@ -432,8 +432,15 @@ class Mapper:
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path, frame_ids: dict | None = None) -> Path:
         """Write the whole map (all attributes, config, frame ids, version) to one .npz file."""
-        return io.save_octree(self.octree, path, extra={"config": self.config.to_dict(),
-                                                         "frame_ids": frame_ids or {"map": self.config.map.frame_id}})
+        return io.save_octree(self.octree, path, extra=self._file_extra(frame_ids))
+
+    def snapshot(self, frame_ids: dict | None = None) -> io.MapSnapshot:
+        """What `save` writes, copied (host arrays): take it with the map to yourself, write it
+        with io.write_snapshot(snapshot, path) while the map goes on changing."""
+        return io.snapshot_octree(self.octree, extra=self._file_extra(frame_ids))
+
+    def _file_extra(self, frame_ids: dict | None) -> dict:
+        return {"config": self.config.to_dict(), "frame_ids": frame_ids or {"map": self.config.map.frame_id}}
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, reserve_bricks: int | None = None,
@@ -465,6 +472,7 @@ class Mapper:
         return cfg
 
     def save_outputs(self, out_dir: str | Path, stem: str = "") -> dict:
-        """Write map file, mesh PLY, occupancy PGM+YAML under out_dir; returns their paths."""
+        """Write map file, mesh PLY, occupancy PGM+YAML and previews under out_dir; returns their
+        paths (outputs.capture_outputs + outputs.write_captured, for callers that share the map)."""
         from ..outputs import write_outputs
         return write_outputs(self, out_dir, stem)

@@ -53,7 +53,8 @@ from visualization_msgs.msg import MarkerArray
 
 from ..config import VoxmapConfig
 from ..core.mapper import MAP_FILE_FIELDS, Mapper, map_file_overrides, with_map_file_fields
-from ..outputs import View, fixed_view, map_snapshot, render_snapshot, scaled_view
+from ..outputs import (View, capture_outputs, fixed_view, map_snapshot, render_snapshot, scaled_view,
+                       write_captured)
 from ..poses import PoseBuffer, static_extrinsic
 from ..render import check_backend as render_check_backend
 from ..types import Frame
@@ -890,8 +891,9 @@ class VoxmapNode(Node):
     def _on_save(self, request, response):
         try:
             out = Path(self.cfg.node.output_dir).expanduser()
-            with self._lock:
-                paths = self.mapper.save_outputs(out)
+            with self._lock:                       # copies only: mapping goes on while the files are written
+                cap = capture_outputs(self.mapper)
+            paths = write_captured(cap, out)
             response.success = True
             response.message = "; ".join(f"{k}={v}" for k, v in paths.items())
         except Exception as e:                    # disk full, permissions...: answer, don't die
