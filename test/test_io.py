@@ -91,10 +91,7 @@ def test_members_are_deflated_and_files_of_stored_members_still_load(saved_map, 
         # Free space is one TSDF value and no colour over whole bricks: those members shrink most.
         for name in ("attr_tsdf.npy", "attr_color.npy"):
             assert size[name][0] < size[name][1] / 2, (name, size[name])
-        stored = tmp_path / "stored.npz"              # as np.savez wrote the same format before
-        with zipfile.ZipFile(stored, "w", compression=zipfile.ZIP_STORED) as out:
-            for i in infos:
-                out.writestr(i.filename, z.read(i.filename))
+    stored = _stored_copy(path, tmp_path / "stored.npz")
     a, b = _by_key(m.octree), _by_key(Mapper.load(stored).octree)
     assert all(torch.equal(_bits(a[k]), _bits(b[k])) for k in a)
 
@@ -145,10 +142,22 @@ def test_corrupted_member(saved_map, tmp_path):
         Mapper.load(p)
 
 
-def test_a_flipped_byte_in_the_array_data_is_refused(saved_map, tmp_path):
-    """One byte flipped in the middle of the stored tsdf array (not its header): the zip's CRC
-    catches it, and loading says which member is damaged instead of returning a wrong map."""
+def _stored_copy(path, out):
+    """The same archive with stored (uncompressed) members, as np.savez wrote map files before."""
+    with zipfile.ZipFile(path) as z, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as w:
+        for i in z.infolist():
+            w.writestr(i.filename, z.read(i.filename))
+    return out
+
+
+@pytest.mark.parametrize("members", ["deflated", "stored"])
+def test_a_flipped_byte_in_the_array_data_is_refused(saved_map, tmp_path, members):
+    """One byte flipped in the middle of the tsdf array's data (not its header): the zip's CRC
+    (or zlib) catches it, and loading says which member is damaged instead of returning a wrong map.
+    Stored members: the loader streams each array, so it must read on to the member's end."""
     _, path = saved_map
+    if members == "stored":
+        path = _stored_copy(path, tmp_path / "stored.npz")
     raw = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as z:
         info = z.getinfo("attr_tsdf.npy")
