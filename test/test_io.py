@@ -96,6 +96,20 @@ def test_members_are_deflated_and_files_of_stored_members_still_load(saved_map, 
     assert all(torch.equal(_bits(a[k]), _bits(b[k])) for k in a)
 
 
+def test_an_array_header_claiming_another_shape_is_refused_before_its_data_is_read(saved_map, tmp_path):
+    """A damaged .npy header that claims 2^40 voxels: refused from the header alone, naming the
+    shape the map header expects (never an attempt to allocate what it claims)."""
+    _, path = saved_map
+    bad = tmp_path / "huge.npz"
+    head = pyio.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f2", "fortran_order": False, "shape": (1 << 31, 512)})
+    with zipfile.ZipFile(path) as z, zipfile.ZipFile(bad, "w") as w:
+        for i in z.infolist():
+            w.writestr(i.filename, head.getvalue() + b"\0" * 64 if i.filename == "attr_tsdf.npy" else z.read(i.filename))
+    msg = _expect_error(bad, "attr_tsdf", "expected")
+    assert str(1 << 31) in msg
+
+
 def test_no_pickle_in_the_file(saved_map):
     _, path = saved_map
     with zipfile.ZipFile(path) as z:

@@ -453,11 +453,11 @@ if __name__ == "__main__":
             print(benchmark(2000, dev))
 
 
-@pytest.mark.parametrize("high", [50, 1 << 21, 1 << 40])     # packed; the widest that packs; too wide
-def test_unique_rows_first_matches_a_dict(high):
+@pytest.mark.parametrize("low, high", [(0, 50), (0, 1 << 21), (0, 1 << 40), (-50, 50)])   # packed; the widest
+def test_unique_rows_first_matches_a_dict(low, high):                                     # that packs; too wide; negative
     from voxmap_ros.core.marching_cubes import _unique_rows_first
     g = torch.Generator().manual_seed(high % 997)
-    rows = torch.randint(0, high, (3000, 3), generator=g)
+    rows = torch.randint(low, high, (3000, 3), generator=g)
     rows = torch.cat([rows, rows[torch.randint(0, 3000, (2000,), generator=g)]])   # duplicates
     rows[-1] = high - 1
     first = {}

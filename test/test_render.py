@@ -195,7 +195,7 @@ def _good():
 @pytest.mark.parametrize("case", [
     "K_shape", "K_nonfinite", "K_negative_f", "K_last_row", "pose_scaled", "pose_sheared", "pose_shape",
     "pose_last_row", "pose_reflection", "width_zero", "height_zero", "huge", "width_float", "near_far",
-    "near_zero", "far_beyond_float32", "K_bool", "K_complex"])
+    "near_zero", "far_beyond_float32", "K_bool", "K_complex", "K_quantized"])
 def test_bad_camera(case):
     _, K, T = _good()
     w, h, near, far = 8, 6, 0.05, 10.0
@@ -235,6 +235,8 @@ def test_bad_camera(case):
         K = np.eye(3, dtype=bool)
     elif case == "K_complex":                         # once the imaginary part was dropped
         K = K.astype(complex)
+    elif case == "K_quantized":                       # a RuntimeError, not a ValueError, for a while
+        K = torch.quantize_per_tensor(torch.as_tensor(K, dtype=torch.float32), 0.5, 0, torch.quint8)
     with pytest.raises(ValueError):
         make_camera(K, T, w, h, near, far)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .core import io as mapio
 from .core import occupancy
 from .core.octree import spheres_in_frustum
 from .types import Grid2D, MeshData
@@ -93,11 +94,11 @@ def mesh_preview(mesh: MeshData, path: str | Path, width: int = 960, height: int
 
 @dataclass
 class CapturedOutputs:
-    """What a run's outputs need from the map, copied: the welded mesh, the 2D grid and a map
-    file snapshot (core.io.MapSnapshot)."""
+    """What a run's outputs need from the map, copied: the welded mesh, the 2D grid and what the
+    map file holds."""
     mesh: MeshData
     grid: Grid2D
-    map_snapshot: object          # core.io.MapSnapshot
+    map_file: mapio.MapFileSnapshot
 
 
 def capture_outputs(mapper) -> CapturedOutputs:
@@ -109,11 +110,10 @@ def capture_outputs(mapper) -> CapturedOutputs:
 def write_captured(cap: CapturedOutputs, out_dir: str | Path, stem: str = "") -> dict:
     """Write map file, mesh PLY, occupancy PGM + YAML + PNG and a mesh PNG under out_dir.
     Returns {name: path}."""
-    from .core import io as mapio
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "map": mapio.write_snapshot(cap.map_snapshot, out / f"{stem}map.npz"),
+        "map": mapio.write_snapshot(cap.map_file, out / f"{stem}map.npz"),
         "mesh": write_ply(cap.mesh, out / f"{stem}mesh.ply"),
         "occupancy_yaml": occupancy.save_map_server(cap.grid, out / f"{stem}occupancy.pgm"),
         "occupancy_pgm": out / f"{stem}occupancy.pgm",

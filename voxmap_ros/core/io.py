@@ -26,7 +26,7 @@ _HEADER_FIELDS = {"voxel_size_m": (int, float), "levels": int, "free_logodds": (
 
 
 @dataclass
-class MapSnapshot:
+class MapFileSnapshot:
     """A copy of everything a map file holds (numpy arrays on the host, written in this order):
     taken with the map to oneself (snapshot_octree), written without it (write_snapshot)."""
     arrays: dict
@@ -48,7 +48,7 @@ def check_map_path(path: str | Path) -> Path:
     return path
 
 
-def snapshot_octree(octree: SparseVoxelOctree, extra: dict | None = None) -> MapSnapshot:
+def snapshot_octree(octree: SparseVoxelOctree, extra: dict | None = None) -> MapFileSnapshot:
     """Copy the octree's live nodes and bricks (all attributes) and `extra` JSON metadata; costs
     a copy of the live voxel data (~0.2 s and 0.3 GB for 83k bricks)."""
     octree.flush_summaries()
@@ -76,11 +76,13 @@ def snapshot_octree(octree: SparseVoxelOctree, extra: dict | None = None) -> Map
     for name, t in octree.attrs.items():
         # Every registrable dtype maps 1:1 onto a numpy dtype (octree.ATTRIBUTE_DTYPES).
         arrays[f"attr_{name}"] = t[brick_slots].cpu().numpy()
-    return MapSnapshot(arrays)
+    return MapFileSnapshot(arrays)
 
 
-def write_snapshot(snapshot: MapSnapshot, path: str | Path) -> Path:
-    """Write a MapSnapshot to `path` (.npz), atomically (a reader never sees half a file)."""
+def write_snapshot(snapshot: MapFileSnapshot, path: str | Path) -> Path:
+    """Write a MapFileSnapshot to `path` (.npz), atomically (a reader never sees half a file)."""
+    if not isinstance(snapshot, MapFileSnapshot):
+        raise ValueError(f"write_snapshot needs a MapFileSnapshot (Mapper.snapshot()), got {type(snapshot).__name__}")
     path = check_map_path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -133,10 +135,7 @@ def load_octree(path: str | Path, device: str | torch.device = "cpu",
                                  f"{'missing' if found is None else f'{found}, expected {core}'}")
         arrays = {}
         for name, (dtype, shape) in expect.items():
-            arr = _array(z, name, path)
-            if str(arr.dtype) != dtype or tuple(arr.shape) != tuple(shape):
-                raise ValueError(f"{path}: array '{name}' is {arr.dtype}{tuple(arr.shape)}, expected {dtype}{shape}")
-            arrays[name] = arr
+            arrays[name] = _array(z, name, path, expect=(dtype, tuple(shape)))
     if int(arrays["node_is_brick"].sum()) != n_bricks:
         raise ValueError(f"{path}: header says {n_bricks} bricks, node table marks {int(arrays['node_is_brick'].sum())}")
     _check_node_keys(arrays["node_key"], arrays["node_is_brick"], h["levels"], path)
@@ -189,20 +188,48 @@ def _open(path) -> zipfile.ZipFile:
                          f"truncated or foreign file?") from None
 
 
-def _array(z: zipfile.ZipFile, name: str, path) -> np.ndarray:
+def _array(z: zipfile.ZipFile, name: str, path, expect: tuple[str, tuple] | None = None) -> np.ndarray:
+    """Member `name` as an array; with expect = (dtype name, shape), refused unless it has them,
+    judged from its .npy header before any data is read (a damaged header cannot make the
+    loader allocate what it claims)."""
     try:
+        if expect is not None:
+            dtype, shape = _npy_header(z, name)
+            if dtype is not None and (str(dtype) != expect[0] or tuple(shape) != expect[1]):
+                raise _Refused(f"{path}: array '{name}' is {dtype}{tuple(shape)}, expected {expect[0]}{expect[1]}")
         with z.open(name + ".npy") as f:
             # Streamed from the member (no bytes copy first: 2.5x faster for deflated members);
             # the member is read to its end so that the zip's CRC check runs.
             a = np.lib.format.read_array(f, allow_pickle=False)
             if f.read(1):
                 raise ValueError("data after the array")
-            return a
+    except _Refused as e:
+        raise ValueError(str(e)) from None
     except KeyError:
         raise ValueError(f"{path}: missing array '{name}'") from None
     except Exception as e:      # untrusted bytes: any parse failure (bad zip, npy header, zlib) is bad input
         raise ValueError(f"{path}: array '{name}' is unreadable ({type(e).__name__}: {e}); "
                          f"truncated or corrupted file?") from None
+    if expect is not None and (str(a.dtype) != expect[0] or tuple(a.shape) != expect[1]):
+        raise ValueError(f"{path}: array '{name}' is {a.dtype}{tuple(a.shape)}, expected {expect[0]}{expect[1]}")
+    return a
+
+
+class _Refused(Exception):
+    """A member that reads fine but is not what the header says (its message is final)."""
+
+
+def _npy_header(z: zipfile.ZipFile, name: str):
+    """(dtype, shape) from member `name`'s .npy header, or (None, None) for a format version
+    without a public header reader (3.0; read_array still checks it)."""
+    fmt = np.lib.format
+    with z.open(name + ".npy") as f:
+        version = fmt.read_magic(f)
+        reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if reader is None:
+            return None, None
+        shape, _, dtype = reader(f)
+    return dtype, shape
 
 
 def _header(z: zipfile.ZipFile, path) -> dict:

@@ -434,7 +434,7 @@ class Mapper:
         """Write the whole map (all attributes, config, frame ids, version) to one .npz file."""
         return io.save_octree(self.octree, path, extra=self._file_extra(frame_ids))
 
-    def snapshot(self, frame_ids: dict | None = None) -> io.MapSnapshot:
+    def snapshot(self, frame_ids: dict | None = None) -> io.MapFileSnapshot:
         """What `save` writes, copied (host arrays): take it with the map to yourself, write it
         with io.write_snapshot(snapshot, path) while the map goes on changing."""
         return io.snapshot_octree(self.octree, extra=self._file_extra(frame_ids))

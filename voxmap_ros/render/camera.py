@@ -33,7 +33,7 @@ def _as_matrix(x, name: str, shape: tuple[int, int]) -> torch.Tensor:
             t = torch.as_tensor(a.astype(np.float64))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{name} must be a {shape} float matrix (numpy array or tensor): {e}") from None
-    if t.dtype.is_complex or t.dtype == torch.bool:   # numpy's rule above: real floats and integers only
+    if t.dtype.is_complex or t.dtype == torch.bool or t.is_quantized:   # numpy's rule: real floats and integers
         raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
