@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 OUT     ?= out
 
-.PHONY: setup demo test test-fast bench clean syslibs torch-cpu
+.PHONY: setup demo test test-fast clean syslibs torch-cpu
 
 setup: $(STAMP)
 
