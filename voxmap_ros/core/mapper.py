@@ -357,10 +357,9 @@ class Mapper:
             todo = torch.cat([todo, extra[~torch.isin(extra, todo)]])
         keys = o.node_key[o.brick_node[todo].long()]
         # Every brick in `keys` loses its old triangles; only those that can have a surface are meshed.
-        nb = mesh.block_neighbours(o, todo)
         wmin, backend = self.config.tsdf.min_weight_mesh, self._mesh_backend()
-        has = mesh.may_have_surface(o, todo, wmin, backend, nb=nb) & mesh.inside_edge_key_range(o, todo)
-        job = MeshJob(mesh.gather(o, todo[has], wmin, backend=backend, nb=nb[has], max_jump=self._mesh_max_jump()),
+        slots, nb = mesh.meshable(o, todo, wmin, backend)
+        job = MeshJob(mesh.gather(o, slots, wmin, backend=backend, nb=nb, max_jump=self._mesh_max_jump()),
                       keys, removed)
         # Only now, with nothing left to fail: a failed call leaves the changes for the next one.
         o.brick_dirty[dirty] = False
@@ -384,16 +383,12 @@ class Mapper:
         """Full-map mesh, welded, freshly computed from every brick (but those beyond the weld
         keys' range, counted in stats.bricks_beyond_mesh_range)."""
         o, wmin, backend = self.octree, self.config.tsdf.min_weight_mesh, self._mesh_backend()
-        slots = o.alive_slots()
-        inside = mesh.inside_edge_key_range(o, slots)
-        self.stats.bricks_beyond_mesh_range = int(slots.numel() - inside.sum())
-        slots = slots[inside]
+        alive = o.alive_slots()
+        self.stats.bricks_beyond_mesh_range = int((~mesh.inside_edge_key_range(o, alive)).sum())
         # Only bricks that can hold a surface are copied and meshed (not the free space that is
         # most of a LiDAR map: 2.4 -> 1.1 s at 5 cm for the Livox example, same mesh).
-        nb = mesh.block_neighbours(o, slots)
-        has = mesh.may_have_surface(o, slots, wmin, backend, nb=nb)
-        return mesh.mesh_bricks(o, slots[has], wmin, backend=backend, max_jump=self._mesh_max_jump(),
-                                nb=nb[has]).to_mesh()
+        slots, nb = mesh.meshable(o, alive, wmin, backend)
+        return mesh.mesh_bricks(o, slots, wmin, backend=backend, max_jump=self._mesh_max_jump(), nb=nb).to_mesh()
 
     def _mesh_max_jump(self) -> float:
         t = self.config.tsdf

@@ -241,6 +241,16 @@ def may_have_surface(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight:
     return has.view(-1, _PAD_OFFSETS.shape[0]).any(1)
 
 
+def meshable(octree: SparseVoxelOctree, slots: torch.Tensor, min_weight: float,
+             backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """The bricks among `slots` (B,) int64 worth meshing: inside the weld's key range
+    (inside_edge_key_range) and able to hold a triangle (may_have_surface). Returns their slots
+    (M,) int64 and (M, 8) int64 block_neighbours, on the map device."""
+    nb = block_neighbours(octree, slots)
+    keep = may_have_surface(octree, slots, min_weight, backend, nb=nb) & inside_edge_key_range(octree, slots)
+    return slots[keep], nb[keep]
+
+
 def affected_by(octree: SparseVoxelOctree, changed_slots: torch.Tensor) -> torch.Tensor:
     """Alive brick slots whose mesh depends on the changed bricks (N,) int64: them and their
     -x/-y/-z neighbours. (M,) int64; on the map device."""
